@@ -1,0 +1,57 @@
+"""Chunking: token-exact chunks of a block stream, fixed windows or structure-aware.
+
+    >>> from rlmpipe.chunking import ChunkingConfig, chunk_text
+    >>> chunks = chunk_text("1. Term. This Agreement ...", ChunkingConfig(max_tokens=512))
+
+Every chunk satisfies ``chunk.text == source[chunk.char_start:chunk.char_end]`` and
+``chunk.token_count == len(tokenizer.encode(chunk.text)) <= max_tokens``; together the chunks cover
+the source in order, overlapping only by the requested overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+from rlmpipe.chunking.chunk import ALGORITHM_VERSION, STRATEGIES, Chunk, ChunkingConfig, make_chunk_id
+from rlmpipe.chunking.engine import chunk_blocks
+from rlmpipe.chunking.tokenizers import DEFAULT_TOKENIZER, Tokenizer, get_tokenizer
+from rlmpipe.ingest.document import Block, Document, doc_id_from_digest
+
+__all__ = [
+    "ALGORITHM_VERSION", "STRATEGIES", "DEFAULT_TOKENIZER", "Chunk", "ChunkingConfig", "Tokenizer",
+    "chunk_blocks", "chunk_document", "chunk_text", "get_tokenizer", "make_chunk_id",
+]
+
+
+def chunk_document(document: Document, config: ChunkingConfig | None = None) -> Iterator[Chunk]:
+    """Chunks of a validated document, streamed."""
+    return chunk_blocks(document.blocks(), document.doc_id, config)
+
+
+def chunk_text(text: str, config: ChunkingConfig | None = None, doc_id: str | None = None) -> list[Chunk]:
+    """Chunks of an in-memory string (its id, unless given, is the hash of its UTF-8 bytes)."""
+    if doc_id is None:
+        doc_id = doc_id_from_digest(hashlib.sha256(text.encode("utf-8", "surrogatepass")))
+    return list(chunk_blocks([Block(text, 0)] if text else [], doc_id, config))
+
+
+def chunk_paths(paths, config: ChunkingConfig | None = None, limits=None):
+    """Every file under ``paths``, in order: its :class:`~rlmpipe.ingest.Document`, then its chunks.
+
+    A file that cannot be read yields its :class:`~rlmpipe.ingest.DocumentError` (in place of its
+    chunks, or after those streamed before the problem showed) and the others go on.
+    """
+    from rlmpipe.ingest import DocumentError, open_documents
+
+    config = config or ChunkingConfig()
+    get_tokenizer(config.tokenizer)  # fail on a bad tokenizer name before reading anything
+    for item in open_documents(paths, limits):
+        if isinstance(item, DocumentError):
+            yield item
+            continue
+        yield item
+        try:
+            yield from chunk_document(item, config)
+        except DocumentError as error:  # found while streaming (e.g. a corrupt PDF page)
+            yield error

@@ -1,0 +1,180 @@
+"""Where a text may be cut, how many tokens lie before each such place, and how good a place it is.
+
+Chunks are cut only at *safe* positions: places where the tokenizer's pre-tokenizer always starts
+a new piece, so that the token count of a chunk is exactly the number of tokens between its two
+cuts in a single tokenization of the surrounding section. For the OpenAI encodings these are:
+
+* a line start: after ``\\n``, before a non-space character other than ``/`` (or before the
+  indentation of a line that has text);
+* a word start: before a single space that has a non-space character on each side.
+
+Each candidate is also checked against the section's real tokenization (it must fall on a token
+boundary), so a rule that does not hold for some tokenizer costs a candidate, never exactness.
+All of it is vectorised with numpy: this runs over every byte of every document.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlmpipe.chunking.tokenizers import Tokenizer
+
+# Strength of a boundary: the structure strategy prefers to cut at the strongest one it can.
+WORD, PHRASE, SENTENCE, LINE, PARAGRAPH, SUBCLAUSE, CLAUSE, SECTION, HEADING = range(1, 10)
+
+_UNICODE_SPACES = np.array(
+    [0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000], dtype=np.uint32
+)
+_SPACE_TABLE = np.zeros(256, dtype=bool)
+_SPACE_TABLE[[9, 10, 11, 12, 13, 32, 0x85, 0xA0]] = True
+
+_PARAGRAPH_START = re.compile(r"\n[ \t\f\v\r]*\n(?=[ \t]*\S)")
+_LINE_MARKERS = [
+    # (pattern at a line start, strength)
+    (re.compile(r"^[ \t]*(?:#{1,6}[ \t]|(?:ARTICLE|Article|SECTION|Section|PART|Part|EXHIBIT|Exhibit|"
+                r"SCHEDULE|Schedule|ANNEX|Annex|APPENDIX|Appendix|ADDENDUM|Addendum)[ \t]+[0-9IVXLCA-Z])",
+                re.MULTILINE), HEADING),
+    (re.compile(r"^[ \t]*(?=[^a-z\n]*[A-Z]{3})[^a-z\n]{3,100}$", re.MULTILINE), HEADING),
+    (re.compile(r"^[ \t]*\d{1,3}\.?[ \t]+(?=\S)", re.MULTILINE), SECTION),
+    (re.compile(r"^[ \t]*\d{1,3}(?:\.\d{1,3})+\.?[ \t]", re.MULTILINE), CLAUSE),
+    (re.compile(r"^[ \t]*(?:\([a-zA-Z]{1,2}\)|\([ivxlcIVXLC]{1,6}\)|[a-z]\)|[A-Z]\.)[ \t]", re.MULTILINE),
+     SUBCLAUSE),
+]
+
+
+@dataclass(slots=True)
+class Cuts:
+    """Safe cut positions of one section of text.
+
+    ``chars[k]`` is a character offset in the section, ``tokens[k]`` the number of tokens before
+    it, ``strength[k]`` how natural a boundary it is. ``chars[0] == 0``; when the section is the
+    end of the document the last entry is its end.
+    """
+
+    chars: np.ndarray
+    tokens: np.ndarray
+    strength: np.ndarray
+    total_tokens: int
+
+
+def _codepoints(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def _is_space(points: np.ndarray) -> np.ndarray:
+    space = _SPACE_TABLE[np.minimum(points, 255)]
+    high = np.flatnonzero(points > 255)
+    if high.size:
+        space[high] = np.isin(points[high], _UNICODE_SPACES)
+    return space
+
+
+def find_cuts(
+    text: str,
+    tokenizer: Tokenizer,
+    *,
+    final: bool,
+    structure: bool = False,
+    forced: np.ndarray | None = None,
+) -> Cuts:
+    """Safe cuts of ``text`` (a section that starts at a safe position).
+
+    ``final``: the text ends the document, so its end is a cut. Otherwise positions in the last
+    two characters are left out (what follows them is not known yet). ``structure``: grade each
+    cut by the boundary it sits on. ``forced``: extra positions to grade as paragraphs (block starts
+    from the reader), used only where they are safe.
+    """
+    n = len(text)
+    if n == 0:
+        empty = np.zeros(1, dtype=np.int64)
+        return Cuts(empty, empty.copy(), np.full(1, HEADING, dtype=np.int8), 0)
+    points = _codepoints(text)
+    space = _is_space(points)
+    newline = points == 10
+    nonspace = ~space
+
+    candidate = np.zeros(n + 1, dtype=bool)
+    # line start before text: after "\n", before a non-space that is not "/"
+    candidate[1:n] |= newline[:-1] & nonspace[1:] & (points[1:] != 47)
+    # line start before indentation, when the line has text after its indentation
+    blank = (points == 32) | (points == 9)
+    after_newline_indent = newline[:-1] & blank[1:]
+    if after_newline_indent.any():
+        positions = np.arange(n)
+        next_solid = np.where(~blank, positions, n)
+        next_solid = np.minimum.accumulate(next_solid[::-1])[::-1]
+        starts = np.flatnonzero(after_newline_indent) + 1
+        solid = next_solid[starts]
+        ok = solid < n
+        ok[ok] = nonspace[solid[ok]]
+        candidate[starts[ok]] = True
+    # word start: a single space between two non-space characters
+    if n > 2:
+        candidate[1 : n - 1] |= (points[1:-1] == 32) & nonspace[:-2] & nonspace[2:]
+    if not final:
+        candidate[max(0, n - 2) :] = False
+    candidate[0] = False
+    positions = np.flatnonzero(candidate)
+
+    token_ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    token_ends = np.cumsum(tokenizer.token_byte_lengths()[token_ids])
+    if text.isascii():
+        byte_positions = positions
+    else:
+        widths = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+        byte_at = np.concatenate(([0], np.cumsum(widths)))
+        byte_positions = byte_at[positions]
+    index = np.searchsorted(token_ends, byte_positions, side="left")
+    inside = index < len(token_ends)
+    aligned = np.zeros(len(positions), dtype=bool)
+    aligned[inside] = token_ends[index[inside]] == byte_positions[inside]
+    chars = np.concatenate(([0], positions[aligned]))
+    tokens = np.concatenate(([0], index[aligned] + 1))
+    if final and (len(chars) == 1 or chars[-1] != n):
+        chars = np.append(chars, n)
+        tokens = np.append(tokens, len(token_ids))
+
+    strength = np.ones(len(chars), dtype=np.int8)
+    strength[0] = HEADING
+    if structure and len(chars) > 1:
+        _grade(text, points, chars, strength, forced)
+    if final:
+        strength[-1] = HEADING
+    return Cuts(chars.astype(np.int64), tokens.astype(np.int64), strength, len(token_ids))
+
+
+def _grade(text: str, points: np.ndarray, chars: np.ndarray, strength: np.ndarray, forced) -> None:
+    n = len(text)
+    inner = chars[1:]
+    inner = inner[inner < n]
+    if inner.size == 0:
+        return
+    k = np.arange(1, 1 + inner.size)
+    before = points[inner - 1]
+    line = before == 10
+    strength[k[line]] = LINE
+    word = ~line
+    sentence_end = np.isin(before, (46, 33, 63))  # . ! ?
+    closing = np.isin(before, (41, 34, 39, 0x201D, 0x2019))  # ) " ' closing quotes
+    two_back = points[np.maximum(inner - 2, 0)]
+    sentence_end |= closing & np.isin(two_back, (46, 33, 63))
+    strength[k[word & sentence_end]] = SENTENCE
+    strength[k[word & ~sentence_end & np.isin(before, (59, 58))]] = PHRASE  # ; :
+
+    def mark(positions, level: int) -> None:
+        positions = np.asarray(positions, dtype=np.int64)
+        where = np.searchsorted(chars, positions)
+        ok = where < len(chars)
+        where, positions = where[ok], positions[ok]
+        hit = where[chars[where] == positions]
+        if hit.size:
+            strength[hit] = np.maximum(strength[hit], level)
+
+    mark([m.end() for m in _PARAGRAPH_START.finditer(text)], PARAGRAPH)
+    if forced is not None:
+        mark(forced, PARAGRAPH)
+    for pattern, level in _LINE_MARKERS:
+        mark([m.start() for m in pattern.finditer(text)], level)

@@ -1,0 +1,215 @@
+"""The streaming chunker: blocks in, chunks out, in memory bounded by one section of text.
+
+Blocks are gathered into sections of about ``SECTION_CHARS`` characters. Each section is tokenized
+once (see :mod:`rlmpipe.chunking.cuts`); the strategy picks each chunk's end among the safe cuts that
+keep it within ``max_tokens``. A chunk is only emitted when everything it could have ended on lies
+inside the section; the rest of the section is carried into the next one and tokenized again
+from its own start, which is itself a safe cut.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from rlmpipe.chunking.chunk import Chunk, ChunkingConfig, make_chunk_id
+from rlmpipe.chunking.cuts import Cuts, find_cuts
+from rlmpipe.chunking.fixed import FixedStrategy
+from rlmpipe.chunking.structure import StructureStrategy
+from rlmpipe.chunking.tokenizers import Tokenizer, get_tokenizer
+from rlmpipe.ingest.document import Block
+
+SECTION_CHARS = 1 << 18
+#: A run this long with no safe cut in it (no spaces, no line breaks) is cut between tokens
+#: rather than carried on: this is what bounds memory on pathological input.
+MAX_UNCUT_CHARS = 1 << 17
+
+
+class _Marks:
+    """Page and heading path in effect at each block start, for the text not yet emitted."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.pages: list[int | None] = []
+        self.paths: list[tuple[str, ...]] = []
+
+    def add(self, block: Block) -> None:
+        self.starts.append(block.char_start)
+        self.pages.append(block.page)
+        self.paths.append(block.heading_path)
+
+    def at(self, offset: int) -> int:
+        return max(0, bisect.bisect_right(self.starts, offset) - 1)
+
+    def drop_before(self, offset: int) -> None:
+        keep = self.at(offset)
+        if keep:
+            del self.starts[:keep], self.pages[:keep], self.paths[:keep]
+
+
+def hard_split(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[tuple[int, int, int]]:
+    """Cut ``text`` (no safe cut inside) between tokens into verified pieces of at most max_tokens.
+
+    Each piece is re-counted on its own, so the limit holds even where cutting a word changes how
+    its halves tokenize. Returns (start, end, token_count) relative to ``text``.
+    """
+    lengths = tokenizer.token_byte_lengths()
+    pieces: list[tuple[int, int, int]] = []
+    position = 0
+    while position < len(text):
+        rest = text[position : position + max_tokens * 32]
+        ids = np.asarray(tokenizer.encode(rest), dtype=np.int64)
+        if len(ids) <= max_tokens and position + len(rest) >= len(text):
+            pieces.append((position, len(text), len(ids)))
+            break
+        raw = rest.encode("utf-8")
+        ends = np.cumsum(lengths[ids])
+        take = min(max_tokens, len(ids))
+        while True:
+            cut = len(raw[: int(ends[take - 1])].decode("utf-8", errors="ignore"))
+            if cut == 0:  # one character that needs more tokens than allowed: take it anyway
+                cut = 1
+                break
+            count = tokenizer.count(rest[:cut])
+            if count <= max_tokens or take == 1:
+                break
+            take -= 1
+        pieces.append((position, position + cut, tokenizer.count(rest[:cut])))
+        position += cut
+    return pieces
+
+
+class _Chunker:
+    def __init__(self, doc_id: str, config: ChunkingConfig, tokenizer: Tokenizer):
+        self.doc_id = doc_id
+        self.config = config
+        self.key = config.key()
+        self.tokenizer = tokenizer
+        self.strategy = StructureStrategy() if config.strategy == "structure" else FixedStrategy()
+        self.marks = _Marks()
+        self.index = 0
+        self.previous_end = 0  # document offset where the last emitted chunk ended
+
+    def run(self, blocks: Iterable[Block]) -> Iterator[Chunk]:
+        pending: list[str] = []
+        pending_size = 0
+        base = 0  # document offset of the carried text
+        carry = ""
+        for block in blocks:
+            self.marks.add(block)
+            pending.append(block.text)
+            pending_size += len(block.text)
+            if pending_size >= SECTION_CHARS:
+                text = carry + "".join(pending)
+                pending, pending_size = [], 0
+                consumed = yield from self._section(text, base, final=False)
+                carry = text[consumed:]
+                base += consumed
+                self.marks.drop_before(base)
+        text = carry + "".join(pending)
+        if text:
+            yield from self._section(text, base, final=True)
+
+    def _emit(self, text: str, base: int, start: int, end: int, tokens: int) -> Chunk:
+        marks = self.marks
+        first = marks.at(base + start)
+        last = marks.at(base + end - 1)
+        chunk = Chunk(
+            chunk_id=make_chunk_id(self.doc_id, self.key, base + start, base + end),
+            doc_id=self.doc_id,
+            index=self.index,
+            text=text[start:end],
+            char_start=base + start,
+            char_end=base + end,
+            token_count=int(tokens),
+            page_start=marks.pages[first],
+            page_end=marks.pages[last],
+            heading_path=marks.paths[first],
+        )
+        self.index += 1
+        self.previous_end = base + end
+        return chunk
+
+    def _forced(self, base: int, size: int) -> np.ndarray:
+        starts = np.asarray(self.marks.starts, dtype=np.int64) - base
+        return starts[(starts > 0) & (starts < size)]
+
+    def _section(self, text: str, base: int, final: bool):
+        """Emit the chunks this section decides; return how many characters it consumed."""
+        cfg, tokenizer, strategy = self.config, self.tokenizer, self.strategy
+        limit_tokens = cfg.max_tokens
+        cuts = find_cuts(
+            text, tokenizer, final=final, structure=strategy.structure,
+            forced=self._forced(base, len(text)) if strategy.structure else None,
+        )
+        chars, tokens = cuts.chars, cuts.tokens
+        last = len(chars) - 1
+        i = 0
+        while True:
+            if final and i == last:
+                return len(text)
+            start_tok = int(tokens[i])
+            limit = start_tok + limit_tokens
+            # a chunk must end past the previous chunk's end (overlap never repeats a whole chunk)
+            fresh = int(np.searchsorted(chars, self.previous_end - base, side="right"))
+            fresh = max(fresh, i + 1)
+            if final and tokens[last] <= limit:
+                j = last
+            else:
+                if not final and tokens[last] < limit:
+                    if i == last and len(text) - int(chars[i]) > MAX_UNCUT_CHARS:
+                        return (yield from self._uncut(text, base, int(chars[i]), len(text) - MAX_UNCUT_CHARS // 2))
+                    return int(chars[i])
+                hi = int(np.searchsorted(tokens, limit, side="right")) - 1
+                if fresh > hi and fresh - 1 > i:  # nothing new fits after the overlap: drop it
+                    i = fresh - 1
+                    continue
+                if hi <= i:  # the next safe cut is too far: cut that unit between tokens
+                    yield from self._hard(text, base, int(chars[i]), int(chars[i + 1]))
+                    i += 1
+                    continue
+                lo = int(np.searchsorted(tokens, start_tok + cfg.min_fill * limit_tokens, side="left"))
+                lo = min(max(lo, fresh), hi)
+                j = strategy.end(cuts, i, lo, hi)
+            count = int(tokens[j] - tokens[i])
+            if not tokenizer.additive:
+                j, count = self._verified(text, cuts, i, j)
+                if j == i:
+                    yield from self._hard(text, base, int(chars[i]), int(chars[i + 1]))
+                    i += 1
+                    continue
+            yield self._emit(text, base, int(chars[i]), int(chars[j]), count)
+            if final and j == last:
+                return len(text)
+            i = strategy.next_start(cuts, i, j, cfg.overlap)
+
+    def _hard(self, text: str, base: int, start: int, end: int) -> Iterator[Chunk]:
+        for piece_start, piece_end, count in hard_split(text[start:end], self.config.max_tokens, self.tokenizer):
+            yield self._emit(text, base, start + piece_start, start + piece_end, count)
+
+    def _verified(self, text: str, cuts: Cuts, i: int, j: int) -> tuple[int, int]:
+        """For tokenizers whose counts are not additive: shrink the chunk until its own count fits."""
+        while j > i:
+            count = self.tokenizer.count(text[cuts.chars[i] : cuts.chars[j]])
+            if count <= self.config.max_tokens:
+                return j, count
+            j -= 1
+        return i, 0
+
+    def _uncut(self, text: str, base: int, start: int, stop: int):
+        """A long run with no safe cut: hard-split it up to ``stop`` and go on from there."""
+        pieces = hard_split(text[start:stop], self.config.max_tokens, self.tokenizer)
+        for piece_start, piece_end, count in pieces[:-1]:
+            yield self._emit(text, base, start + piece_start, start + piece_end, count)
+        return start + pieces[-1][0]  # the last piece may grow with what follows: carry it
+
+
+def chunk_blocks(
+    blocks: Iterable[Block], doc_id: str, config: ChunkingConfig | None = None, tokenizer: Tokenizer | None = None
+) -> Iterator[Chunk]:
+    """Chunks of a document given as a block stream (constant memory in document size)."""
+    config = config or ChunkingConfig()
+    tokenizer = tokenizer or get_tokenizer(config.tokenizer)
+    return _Chunker(doc_id, config, tokenizer).run(blocks)

@@ -1,0 +1,25 @@
+"""Fixed token windows: each chunk is the longest run of whole words that fits in ``max_tokens``;
+the next one starts up to ``overlap`` tokens before it ends.
+
+Windows end on word or line boundaries (a word longer than a window is cut between tokens), which
+keeps every count exact without re-tokenizing chunks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rlmpipe.chunking.cuts import Cuts
+
+
+class FixedStrategy:
+    structure = False
+
+    def end(self, cuts: Cuts, start: int, lo: int, hi: int) -> int:
+        return hi
+
+    def next_start(self, cuts: Cuts, start: int, end: int, overlap: int) -> int:
+        if overlap <= 0:
+            return end
+        first = int(np.searchsorted(cuts.tokens, cuts.tokens[end] - overlap, side="left"))
+        return max(first, start + 1) if first < end else end

@@ -1,0 +1,131 @@
+"""Token counting with the target model's own tokenizer.
+
+Names accepted by :func:`get_tokenizer`:
+
+* ``cl100k_base`` (default) and ``o200k_base``: OpenAI's BPE encodings, run by ``bpe-openai``
+  (Rust, identical token ids to tiktoken, about 1.5x faster here) or by tiktoken if it is missing.
+  Both read their bundled files; nothing is downloaded.
+* a model string such as ``openai/gpt-4o-mini`` or ``gpt-4``: the encoding tiktoken knows for it.
+* ``local`` (the embedded SmolLM2 model) or ``gguf:/path/model.gguf``: the GGUF model's own
+  vocabulary through llama.cpp (extra ``rlmpipe[local]``).
+
+Text that looks like a special token (``<|endoftext|>``) is counted as ordinary text.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol, Sequence
+
+import numpy as np
+
+DEFAULT_TOKENIZER = "cl100k_base"
+OPENAI_ENCODINGS = ("cl100k_base", "o200k_base")
+
+
+class Tokenizer(Protocol):
+    """What chunking needs from a tokenizer."""
+
+    name: str
+    #: True when the token count of a text cut at word or line boundaries (see
+    #: :mod:`rlmpipe.chunking.cuts`) is the sum of the counts of its parts. It holds for the
+    #: OpenAI encodings, whose pre-tokenizer never joins across those boundaries; for others
+    #: every chunk is re-counted.
+    additive: bool
+
+    def encode(self, text: str) -> Sequence[int]: ...
+
+    def count(self, text: str) -> int: ...
+
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 byte length of every token id (index = id)."""
+        ...
+
+
+class OpenAIEncoding:
+    additive = True
+
+    def __init__(self, name: str):
+        if name not in OPENAI_ENCODINGS:
+            raise ValueError(f"unknown encoding {name!r} (known: {', '.join(OPENAI_ENCODINGS)})")
+        self.name = name
+        try:
+            import bpe_openai
+
+            self._encoding = bpe_openai.get_encoding(name)
+            self.backend = "bpe-openai"
+        except ImportError:
+            import tiktoken
+
+            self._encoding = tiktoken.get_encoding(name)
+            self.backend = "tiktoken"
+        self.encode = self._encoding.encode_ordinary
+        self._lengths: np.ndarray | None = None
+
+    def count(self, text: str) -> int:
+        return len(self._encoding.encode_ordinary(text))
+
+    def token_byte_lengths(self) -> np.ndarray:
+        if self._lengths is None:
+            values = self._encoding.token_byte_values()
+            lengths = np.zeros(self._encoding.max_token_value + 1, dtype=np.int64)
+            lengths[: len(values)] = [len(value) for value in values]
+            self._lengths = lengths
+        return self._lengths
+
+
+class GGUFTokenizer:
+    """A GGUF model's vocabulary through llama.cpp (vocabulary only: the weights are not loaded)."""
+
+    additive = False
+
+    def __init__(self, model_path: str):
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ValueError(
+                "the GGUF tokenizer needs llama-cpp-python: pip install 'rlmpipe[local]'"
+            ) from exc
+        self.name = f"gguf:{model_path}"
+        self._model = Llama(model_path=model_path, vocab_only=True, verbose=False)
+        self._lengths: np.ndarray | None = None
+
+    def encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return self._model.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def count(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def token_byte_lengths(self) -> np.ndarray:
+        if self._lengths is None:
+            size = self._model.n_vocab()
+            self._lengths = np.array(
+                [len(self._model.detokenize([token])) for token in range(size)], dtype=np.int64
+            )
+        return self._lengths
+
+
+@functools.lru_cache(maxsize=8)
+def get_tokenizer(name: str | None = None) -> Tokenizer:
+    """The tokenizer for an encoding name, a model string, ``local`` or ``gguf:PATH``."""
+    name = name or DEFAULT_TOKENIZER
+    if name in OPENAI_ENCODINGS:
+        return OpenAIEncoding(name)
+    if name.startswith("gguf:"):
+        return GGUFTokenizer(name[len("gguf:") :])
+    if name == "local":
+        from rlmpipe.lm.local import default_model_path
+
+        return GGUFTokenizer(str(default_model_path()))
+    import tiktoken
+
+    model = name.split("/", 1)[1] if "/" in name else name
+    try:
+        return OpenAIEncoding(tiktoken.encoding_name_for_model(model))
+    except KeyError:
+        raise ValueError(
+            f"unknown tokenizer {name!r}: use cl100k_base, o200k_base, an OpenAI model name, "
+            "'local' or gguf:PATH"
+        ) from None

@@ -1,0 +1,65 @@
+"""Plain text: the file's own characters, split into paragraph blocks as it streams by."""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+from rlmpipe.ingest.document import Block, Document, decoded_windows
+
+# One or more blank lines end a paragraph; the separator stays with the paragraph before it.
+PARAGRAPH_BREAK = re.compile(r"\r?\n(?:[ \t\f\v]*\r?\n)+")
+
+
+def paragraphs(windows: Iterator[str], max_block_chars: int) -> Iterator[tuple[int, str]]:
+    """(char_start, text) runs that together are exactly the concatenated windows.
+
+    A run ends after a blank-line separator; a paragraph longer than ``max_block_chars`` is cut at
+    its last line break (or, for a single long line, at the limit), so memory stays bounded.
+    """
+    pending = ""
+    offset = 0  # char offset of pending[0]
+    for window in windows:
+        pending += window
+        start = 0
+        for match in PARAGRAPH_BREAK.finditer(pending):
+            if match.end() == len(pending):
+                break  # the separator may continue in the next window
+            yield from _bounded(offset + start, pending[start : match.end()], max_block_chars)
+            start = match.end()
+        pending = pending[start:]
+        offset += start
+        while len(pending) > max_block_chars:
+            cut = _soft_cut(pending, max_block_chars)
+            yield offset, pending[:cut]
+            pending = pending[cut:]
+            offset += cut
+    if pending:
+        yield from _bounded(offset, pending, max_block_chars)
+
+
+def _bounded(start: int, text: str, limit: int) -> Iterator[tuple[int, str]]:
+    while len(text) > limit:
+        cut = _soft_cut(text, limit)
+        yield start, text[:cut]
+        text = text[cut:]
+        start += cut
+    if text:
+        yield start, text
+
+
+def _soft_cut(text: str, limit: int) -> int:
+    """Where to cut an over-long run: after its last line break within the limit, else at the limit."""
+    newline = text.rfind("\n", 0, limit)
+    if newline > 0:
+        return newline + 1
+    cut = limit
+    if "\ud800" <= text[cut - 1] <= "\udbff":  # never split a surrogate pair (only from odd decoders)
+        cut -= 1
+    return cut
+
+
+def read_text(document: Document) -> Iterator[Block]:
+    windows = decoded_windows(document.path, document.limits)
+    for start, text in paragraphs(windows, document.limits.max_block_chars):
+        yield Block(text=text, char_start=start)

@@ -1,0 +1,1 @@
+"""The LM layer: model strings, the embedded local model, and usage accounting."""
