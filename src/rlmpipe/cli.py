@@ -67,6 +67,8 @@ def chunk(
             elif isinstance(item, DocumentError):
                 totals.failed += 1
                 typer.echo(f"error: {item}", err=True)
+            else:
+                typer.echo(f"note: {item}", err=True)
     except BrokenPipeError:  # `rlmpipe chunk ... | head`
         sys.stderr.close()
         raise typer.Exit(0)

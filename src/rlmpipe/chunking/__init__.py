@@ -40,15 +40,16 @@ def chunk_paths(paths, config: ChunkingConfig | None = None, limits=None):
     """Every file under ``paths``, in order: its :class:`~rlmpipe.ingest.Document`, then its chunks.
 
     A file that cannot be read yields its :class:`~rlmpipe.ingest.DocumentError` (in place of its
-    chunks, or after those streamed before the problem showed) and the others go on.
+    chunks, or after those streamed before the problem showed) and the others go on. Files of
+    unsupported types inside a folder are reported once per folder as a ``SkippedFiles``.
     """
-    from rlmpipe.ingest import DocumentError, open_documents
+    from rlmpipe.ingest import Document, DocumentError, open_documents
 
     config = config or ChunkingConfig()
     get_tokenizer(config.tokenizer)  # fail on a bad tokenizer name before reading anything
     for item in open_documents(paths, limits):
-        if isinstance(item, DocumentError):
-            yield item
+        if not isinstance(item, Document):
+            yield item  # a DocumentError or a SkippedFiles notice
             continue
         yield item
         try:

@@ -28,14 +28,22 @@ MAX_UNCUT_CHARS = 1 << 17
 
 
 class _Marks:
-    """Page and heading path in effect at each block start, for the text not yet emitted."""
+    """Page and heading path in effect from each block start on, for the text not yet emitted.
+
+    Only changes are kept (a plain-text file has one mark), plus where heading blocks start.
+    """
 
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.pages: list[int | None] = []
         self.paths: list[tuple[str, ...]] = []
+        self.headings: list[int] = []
 
     def add(self, block: Block) -> None:
+        if block.kind == "heading":
+            self.headings.append(block.char_start)
+        if self.starts and self.pages[-1] == block.page and self.paths[-1] == block.heading_path:
+            return
         self.starts.append(block.char_start)
         self.pages.append(block.page)
         self.paths.append(block.heading_path)
@@ -47,6 +55,12 @@ class _Marks:
         keep = self.at(offset)
         if keep:
             del self.starts[:keep], self.pages[:keep], self.paths[:keep]
+        del self.headings[: bisect.bisect_left(self.headings, offset)]
+
+    def headings_in(self, base: int, size: int) -> np.ndarray | None:
+        if not self.headings:
+            return None
+        return np.asarray(self.headings, dtype=np.int64) - base
 
 
 def hard_split(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[tuple[int, int, int]]:
@@ -132,55 +146,51 @@ class _Chunker:
         self.previous_end = base + end
         return chunk
 
-    def _forced(self, base: int, size: int) -> np.ndarray:
-        starts = np.asarray(self.marks.starts, dtype=np.int64) - base
-        return starts[(starts > 0) & (starts < size)]
-
     def _section(self, text: str, base: int, final: bool):
         """Emit the chunks this section decides; return how many characters it consumed."""
         cfg, tokenizer, strategy = self.config, self.tokenizer, self.strategy
         limit_tokens = cfg.max_tokens
         cuts = find_cuts(
             text, tokenizer, final=final, structure=strategy.structure,
-            forced=self._forced(base, len(text)) if strategy.structure else None,
+            headings=self.marks.headings_in(base, len(text)) if strategy.structure else None,
         )
-        chars, tokens = cuts.chars, cuts.tokens
+        chars, tokens = cuts.chars.tolist(), cuts.tokens.tolist()  # bisect on lists: per-chunk lookups
         last = len(chars) - 1
         i = 0
         while True:
             if final and i == last:
                 return len(text)
-            start_tok = int(tokens[i])
+            start_tok = tokens[i]
             limit = start_tok + limit_tokens
             # a chunk must end past the previous chunk's end (overlap never repeats a whole chunk)
-            fresh = int(np.searchsorted(chars, self.previous_end - base, side="right"))
+            fresh = bisect.bisect_right(chars, self.previous_end - base)
             fresh = max(fresh, i + 1)
             if final and tokens[last] <= limit:
                 j = last
             else:
                 if not final and tokens[last] < limit:
-                    if i == last and len(text) - int(chars[i]) > MAX_UNCUT_CHARS:
-                        return (yield from self._uncut(text, base, int(chars[i]), len(text) - MAX_UNCUT_CHARS // 2))
-                    return int(chars[i])
-                hi = int(np.searchsorted(tokens, limit, side="right")) - 1
+                    if i == last and len(text) - chars[i] > MAX_UNCUT_CHARS:
+                        return (yield from self._uncut(text, base, chars[i], len(text) - MAX_UNCUT_CHARS // 2))
+                    return chars[i]
+                hi = bisect.bisect_right(tokens, limit) - 1
                 if fresh > hi and fresh - 1 > i:  # nothing new fits after the overlap: drop it
                     i = fresh - 1
                     continue
                 if hi <= i:  # the next safe cut is too far: cut that unit between tokens
-                    yield from self._hard(text, base, int(chars[i]), int(chars[i + 1]))
+                    yield from self._hard(text, base, chars[i], chars[i + 1])
                     i += 1
                     continue
-                lo = int(np.searchsorted(tokens, start_tok + cfg.min_fill * limit_tokens, side="left"))
+                lo = bisect.bisect_left(tokens, start_tok + cfg.min_fill * limit_tokens)
                 lo = min(max(lo, fresh), hi)
                 j = strategy.end(cuts, i, lo, hi)
-            count = int(tokens[j] - tokens[i])
+            count = tokens[j] - tokens[i]
             if not tokenizer.additive:
                 j, count = self._verified(text, cuts, i, j)
                 if j == i:
-                    yield from self._hard(text, base, int(chars[i]), int(chars[i + 1]))
+                    yield from self._hard(text, base, chars[i], chars[i + 1])
                     i += 1
                     continue
-            yield self._emit(text, base, int(chars[i]), int(chars[j]), count)
+            yield self._emit(text, base, chars[i], chars[j], count)
             if final and j == last:
                 return len(text)
             i = strategy.next_start(cuts, i, j, cfg.overlap)

