@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 pip install --quiet --upgrade pip
 pip install --quiet -e ".[local]"
-rlmpipe chunk examples/ --strategy structure --max-tokens 512 --out out/chunks.jsonl --stats
+rlmpipe chunk examples/contracts/ --strategy structure --max-tokens 512 --out out/chunks.jsonl --stats
 echo "chunks written to out/chunks.jsonl"

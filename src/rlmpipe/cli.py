@@ -95,5 +95,95 @@ def _print_stats(totals) -> None:
     typer.echo("\n".join(lines), err=True)
 
 
+# --- commands that run LM pipelines ---------------------------------------------------------------
+
+LM_HELP = "Model: a litellm model string (openai/gpt-4o-mini, ollama_chat/llama3.1, ...) or 'local'."
+
+
+def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max_tokens, max_cost, max_time,
+                  rpm, tpm, workspace, force_resume, fresh, quiet, out, command: dict):
+    """Choose the model, run the pipeline with live progress, print the outcome, exit with its code."""
+    from rlmpipe.lm.errors import FatalLMError
+    from rlmpipe.lm.local import LocalModelMissing
+    from rlmpipe.lm.models import choose_model, make_lm
+    from rlmpipe.monitor.progress import attach_progress
+    from rlmpipe.runtime.events import EventBus
+    from rlmpipe.runtime.runner import RunOptions, execute, interrupt_handling
+    from rlmpipe.runtime.store import Store
+
+    try:
+        choice = choose_model(lm, api_base, model_path)
+        model = make_lm(choice)
+        options = RunOptions(concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost,
+                             max_seconds=max_time, requests_per_minute=rpm, tokens_per_minute=tpm,
+                             workspace=Path(workspace), force_resume=force_resume, fresh=fresh)
+    except (FatalLMError, LocalModelMissing, ValueError) as exc:
+        fail(str(exc))
+    events = EventBus()
+    progress = attach_progress(events, quiet=quiet)
+    current = {}
+    with interrupt_handling(lambda: current.get("run")), progress:
+        summary = execute(pipeline, list(paths), model, options=options, store=Store(options.workspace),
+                          events=events, run_config={"command": command, "model_source": choice.source},
+                          on_start=lambda run: current.update(run=run))
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
+            for item in summary.results:
+                handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+    elif summary.results and not quiet:
+        for item in summary.results:
+            typer.echo(json.dumps(item, ensure_ascii=False))
+    return summary
+
+
+def _exit_for(summary) -> None:
+    if summary.status == "failed":
+        typer.echo(f"error: run {summary.run_id} failed: {summary.reason}", err=True)
+        raise typer.Exit(2)
+    if summary.status == "stopped":
+        typer.echo(f"run {summary.run_id} stopped ({summary.reason}); resume with: rlmpipe resume {summary.run_id}",
+                   err=True)
+        raise typer.Exit(3)
+    if summary.documents.get("failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def summarize(
+    paths: List[Path] = typer.Argument(..., help="Files or folders."),
+    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
+    api_base: Optional[str] = typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="A GGUF file for the local model."),
+    chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="Tokens per chunk."),
+    strategy: str = typer.Option("structure", help="fixed | structure"),
+    concurrency: int = typer.Option(8, help="LM calls at once."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget for the whole run."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD budget for the whole run."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
+    rpm: Optional[int] = typer.Option(None, "--rpm", help="Requests per minute allowed by the provider."),
+    tpm: Optional[int] = typer.Option(None, "--tpm", help="Tokens per minute allowed by the provider."),
+    workspace: Path = typer.Option(Path(".rlmpipe"), help="Where runs are stored."),
+    force_resume: bool = typer.Option(False, "--force-resume", help="Reuse finished steps of a run whose configuration changed."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier runs and compute everything again."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    out: Optional[Path] = typer.Option(None, help="Write one JSON line per document here."),
+) -> None:
+    """Summarize documents of any size: map over chunks, then merge the summaries as a tree."""
+    from rlmpipe.apps.summarize import SummarizePipeline
+    from rlmpipe.chunking import ChunkingConfig
+
+    try:
+        pipeline = SummarizePipeline(ChunkingConfig(strategy=strategy, max_tokens=chunk_tokens))
+    except ValueError as exc:
+        fail(str(exc))
+    command = {"name": "summarize", "paths": [str(p) for p in paths], "lm": lm, "api_base": api_base,
+               "model_path": model_path, "chunk_tokens": chunk_tokens, "strategy": strategy}
+    summary = _run_pipeline(pipeline, paths, lm=lm, api_base=api_base, model_path=model_path,
+                            concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
+                            rpm=rpm, tpm=tpm, workspace=workspace, force_resume=force_resume, fresh=fresh,
+                            quiet=quiet, out=out, command=command)
+    _exit_for(summary)
+
+
 if __name__ == "__main__":
     app()

@@ -23,7 +23,7 @@ from rlmpipe.chunking import engine
 from rlmpipe.ingest.document import Block
 
 CUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "cuad" / "contracts"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "contracts"
 
 
 def check_contract(source: str, chunks, config: ChunkingConfig) -> None:

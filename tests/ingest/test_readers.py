@@ -13,7 +13,7 @@ from rlmpipe.ingest import ReadLimits, open_document
 from tests.support.documents import write_docx, write_pdf
 
 CUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "cuad" / "contracts"
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "contracts"
 
 
 def assert_contiguous(blocks, text: str) -> None:

@@ -1,0 +1,141 @@
+"""Classify an LM failure once: retry it, ask again, or stop.
+
+* **retryable**: rate limits (429), server errors (5xx), timeouts, dropped connections. Retried
+  with exponential backoff and jitter, honouring ``Retry-After`` up to a cap.
+* **reask**: the model answered but its output did not parse or validate. The step asks again,
+  showing the model the error, a bounded number of times.
+* **fatal**: authentication, billing, bad request, unknown model, context window exceeded, a
+  missing API key, an exhausted budget. Retrying cannot help: the run stops with a message that
+  says what to do.
+
+DSPy (>= 3.4) raises its own typed ``LMError`` s with ``status`` and ``retry_after``; litellm and
+the OpenAI SDK raise theirs with ``status_code`` and a response carrying headers. Both are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["retryable", "reask", "fatal"]
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+
+
+class BudgetExceeded(RuntimeError):
+    """A run-wide budget (tokens, cost or time) is used up. Not an LM error: the run stops cleanly."""
+
+    def __init__(self, what: str, used: float, limit: float):
+        self.what, self.used, self.limit = what, used, limit
+        super().__init__(f"{what} budget reached ({_fmt(used)} of {_fmt(limit)})")
+
+
+class FatalLMError(RuntimeError):
+    """An LM failure that retrying cannot fix; ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str = "", kind: str = "fatal"):
+        self.hint, self.kind = hint, kind
+        super().__init__(f"{message}{': ' + hint if hint else ''}")
+
+
+#: Fatal errors that no other document could escape either: they stop the whole run. Other fatal
+#: errors (a request too large for the context, a bad request) fail only the step at hand.
+RUN_FATAL = {"auth", "billing", "not_configured", "unknown_model", "configuration", "budget"}
+
+
+@dataclass(frozen=True)
+class Classified:
+    kind: Kind
+    type: str  # short name for logs and metrics: "rate_limit", "server", "timeout", ...
+    status: int | None = None
+    retry_after: float | None = None
+    hint: str = ""
+
+    @property
+    def stops_run(self) -> bool:
+        return self.kind == "fatal" and self.type in RUN_FATAL
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
+
+
+def _status(error: BaseException) -> int | None:
+    for name in ("status", "status_code", "http_status"):
+        value = getattr(error, name, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(error, "response", None)
+    value = getattr(response, "status_code", None)
+    return value if isinstance(value, int) else None
+
+
+def retry_after_seconds(error: BaseException) -> float | None:
+    """The server's ``Retry-After`` hint, from DSPy's attribute or the HTTP response headers."""
+    value = getattr(error, "retry_after", None)
+    if value is None:
+        headers = getattr(getattr(error, "response", None), "headers", None) or {}
+        try:
+            value = headers.get("retry-after") or headers.get("Retry-After")
+        except AttributeError:
+            value = None
+    try:
+        seconds = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None  # an HTTP date: rare for LM providers, and backoff covers it
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+def classify(error: BaseException) -> Classified:
+    from dspy.utils import exceptions as dx
+
+    status = _status(error)
+    after = retry_after_seconds(error)
+    if isinstance(error, BudgetExceeded):
+        return Classified("fatal", "budget")
+    if isinstance(error, FatalLMError):
+        return Classified("fatal", error.kind, hint=error.hint)
+    if isinstance(error, dx.AdapterParseError):
+        return Classified("reask", "parse")
+    fatal_types = [
+        (getattr(dx, "ContextWindowExceededError", ()), "context_window",
+         "the prompt is larger than the model's context window: use smaller chunks (--max-tokens)"),
+        (getattr(dx, "LMAuthError", ()), "auth", "check the API key for this provider"),
+        (getattr(dx, "LMBillingError", ()), "billing", "the provider account has no credit"),
+        (getattr(dx, "LMNotConfiguredError", ()), "not_configured", "set the provider's API key variable"),
+        (getattr(dx, "LMUnsupportedModelError", ()), "unknown_model", "check the model name (--lm)"),
+        (getattr(dx, "LMConfigurationError", ()), "configuration", "check --lm and --api-base"),
+        (getattr(dx, "LMInvalidRequestError", ()), "bad_request", "the provider rejected the request"),
+    ]
+    for types, name, hint in fatal_types:
+        if types and isinstance(error, types):
+            return Classified("fatal", name, status, hint=hint)
+    retryable_types = [
+        (getattr(dx, "LMRateLimitError", ()), "rate_limit"),
+        (getattr(dx, "LMTimeoutError", ()), "timeout"),
+        (getattr(dx, "LMServerError", ()), "server"),
+        (getattr(dx, "LMTransportError", ()), "connection"),
+        (getattr(dx, "LMLockTimeoutError", ()), "lock_timeout"),
+    ]
+    for types, name in retryable_types:
+        if types and isinstance(error, types):
+            return Classified("retryable", name, status, after)
+    # litellm / openai SDK / plain Python errors, by class name and status
+    name = type(error).__name__
+    if status == 429 or "RateLimit" in name:
+        return Classified("retryable", "rate_limit", status, after)
+    if "Timeout" in name or isinstance(error, TimeoutError):
+        return Classified("retryable", "timeout", status, after)
+    if status in RETRYABLE_STATUS or "InternalServer" in name or "ServiceUnavailable" in name:
+        return Classified("retryable", "server", status, after)
+    if "Connection" in name or isinstance(error, ConnectionError):
+        return Classified("retryable", "connection", status, after)
+    if status in (401, 403) or "Authentication" in name or "PermissionDenied" in name:
+        return Classified("fatal", "auth", status, hint="check the API key for this provider")
+    if status == 404 or "NotFound" in name:
+        return Classified("fatal", "unknown_model", status, hint="check the model name (--lm)")
+    if status is not None and 400 <= status < 500:
+        return Classified("fatal", "bad_request", status, hint="the provider rejected the request")
+    if isinstance(error, (ValueError, KeyError, TypeError)) and "parse" in str(error).lower():
+        return Classified("reask", "parse")
+    return Classified("fatal", "unexpected", status, hint=f"{name}")

@@ -1,0 +1,256 @@
+"""Live progress of a run, from its events alone.
+
+``RunProgress`` folds events into counts (documents, steps, calls in flight, tokens, cost, calls
+per minute, retries, failures) and an ETA from *recent* throughput. Work is measured in steps;
+how many steps a document will need is not known until it has been chunked, so unfinished
+documents are estimated from their size at the steps-per-byte rate seen so far.
+
+``attach_progress`` shows it: a rich live panel on a terminal, a plain line every few seconds
+otherwise (CI logs, pipes), nothing with ``--quiet``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+RECENT_SECONDS = 60.0
+
+
+@dataclass
+class RunProgress:
+    started: float = field(default_factory=time.time)
+    run_id: str = ""
+    model: str = ""
+    documents_total: int = 0
+    documents_done: int = 0
+    documents_failed: int = 0
+    documents_stopped: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    steps_done: int = 0
+    steps_reused: int = 0
+    steps_failed: int = 0
+    in_flight: int = 0
+    calls: int = 0
+    cached: int = 0
+    retries: int = 0
+    call_errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+    status: str = "running"
+    stop_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _sizes: dict = field(default_factory=dict)
+    _doc_steps: dict = field(default_factory=dict)
+    _recent_steps: deque = field(default_factory=deque)
+    _recent_calls: deque = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def update(self, event: dict) -> None:
+        with self._lock:
+            self._apply(event)
+
+    def _apply(self, event: dict) -> None:
+        kind = event["type"]
+        now = event.get("time", time.time())
+        if kind == "run_start":
+            self.run_id, self.model = event["run_id"], event.get("model", "")
+        elif kind == "document_queued":
+            self.documents_total += 1
+            self.bytes_total += event.get("size") or 0
+            self._sizes[event["doc_id"]] = event.get("size") or 0
+        elif kind in ("document_done", "document_failed", "document_stopped"):
+            if kind == "document_done":
+                self.documents_done += 1
+            elif kind == "document_failed":
+                self.documents_failed += 1
+                if event.get("doc_id") is None:  # failed before it could be queued (bad input)
+                    self.documents_total += 1
+                self.errors.append(event.get("error", ""))
+            else:
+                self.documents_stopped += 1
+            self.bytes_done += self._sizes.pop(event.get("doc_id"), 0)
+        elif kind == "step_start":
+            self.in_flight += 1
+            self._doc_steps[event.get("doc_id")] = self._doc_steps.get(event.get("doc_id"), 0) + 1
+        elif kind in ("step_done", "step_failed", "step_stopped"):
+            self.in_flight = max(0, self.in_flight - 1)
+            if kind == "step_done":
+                self.steps_done += 1
+                self._recent_steps.append(now)
+            elif kind == "step_failed":
+                self.steps_failed += 1
+        elif kind == "step_reused":
+            self.steps_reused += 1
+            self._doc_steps[event.get("doc_id")] = self._doc_steps.get(event.get("doc_id"), 0) + 1
+            self.prompt_tokens += event.get("prompt_tokens") or 0
+            self.completion_tokens += event.get("completion_tokens") or 0
+            self.cost += event.get("cost") or 0.0
+        elif kind == "lm_call":
+            if event["outcome"] == "cached":
+                self.cached += 1
+                return
+            self.calls += 1
+            self._recent_calls.append(now)
+            self.retries += 1 if event.get("attempt", 1) > 1 else 0
+            self.call_errors += 1 if event["outcome"] == "error" else 0
+            self.prompt_tokens += event.get("prompt_tokens") or 0
+            self.completion_tokens += event.get("completion_tokens") or 0
+            if event.get("cost") is None:
+                self.unpriced += 1 if (event.get("prompt_tokens") or event.get("completion_tokens")) else 0
+            else:
+                self.cost += event["cost"]
+        elif kind == "note":
+            self.notes.append(event["message"])
+        elif kind == "run_stopping":
+            self.stop_reason = event.get("reason")
+        elif kind == "run_end":
+            self.status = event["status"]
+            self.stop_reason = event.get("reason")
+        for recent in (self._recent_steps, self._recent_calls):
+            while recent and now - recent[0] > RECENT_SECONDS:
+                recent.popleft()
+
+    # --- derived figures ------------------------------------------------------------------------
+    def rate(self, recent: deque) -> float:
+        """Events per second over the recent window (or since start, if younger)."""
+        if not recent:
+            return 0.0
+        span = max(1.0, min(RECENT_SECONDS, time.time() - self.started))
+        return len(recent) / span
+
+    @property
+    def calls_per_minute(self) -> float:
+        return self.rate(self._recent_calls) * 60
+
+    def eta_seconds(self) -> float | None:
+        """Remaining steps (estimated) over the recent step rate; None until there is a rate."""
+        with self._lock:
+            rate = self.rate(self._recent_steps)
+            if rate <= 0:
+                return None
+            steps_seen = self.steps_done + self.steps_reused
+            bytes_seen = self.bytes_done or 0
+            finished_steps = sum(n for doc, n in self._doc_steps.items() if doc not in self._sizes)
+            per_byte = (finished_steps / bytes_seen) if bytes_seen and finished_steps else None
+            remaining_bytes = sum(self._sizes.values())
+            if per_byte is None:  # no document finished yet: assume the current ones are half done
+                expected = max(steps_seen * 2, steps_seen + self.in_flight)
+                if self.documents_total > 1 and self._sizes:
+                    expected = expected * self.bytes_total / max(1, sum(self._sizes.values()))
+            else:
+                expected = finished_steps + remaining_bytes * per_byte
+            remaining = max(0.0, expected - steps_seen)
+            return remaining / rate
+
+    def line(self) -> str:
+        eta = self.eta_seconds()
+        cost = f"${self.cost:.4f}" + ("+?" if self.unpriced else "")
+        return (
+            f"docs {self.documents_done + self.documents_failed}/{self.documents_total}"
+            f" (failed {self.documents_failed})  steps {self.steps_done} (+{self.steps_reused} reused,"
+            f" {self.steps_failed} failed)  in flight {self.in_flight}  tokens {self.prompt_tokens:,} in /"
+            f" {self.completion_tokens:,} out  cost {cost}  {self.calls_per_minute:.0f} calls/min"
+            f"  retries {self.retries}  errors {self.call_errors}  ETA {format_seconds(eta)}"
+        )
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class _PlainReporter:
+    """A line to stderr every ``every`` seconds, and at the end."""
+
+    def __init__(self, progress: RunProgress, every: float = 10.0):
+        self.progress, self.every = progress, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rlmpipe-progress", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            print(f"[rlmpipe] {self.progress.line()}", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2)
+        print(f"[rlmpipe] {self.progress.line()}", file=sys.stderr, flush=True)
+        return False
+
+
+class _LiveReporter:
+    """A rich live panel on the terminal (stderr)."""
+
+    def __init__(self, progress: RunProgress):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.progress = progress
+        self.console = Console(stderr=True)
+        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False,
+                         get_renderable=self._render)
+
+    def _render(self):
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        p = self.progress
+        table = Table.grid(padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        finished = p.documents_done + p.documents_failed + p.documents_stopped
+        bar = ProgressBar(total=max(1, p.documents_total), completed=finished, width=30)
+        table.add_row("run", f"{p.run_id}  {p.model}")
+        table.add_row("documents", bar)
+        table.add_row("", f"{finished}/{p.documents_total} ({p.documents_failed} failed)")
+        table.add_row("steps", f"{p.steps_done} done, {p.steps_reused} reused, {p.steps_failed} failed, "
+                               f"{p.in_flight} in flight")
+        table.add_row("tokens", f"{p.prompt_tokens:,} in / {p.completion_tokens:,} out")
+        table.add_row("cost", f"${p.cost:.4f}" + (f" (+{p.unpriced} calls of unknown price)" if p.unpriced else ""))
+        table.add_row("calls", f"{p.calls} ({p.calls_per_minute:.0f}/min), {p.cached} cached, "
+                               f"{p.retries} retries, {p.call_errors} errors")
+        table.add_row("ETA", format_seconds(p.eta_seconds()))
+        if p.stop_reason:
+            table.add_row("stopping", p.stop_reason)
+        return table
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.live.__exit__(*exc)
+
+
+def attach_progress(events, quiet: bool = False, every: float = 10.0, stream=None):
+    """Subscribe a :class:`RunProgress` to ``events``; returns a context manager that shows it."""
+    progress = RunProgress()
+    events.subscribe(progress.update)
+    stream = stream or sys.stderr
+    if quiet:
+        reporter = contextlib.nullcontext()
+    elif stream.isatty():
+        reporter = _LiveReporter(progress)
+    else:
+        reporter = _PlainReporter(progress, every)
+    reporter.progress = progress  # type: ignore[attr-defined]
+    return reporter

@@ -1,0 +1,31 @@
+"""Map: one step per chunk, run in parallel, results back in chunk order.
+
+Chunks are pulled from their (streaming) iterator only as fast as results are taken, with at most
+``in_flight`` submitted at once: memory is bounded by the chunks in flight, not by the document.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator
+
+from rlmpipe.chunking import Chunk
+
+
+def map_chunks(run, doc_id: str, chunks: Iterable[Chunk], name: str, fn: Callable[[Chunk], Any], *,
+               in_flight: int | None = None, depth: int = 0) -> Iterator[tuple[Chunk, str, Any]]:
+    """Yield ``(chunk, step_key, result)`` in order. A failed step raises when its turn comes
+    (the steps after it keep running and are saved, so a resume does not redo them)."""
+    limit = max(1, in_flight or 2 * run.options.concurrency)
+    window: deque = deque()
+    for chunk in chunks:
+        key = run.key(name, doc_id, chunk.chunk_id)
+        window.append((chunk, key, run.submit(name, partial(fn, chunk), doc_id=doc_id, chunk_id=chunk.chunk_id,
+                                              depth=depth, key=key)))
+        while len(window) >= limit:
+            chunk_done, key_done, future = window.popleft()
+            yield chunk_done, key_done, future.result()
+    while window:
+        chunk_done, key_done, future = window.popleft()
+        yield chunk_done, key_done, future.result()

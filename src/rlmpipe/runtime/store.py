@@ -1,0 +1,288 @@
+"""The run store: SQLite in WAL mode, in a workspace folder (default ``./.rlmpipe/``).
+
+What it holds: runs (configuration, fingerprint, status), documents of a run, steps (result,
+usage, attempts, timings, error) and LM calls. A step is *done* only once its row is committed;
+resume reads this table and nothing else. One connection per thread (SQLite's rule); writes are
+short transactions, and WAL lets readers (``runs watch``) read while a run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from rlmpipe.lm.usage import LMCall
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    model TEXT,
+    config TEXT NOT NULL,          -- JSON: everything needed to run it again (inputs included)
+    status TEXT NOT NULL,          -- running | done | stopped | failed
+    stop_reason TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    sessions INTEGER NOT NULL DEFAULT 0,
+    pid INTEGER,
+    totals TEXT                     -- JSON: documents/steps counts at the last update
+);
+CREATE TABLE IF NOT EXISTS documents (
+    run_id TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status TEXT NOT NULL,          -- pending | running | done | failed | stopped
+    error TEXT,
+    chunks INTEGER,
+    steps_total INTEGER,
+    started REAL,
+    finished REAL,
+    result TEXT,                   -- JSON: the document's final output
+    PRIMARY KEY (run_id, doc_id, path)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    step_key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    doc_id TEXT,
+    chunk_id TEXT,
+    name TEXT NOT NULL,
+    depth INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,          -- done | failed
+    result TEXT,                   -- JSON
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL,                     -- NULL: some call had an unknown price
+    calls INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reasks INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    started REAL,
+    finished REAL,
+    worker TEXT,
+    extra TEXT                     -- JSON: pattern-specific detail (e.g. an RLM trajectory)
+);
+CREATE INDEX IF NOT EXISTS steps_by_run ON steps(run_id, status);
+CREATE TABLE IF NOT EXISTS lm_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT,
+    step_key TEXT,
+    step_name TEXT,
+    doc_id TEXT,
+    depth INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost REAL,
+    latency REAL NOT NULL,
+    started REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    error_type TEXT,
+    error TEXT,
+    worker TEXT,
+    call_id TEXT,
+    session INTEGER
+);
+CREATE INDEX IF NOT EXISTS calls_by_run ON lm_calls(run_id);
+"""
+
+
+@dataclass
+class StepRow:
+    step_key: str
+    run_id: str
+    doc_id: str | None
+    chunk_id: str | None
+    name: str
+    depth: int
+    status: str
+    result: Any
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    calls: int
+    attempts: int
+    reasks: int
+    error: str | None
+    started: float | None
+    finished: float | None
+    worker: str | None
+    extra: Any
+
+
+class Store:
+    """Thread-safe access to one workspace's database."""
+
+    def __init__(self, workspace: str | Path = ".rlmpipe"):
+        self.workspace = Path(workspace)
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.path = self.workspace / "runs.sqlite"
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        with self._write_lock:
+            connection = self._connection()
+            connection.executescript(SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: survives a process crash
+            connection.execute("PRAGMA busy_timeout=30000")
+            connection.row_factory = sqlite3.Row
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    def _write(self, statements: Iterable[tuple[str, tuple]]) -> None:
+        connection = self._connection()
+        with self._write_lock:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params in statements:
+                    connection.execute(sql, params)
+                connection.execute("COMMIT")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        return self._connection().execute(sql, params).fetchall()
+
+    # --- runs -----------------------------------------------------------------------------------
+    def get_run(self, run_id: str) -> dict | None:
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        return _run_dict(rows[0]) if rows else None
+
+    def find_runs(self, prefix: str) -> list[dict]:
+        rows = self._query("SELECT * FROM runs WHERE run_id LIKE ? ORDER BY created DESC", (prefix + "%",))
+        return [_run_dict(row) for row in rows]
+
+    def list_runs(self, limit: int = 50) -> list[dict]:
+        rows = self._query("SELECT * FROM runs ORDER BY updated DESC LIMIT ?", (limit,))
+        return [_run_dict(row) for row in rows]
+
+    def start_run(self, run_id: str, pipeline: str, fingerprint: str, model: str | None, config: dict, pid: int) -> int:
+        """Create the run, or reopen it for another session; returns the session number (1, 2, ...)."""
+        now = time.time()
+        self._write([(
+            "INSERT INTO runs (run_id, pipeline, fingerprint, model, config, status, created, updated, sessions, pid)"
+            " VALUES (?, ?, ?, ?, ?, 'running', ?, ?, 1, ?)"
+            " ON CONFLICT(run_id) DO UPDATE SET status='running', stop_reason=NULL, updated=excluded.updated,"
+            " sessions=sessions+1, pid=excluded.pid, config=excluded.config, model=excluded.model",
+            (run_id, pipeline, fingerprint, model, json.dumps(config, sort_keys=True), now, now, pid),
+        )])
+        return int(self._query("SELECT sessions FROM runs WHERE run_id = ?", (run_id,))[0]["sessions"])
+
+    def finish_run(self, run_id: str, status: str, reason: str | None = None, totals: dict | None = None) -> None:
+        self._write([(
+            "UPDATE runs SET status = ?, stop_reason = ?, updated = ?, totals = ? WHERE run_id = ?",
+            (status, reason, time.time(), json.dumps(totals) if totals is not None else None, run_id),
+        )])
+
+    def touch_run(self, run_id: str, totals: dict) -> None:
+        self._write([("UPDATE runs SET updated = ?, totals = ? WHERE run_id = ?",
+                      (time.time(), json.dumps(totals), run_id))])
+
+    # --- documents ------------------------------------------------------------------------------
+    def set_document(self, run_id: str, doc_id: str, path: str, status: str, *, error: str | None = None,
+                     chunks: int | None = None, result: Any = None, steps_total: int | None = None) -> None:
+        now = time.time()
+        self._write([(
+            "INSERT INTO documents (run_id, doc_id, path, status, error, chunks, steps_total, started, finished, result)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(run_id, doc_id, path) DO UPDATE SET status=excluded.status, error=excluded.error,"
+            " chunks=COALESCE(excluded.chunks, chunks), steps_total=COALESCE(excluded.steps_total, steps_total),"
+            " finished=excluded.finished, result=COALESCE(excluded.result, result)",
+            (run_id, doc_id, path, status, error, chunks, steps_total, now,
+             now if status in ("done", "failed", "stopped") else None,
+             json.dumps(result) if result is not None else None),
+        )])
+
+    def documents(self, run_id: str) -> list[dict]:
+        rows = self._query("SELECT * FROM documents WHERE run_id = ? ORDER BY started", (run_id,))
+        return [{**dict(row), "result": json.loads(row["result"]) if row["result"] else None} for row in rows]
+
+    # --- steps ----------------------------------------------------------------------------------
+    def done_step(self, step_key: str) -> StepRow | None:
+        rows = self._query("SELECT * FROM steps WHERE step_key = ? AND status = 'done'", (step_key,))
+        return _step_row(rows[0]) if rows else None
+
+    def commit_step(self, row: StepRow, calls: list[LMCall], session: int) -> None:
+        """The step's result and the LM calls it made, in one transaction: done means stored."""
+        statements = [(
+            "INSERT OR REPLACE INTO steps (step_key, run_id, doc_id, chunk_id, name, depth, status, result,"
+            " prompt_tokens, completion_tokens, cost, calls, attempts, reasks, error, started, finished, worker, extra)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.step_key, row.run_id, row.doc_id, row.chunk_id, row.name, row.depth, row.status,
+             json.dumps(row.result) if row.result is not None else None, row.prompt_tokens,
+             row.completion_tokens, row.cost, row.calls, row.attempts, row.reasks, row.error, row.started,
+             row.finished, row.worker, json.dumps(row.extra) if row.extra is not None else None),
+        )]
+        statements.extend(_call_insert(call, session) for call in calls)
+        self._write(statements)
+
+    def record_calls(self, calls: list[LMCall], session: int) -> None:
+        """LM calls outside a committed step (a step that failed or was stopped): still counted."""
+        if calls:
+            self._write([_call_insert(call, session) for call in calls])
+
+    def steps(self, run_id: str) -> list[StepRow]:
+        return [_step_row(row) for row in self._query(
+            "SELECT * FROM steps WHERE run_id = ? ORDER BY started", (run_id,))]
+
+    def calls(self, run_id: str) -> list[dict]:
+        return [dict(row) for row in self._query("SELECT * FROM lm_calls WHERE run_id = ? ORDER BY started", (run_id,))]
+
+    def step_counts(self, run_id: str) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) AS n FROM steps WHERE run_id = ? GROUP BY status", (run_id,))
+        return {row["status"]: row["n"] for row in rows}
+
+    def usage_totals(self, run_id: str) -> dict:
+        row = self._query(
+            "SELECT COUNT(*) AS attempts, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost,"
+            " SUM(CASE WHEN cost IS NULL AND outcome != 'cached' AND prompt_tokens + completion_tokens > 0"
+            " THEN 1 ELSE 0 END) AS unpriced,"
+            " SUM(CASE WHEN outcome = 'cached' THEN 1 ELSE 0 END) AS cached,"
+            " SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS errors,"
+            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END) AS retries"
+            " FROM lm_calls WHERE run_id = ?", (run_id,))[0]
+        return dict(row)
+
+
+def _call_insert(call: LMCall, session: int) -> tuple[str, tuple]:
+    return (
+        "INSERT INTO lm_calls (run_id, step_key, step_name, doc_id, depth, model, prompt_tokens, completion_tokens,"
+        " cost, latency, started, outcome, attempt, error_type, error, worker, call_id, session)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (call.run_id, call.step_key, call.step_name, call.doc_id, call.depth, call.model, call.prompt_tokens,
+         call.completion_tokens, call.cost, call.latency, call.started, call.outcome, call.attempt,
+         call.error_type, call.error, call.worker, call.call_id, session),
+    )
+
+
+def _run_dict(row: sqlite3.Row) -> dict:
+    record = dict(row)
+    record["config"] = json.loads(record["config"])
+    record["totals"] = json.loads(record["totals"]) if record.get("totals") else None
+    return record
+
+
+def _step_row(row: sqlite3.Row) -> StepRow:
+    record = dict(row)
+    record["result"] = json.loads(record["result"]) if record["result"] is not None else None
+    record["extra"] = json.loads(record["extra"]) if record["extra"] is not None else None
+    return StepRow(**record)
