@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 Reply = str | Callable[[dict], str]
 
@@ -153,9 +153,7 @@ class Fault:
             return False
         if self.pattern is not None and not self.pattern.search(prompt):
             return False
-        if self.probability is not None and self._rng.random() >= self.probability:
-            return False
-        return True
+        return self.probability is None or self._rng.random() < self.probability
 
 
 @dataclass
@@ -189,6 +187,7 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() joins its own handler threads with a deadline
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: the default 5 overflows when many clients connect at once
 
     def __init__(self, owner: OpenAIServer, address: tuple[str, int]):
         self.owner = owner
@@ -235,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     timeout = 60  # an idle keep-alive connection ends its thread after this long (stop() ends it at once)
 
-    def log_message(self, format, *args):  # noqa: A002 - signature from BaseHTTPRequestHandler
+    def log_message(self, format, *args):
         pass
 
     # -- plumbing -----------------------------------------------------------------------------------------
@@ -270,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj).encode(), headers=headers)
 
     # -- endpoints ----------------------------------------------------------------------------------------
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         owner = self.server.owner
         path = self.path.split("?", 1)[0].rstrip("/")
         call = owner._log(self, None, "")
@@ -283,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
             owner._finish(call, served="not_found", status=404)
             self._send_json(404, _error_body(f"Unknown path {self.path}", "invalid_request_error", "not_found"))
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         owner = self.server.owner
         raw = self._read_body()
         path = self.path.split("?", 1)[0].rstrip("/")
@@ -340,11 +339,14 @@ class OpenAIServer:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving, wake sleeping handlers, close open connections, and join every thread (bounded)."""
+    def stop(self, timeout: float = 5.0) -> list[threading.Thread]:
+        """Stop serving, wake sleeping handlers, close open connections, and join every thread (bounded).
+
+        Returns the server's threads still alive after ``timeout`` (an empty list when all ended).
+        """
         httpd, thread = self._httpd, self._thread
         if httpd is None:
-            return
+            return []
         self._stopping.set()
         httpd.shutdown()
         httpd.server_close()
@@ -357,13 +359,14 @@ class OpenAIServer:
             except OSError:
                 pass
         deadline = time.monotonic() + timeout
-        for worker in [thread, *handlers]:
-            if worker is not None:
-                worker.join(max(0.0, deadline - time.monotonic()))
+        workers = [w for w in [thread, *handlers] if w is not None]
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
         self._httpd = None
         self._thread = None
+        return [w for w in workers if w.is_alive()]
 
-    def __enter__(self) -> OpenAIServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -562,7 +565,7 @@ class OpenAIServer:
 
         try:
             text = source(body) if callable(source) else str(source)
-        except Exception as exc:  # a broken scripted callable answers 500 and says why
+        except Exception as exc:  # noqa: BLE001 - a broken scripted callable answers 500 and says why
             self._finish(call, served="reply_error", status=500, reply=repr(exc), rule=label, finished=time.time())
             handler._send_json(500, _error_body(f"scripted reply raised {exc!r}", "server_error", None))
             return

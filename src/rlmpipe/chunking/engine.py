@@ -168,7 +168,7 @@ class _Chunker:
             if final and tokens[last] <= limit:
                 j = last
             else:
-                if not final and tokens[last] < limit:
+                if not final and tokens[last] < start_tok + limit_tokens * strategy.lookahead:
                     if i == last and len(text) - chars[i] > MAX_UNCUT_CHARS:
                         return (yield from self._uncut(text, base, chars[i], len(text) - MAX_UNCUT_CHARS // 2))
                     return chars[i]
@@ -182,7 +182,8 @@ class _Chunker:
                     continue
                 lo = bisect.bisect_left(tokens, start_tok + cfg.min_fill * limit_tokens)
                 lo = min(max(lo, fresh), hi)
-                j = strategy.end(cuts, i, lo, hi)
+                horizon = bisect.bisect_right(tokens, start_tok + limit_tokens * strategy.lookahead) - 1
+                j = strategy.end(cuts, i, lo, hi, limit_tokens, horizon, min(fresh, hi))
             count = tokens[j] - tokens[i]
             if not tokenizer.additive:
                 j, count = self._verified(text, cuts, i, j)

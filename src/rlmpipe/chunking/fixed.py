@@ -14,8 +14,10 @@ from rlmpipe.chunking.cuts import Cuts
 
 class FixedStrategy:
     structure = False
+    lookahead = 1
 
-    def end(self, cuts: Cuts, start: int, lo: int, hi: int) -> int:
+    def end(self, cuts: Cuts, start: int, lo: int, hi: int, max_tokens: int = 0, horizon: int = -1,
+            floor: int = 0) -> int:
         return hi
 
     def next_start(self, cuts: Cuts, start: int, end: int, overlap: int) -> int:

@@ -94,6 +94,10 @@ class _Runtime:
         self.llama: Any = None
         self.formatter: Any = None  # Jinja2ChatFormatter for the GGUF template, if the model has one
         self.grammars: OrderedDict[str, Any] = OrderedDict()
+        self.token_bytes: list[bytes] | None = None  # each vocabulary token's text, for the loop guard
+        # token ids that close a JSON string; that close an array or object; `",`-like tokens
+        self.closers: tuple[Any, Any, Any] | None = None
+        self.digits_as_one: Any = None  # token id -> id, with every all-digit token mapped to -1
 
 
 # Generation options forwarded to llama.cpp as they are.
@@ -108,6 +112,114 @@ _IGNORED_KEYS = frozenset({
     "prompt_cache", "parallel_tool_calls", "tool_choice",
 })
 _GRAMMAR_CACHE_SIZE = 64
+_PRESSURE = 100.0  # logit bonus that makes a closing token win wherever the grammar allows one
+
+
+def _repeated_tail(tokens: Any, *, repeats: int, min_span: int, max_period: int = 64) -> int:
+    """How many trailing tokens of ``tokens`` are one block of 1..max_period tokens repeated
+    ``repeats`` times back to back (0 if none, or if fewer than ``min_span``): the mark of a
+    greedy decoder stuck in a loop."""
+    import numpy as np
+
+    n = len(tokens)
+    if n < min_span:
+        return 0
+    for period in range(1, max_period + 1):
+        span = max(period * repeats, min_span)
+        if span > n:
+            break
+        window = tokens[n - span:]
+        if np.array_equal(window[period:], window[:-period]):
+            return span
+    return 0
+
+
+class _LoopGuard:
+    """A llama-cpp-python logits processor against the way a tiny greedy model fails: looping.
+
+    * Structured (grammar) output. When the tail of the answer repeats itself (a block repeated
+      3 times over >= 12 tokens, or 4 times over >= 24 tokens counting all numbers as equal, for
+      "Item1, Item2, ..." loops), closing tokens get a large bonus until the JSON container the
+      repetition lives in (a string, a list) is closed: a closing quote inside a string, ``]``
+      or ``}`` outside. The grammar masks the ones that would be invalid (a required field still
+      missing, say), so the JSON is wound up, never broken. The same pressure, on everything,
+      starts when the answer has used all but a reserve of its token budget, so that a reply
+      ends complete instead of being cut off by ``max_tokens``.
+    * Free text: when the tail repeats itself (4 times, >= 32 tokens), end-of-turn gets the bonus.
+    """
+
+    def __init__(self, runtime: _Runtime, *, structured: bool, max_new: int, n_ctx: int, eos: int):
+        self.runtime = runtime
+        self.structured = structured
+        self.max_new = max_new
+        self.n_ctx = n_ctx
+        self.eos = eos
+        self.n_prompt: int | None = None
+        self.onset = 0
+        self.seen = 0
+        self.in_string = False
+        self.escaped = False
+        self.depth = 0  # JSON nesting, a string counting as one level
+        self.low: list[int] = []  # per generated token: the lowest depth it touched
+        self.release_below: int | None = None  # pressure until depth drops below this
+
+    def _advance(self, generated: Any) -> None:
+        table = self.runtime.token_bytes
+        for token in generated[self.seen:]:
+            low = self.depth
+            for byte in table[int(token)]:
+                if self.in_string:
+                    if self.escaped:
+                        self.escaped = False
+                    elif byte == 0x5C:  # backslash
+                        self.escaped = True
+                    elif byte == 0x22:  # closing quote
+                        self.in_string = False
+                        self.depth -= 1
+                elif byte == 0x22:
+                    self.in_string = True
+                    self.depth += 1
+                elif byte in (0x5B, 0x7B):  # [ {
+                    self.depth += 1
+                elif byte in (0x5D, 0x7D):  # ] }
+                    self.depth -= 1
+                low = min(low, self.depth)
+            self.low.append(low)
+        self.seen = len(generated)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.n_prompt is None:
+            self.n_prompt = len(input_ids)
+            budget = min(self.max_new, self.n_ctx - self.n_prompt)
+            self.onset = budget - min(128, max(8, budget // 4))
+        generated = input_ids[self.n_prompt:]
+        if not self.structured:
+            if _repeated_tail(generated, repeats=4, min_span=32):
+                scores[self.eos] += _PRESSURE
+            return scores
+        self._advance(generated)
+        if self.release_below is not None and self.depth < self.release_below:
+            self.release_below = None
+        if self.release_below is None:
+            span = _repeated_tail(generated, repeats=3, min_span=12) or _repeated_tail(
+                self.runtime.digits_as_one[generated], repeats=4, min_span=24
+            )
+            if span:
+                # The container that holds the whole repeated stretch is the one to close.
+                self.release_below = min(self.low[-span:])
+        quote, bracket, _ = self.runtime.closers
+        if len(generated) >= self.onset:
+            scores[quote if self.in_string else bracket] += _PRESSURE
+        elif self.release_below is not None:
+            if not self.in_string:
+                scores[bracket] += _PRESSURE
+            elif self.depth <= self.release_below:  # the looping thing is this string itself
+                scores[quote] += _PRESSURE
+            else:
+                # A string inside the looping list: let it finish, but not with `",` (which
+                # commits to one more item): `"` or `"]` leave the list free to close.
+                scores[self.runtime.closers[2]] -= _PRESSURE
+        return scores
 
 
 class LocalLM(dspy.BaseLM):
@@ -155,6 +267,7 @@ class LocalLM(dspy.BaseLM):
         cache: bool = False,
         callbacks: list[Any] | None = None,
         num_retries: int = 0,
+        loop_guard: bool = True,
         verbose: bool = False,
         **kwargs: Any,
     ):
@@ -167,6 +280,7 @@ class LocalLM(dspy.BaseLM):
         self.n_threads = n_threads
         self.n_batch = int(n_batch)
         self.verbose = verbose
+        self.loop_guard = loop_guard
         if model is None:
             model = model_name_for(self.model_path) if self.model_path else model_name_for(DEFAULT_GGUF)
         # The DSPy-level response cache is not used for custom BaseLMs (DSPy only caches its own
@@ -282,10 +396,15 @@ class LocalLM(dspy.BaseLM):
         runtime = self._runtime
         llama = self.load()
         with runtime.lock:
-            if options.get("response_format_spec") is not None:
-                options["grammar"] = self._grammar(options.pop("response_format_spec"))
-            else:
-                options.pop("response_format_spec", None)
+            spec = options.pop("response_format_spec", None)
+            if spec is not None:
+                options["grammar"] = self._grammar(spec)
+            if self.loop_guard and "logits_processor" not in options:
+                self._ensure_token_table(llama)
+                options["logits_processor"] = [_LoopGuard(
+                    runtime, structured="grammar" in options, max_new=options.get("max_tokens") or self.n_ctx,
+                    n_ctx=self.n_ctx, eos=llama.token_eos(),
+                )]
             if runtime.formatter is not None:
                 n_prompt = len(self.render_prompt(messages))
                 self._check_fits(n_prompt)
@@ -348,6 +467,25 @@ class LocalLM(dspy.BaseLM):
             logger.warning("LocalLM ignores unsupported generation options: %s", unknown)
         return options
 
+    def _ensure_token_table(self, llama: Any) -> None:
+        runtime = self._runtime
+        if runtime.token_bytes is not None:
+            return
+        import numpy as np
+
+        table = [llama.detokenize([token]) for token in range(llama.n_vocab())]
+        # Only tokens that close and add nothing else: `},` continues a list as much as it closes
+        # an object, so it must not get the bonus; `}`, ` ]`, `}]`, `"`, `"}` do.
+        closing = set(b"]} \t\r\n")
+        quote = [t for t, text in enumerate(table) if text.strip()[:1] == b'"' and set(text.strip()[1:]) <= closing]
+        bracket = [t for t, text in enumerate(table) if text.strip() and set(text.strip()) <= closing]
+        quote_comma = [t for t, text in enumerate(table) if text.strip()[:2] == b'",']
+        runtime.closers = tuple(np.array(ids, dtype=np.intc) for ids in (quote, bracket, quote_comma))
+        canon = np.arange(len(table), dtype=np.int64)
+        canon[[t for t, text in enumerate(table) if text.strip().isdigit()]] = -1
+        runtime.digits_as_one = canon
+        runtime.token_bytes = table
+
     def _grammar(self, spec: str) -> Any:
         """A (cached) LlamaGrammar for a response-format spec: a JSON schema (as canonical JSON)
         or ``"json"`` for any JSON object. Call with the lock held."""
@@ -374,7 +512,8 @@ class LocalLM(dspy.BaseLM):
 
     def dump_state(self) -> dict[str, Any]:
         state = super().dump_state()
-        state.update(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch)
+        state.update(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
+                     loop_guard=self.loop_guard)
         return state
 
     def __copy__(self) -> LocalLM:

@@ -352,6 +352,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     finally:
         drivers.shutdown(wait=True)
         run.close()
+    results.sort(key=lambda item: item["path"])
     totals = store.step_counts(run_id)
     usage = store.usage_totals(run_id)
     if run.stopping and run.stop_reason and run.stop_reason.startswith("failed"):

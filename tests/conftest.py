@@ -1,0 +1,17 @@
+# ruff: noqa: I001  (rlmpipe first: it sets LITELLM_LOCAL_MODEL_COST_MAP before anything imports litellm)
+import rlmpipe  # noqa: F401
+import pytest
+
+from tests.support.openai_server import OpenAIServer
+
+
+@pytest.fixture
+def openai_server():
+    """A scriptable OpenAI-compatible server on 127.0.0.1 (tests/support/openai_server.py), always stopped."""
+    server = OpenAIServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        leaked = server.stop()
+    assert not leaked, f"server threads still alive after stop(): {leaked}"
