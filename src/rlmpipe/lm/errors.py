@@ -120,6 +120,10 @@ def classify(error: BaseException) -> Classified:
     for types, name in retryable_types:
         if types and isinstance(error, types):
             return Classified("retryable", name, status, after)
+    provider_error = getattr(dx, "LMProviderError", ())
+    if provider_error and isinstance(error, provider_error) and (status is None or status < 400 or status >= 500):
+        # the provider answered, but not with a usable response (e.g. a body that is not JSON)
+        return Classified("retryable", "malformed_response", status, after)
     # litellm / openai SDK / plain Python errors, by class name and status
     name = type(error).__name__
     if status == 429 or "RateLimit" in name:

@@ -1,0 +1,140 @@
+"""RecordingLM and the usage recorder: exact usage per call, cache hits, retries, budgets, limits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import dspy
+import pytest
+from dspy import lm15
+
+from rlmpipe.lm.context import call_context, deeper
+from rlmpipe.lm.errors import BudgetExceeded, classify
+from rlmpipe.lm.limits import Budget, RateLimiter
+from rlmpipe.lm.models import ModelChoice, make_lm
+from rlmpipe.lm.recording import RecordingLM, RetryPolicy
+from rlmpipe.lm.usage import UsageRecorder, price
+from tests.support.scripted_lm import ScriptedLM, chat_reply
+
+FAST = RetryPolicy(max_attempts=5, initial_wait=0.001, max_wait=0.01, jitter=0.0, max_retry_after=0.05)
+
+
+def test_usage_is_exactly_what_the_server_reported_per_call(openai_server):
+    openai_server.set_default(chat_reply(answer="Paris"))
+    openai_server.set_usage(prompt_tokens=123, completion_tokens=7)
+    recorder = UsageRecorder()
+    lm = RecordingLM(make_lm(ModelChoice("openai/test-model", "flag", api_base=openai_server.base_url)), recorder)
+    with dspy.context(lm=lm), call_context(run_id="r1", step_key="s1", doc_id="d1"):
+        answer = dspy.Predict("question -> answer")(question="Capital of France?").answer
+        with deeper():
+            dspy.Predict("question -> answer")(question="Capital of France, again?")
+    assert answer == "Paris"
+    totals = recorder.totals
+    assert (totals.calls, totals.prompt_tokens, totals.completion_tokens) == (2, 246, 14)
+    assert totals.unpriced_calls == 2 and not totals.cost_known  # test-model has no known price
+    assert set(recorder.by_depth) == {0, 1} and recorder.by_depth[1].prompt_tokens == 123
+    first = []
+    recorder.subscribe(first.append)
+    with dspy.context(lm=lm):
+        dspy.Predict("question -> answer")(question="x")
+    assert first[0].model == "openai/test-model" and first[0].outcome == "ok" and first[0].latency > 0
+
+
+def test_cache_hit_costs_nothing_and_is_counted_as_a_hit(tmp_path):
+    scripted = ScriptedLM(default=chat_reply(answer="42"), cache=True, usage=(50, 5))
+    recorder = UsageRecorder()
+    lm = RecordingLM(scripted, recorder)
+    question = f"unique question {time.time_ns()}"
+    with dspy.context(lm=lm):
+        dspy.Predict("question -> answer")(question=question)
+        dspy.Predict("question -> answer")(question=question)
+    assert recorder.totals.ok == 1 and recorder.totals.cached == 1
+    assert recorder.totals.prompt_tokens == 50  # the hit added nothing
+    assert len(scripted.calls) == 1
+
+
+def test_retryable_errors_are_retried_recorded_and_honour_retry_after():
+    scripted = ScriptedLM(default=chat_reply(answer="ok"))
+    scripted.queue_replies(lm15.RateLimitError("slow down", retry_after=0.03), lm15.ServerError("boom"))
+    recorder = UsageRecorder()
+    lm = RecordingLM(scripted, recorder, retry=FAST)
+    started = time.perf_counter()
+    with dspy.context(lm=lm):
+        assert dspy.Predict("q -> answer")(q="hi").answer == "ok"
+    assert time.perf_counter() - started >= 0.03, "Retry-After was honoured"
+    assert (recorder.totals.errors, recorder.totals.ok, recorder.totals.retries) == (2, 1, 2)
+
+
+def test_retry_after_is_capped():
+    scripted = ScriptedLM(default=chat_reply(answer="ok"))
+    scripted.queue_replies(lm15.RateLimitError("slow down", retry_after=3600))
+    lm = RecordingLM(scripted, UsageRecorder(), retry=FAST)
+    started = time.perf_counter()
+    with dspy.context(lm=lm):
+        dspy.Predict("q -> answer")(q="hi")
+    assert time.perf_counter() - started < 5
+
+
+def test_fatal_errors_are_not_retried():
+    scripted = ScriptedLM(default=chat_reply(answer="ok"))
+    scripted.queue_replies(lm15.AuthError("bad key"))
+    recorder = UsageRecorder()
+    lm = RecordingLM(scripted, recorder, retry=FAST)
+    with dspy.context(lm=lm), pytest.raises(Exception) as caught:
+        dspy.Predict("q -> answer")(q="hi")
+    info = classify(caught.value)
+    assert info.kind == "fatal" and info.stops_run and info.type == "auth"
+    assert recorder.totals.errors == 1 and len(scripted.calls) == 1
+
+
+def test_budget_is_checked_before_each_call():
+    scripted = ScriptedLM(default=chat_reply(answer="ok"), usage=(60, 40))
+    recorder = UsageRecorder()
+    budget = Budget(max_tokens=150)
+    recorder.subscribe(budget.charge)
+    lm = RecordingLM(scripted, recorder, budget=budget)
+    with dspy.context(lm=lm):
+        dspy.Predict("q -> answer")(q="1")
+        with pytest.raises(BudgetExceeded, match="token budget reached"):
+            for index in range(5):
+                dspy.Predict("q -> answer")(q=str(index + 2))
+    assert len(scripted.calls) == 2  # 100 tokens, then 200 >= 150: the third call never went out
+
+
+def test_usage_is_correct_under_threads():
+    scripted = ScriptedLM(default=chat_reply(answer="ok"), usage=(10, 1), latency=0.01)
+    recorder = UsageRecorder()
+    lm = RecordingLM(scripted, recorder)
+
+    def work(index: int) -> None:
+        with dspy.context(lm=lm), call_context(step_key=f"s{index}"):
+            for repeat in range(5):
+                dspy.Predict("q -> answer")(q=f"{index}-{repeat}")
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(8)]
+    [thread.start() for thread in threads]
+    [thread.join() for thread in threads]
+    assert recorder.totals.calls == 40 and recorder.totals.prompt_tokens == 400
+
+
+def test_rate_limiter_spaces_requests():
+    limiter = RateLimiter(requests_per_minute=2)
+    assert limiter.acquire(10) == 0 and limiter.acquire(10) == 0
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    started = time.perf_counter()
+    limiter.acquire(10, stop)  # the third request in a minute has to wait (until stopped here)
+    assert time.perf_counter() - started >= 0.19
+
+
+def test_tokens_per_minute_limit():
+    limiter = RateLimiter(tokens_per_minute=1000)
+    assert limiter._try(600) == 0
+    assert limiter._try(600) > 0  # 1200 > 1000 within the minute
+
+
+def test_prices_known_and_unknown():
+    assert price("openai/gpt-4o-mini", 1_000_000, 0) > 0
+    assert price("openai/test-model", 10, 10) is None
+    assert price("local/SmolLM2-135M-Instruct", 10, 10) == 0.0
