@@ -176,13 +176,114 @@ def summarize(
         pipeline = SummarizePipeline(ChunkingConfig(strategy=strategy, max_tokens=chunk_tokens))
     except ValueError as exc:
         fail(str(exc))
-    command = {"name": "summarize", "paths": [str(p) for p in paths], "lm": lm, "api_base": api_base,
-               "model_path": model_path, "chunk_tokens": chunk_tokens, "strategy": strategy}
+    command = {"name": "summarize", "paths": [str(p.resolve()) for p in paths], "lm": lm, "api_base": api_base,
+               "model_path": model_path, "chunk_tokens": chunk_tokens, "strategy": strategy,
+               "concurrency": concurrency, "rpm": rpm, "tpm": tpm, "out": str(out.resolve()) if out else None}
     summary = _run_pipeline(pipeline, paths, lm=lm, api_base=api_base, model_path=model_path,
                             concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
                             rpm=rpm, tpm=tpm, workspace=workspace, force_resume=force_resume, fresh=fresh,
                             quiet=quiet, out=out, command=command)
     _exit_for(summary)
+
+
+# --- runs: what happened, live or afterwards -------------------------------------------------------
+
+runs_app = typer.Typer(help="Inspect runs: list, show, watch, report.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+WORKSPACE_OPTION = typer.Option(Path(".rlmpipe"), "--workspace", help="Where runs are stored.")
+
+
+def _open_run(workspace: Path, run_id: str):
+    from rlmpipe.runtime.store import Store
+
+    if not (workspace / "runs.sqlite").exists():
+        fail(f"no runs in {workspace} (use --workspace)")
+    store = Store(workspace)
+    matches = store.find_runs(run_id)
+    if not matches:
+        fail(f"no run {run_id!r} in {workspace}")
+    if len(matches) > 1:
+        fail(f"{run_id!r} is ambiguous: " + ", ".join(m["run_id"] for m in matches))
+    return store, matches[0]
+
+
+@runs_app.command("list")
+def runs_list(workspace: Path = WORKSPACE_OPTION) -> None:
+    """Runs in the workspace, most recent first."""
+    from rlmpipe.monitor.render import print_run_list
+    from rlmpipe.runtime.store import Store
+
+    if not (workspace / "runs.sqlite").exists():
+        typer.echo(f"no runs in {workspace}")
+        return
+    print_run_list(Store(workspace))
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, workspace: Path = WORKSPACE_OPTION,
+              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Totals and tables by step, by document and by recursion depth."""
+    from rlmpipe.monitor.metrics import run_tables
+    from rlmpipe.monitor.render import print_run_tables
+
+    store, run = _open_run(workspace, run_id)
+    tables = run_tables(store, run["run_id"])
+    if as_json:
+        tables.pop("calls")
+        typer.echo(json.dumps(tables, indent=2, default=str))
+    else:
+        print_run_tables(tables)
+
+
+@runs_app.command("watch")
+def runs_watch(run_id: str, workspace: Path = WORKSPACE_OPTION,
+               interval: float = typer.Option(1.0, help="Seconds between refreshes.")) -> None:
+    """Follow a run started elsewhere (from its event log) until it ends."""
+    from rlmpipe.monitor.watch import watch_run
+
+    store, run = _open_run(workspace, run_id)
+    watch_run(workspace, run["run_id"], store, interval=interval)
+
+
+@runs_app.command("report")
+def runs_report(run_id: str, workspace: Path = WORKSPACE_OPTION,
+                out: Optional[Path] = typer.Option(None, help="HTML file to write (default: in the run's folder).")) -> None:
+    """Write one self-contained HTML report of a run (opens offline)."""
+    from rlmpipe.monitor.report import write_report
+
+    store, run = _open_run(workspace, run_id)
+    path = write_report(store, run["run_id"], out or workspace / "runs" / run["run_id"] / "report.html")
+    typer.echo(str(path))
+
+
+@app.command()
+def resume(run_id: str, workspace: Path = WORKSPACE_OPTION,
+           max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New token budget."),
+           max_cost: Optional[float] = typer.Option(None, "--max-cost", help="New USD budget."),
+           max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
+           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Continue a stopped or failed run where it stopped (finished steps are not run again)."""
+    _, run = _open_run(workspace, run_id)
+    command = dict(run["config"].get("command") or {})
+    name = command.pop("name", None)
+    if name not in RESUMABLE:
+        fail(f"run {run['run_id']} was not started by a command that can be resumed here ({name})")
+    options = run["config"].get("options") or {}
+    budgets = {"max_tokens": max_tokens if max_tokens is not None else options.get("max_tokens"),
+               "max_cost": max_cost if max_cost is not None else options.get("max_cost"),
+               "max_time": max_time if max_time is not None else options.get("max_seconds")}
+    RESUMABLE[name](command, workspace=workspace, quiet=quiet, force_resume=True, **budgets)
+
+
+def _resume_summarize(command: dict, **overrides) -> None:
+    summarize(paths=[Path(p) for p in command["paths"]], lm=command.get("lm"), api_base=command.get("api_base"),
+              model_path=command.get("model_path"), chunk_tokens=command.get("chunk_tokens", 1024),
+              strategy=command.get("strategy", "structure"), concurrency=command.get("concurrency", 8),
+              rpm=command.get("rpm"), tpm=command.get("tpm"), fresh=False, out=command.get("out"),
+              **overrides)
+
+
+RESUMABLE = {"summarize": _resume_summarize}
 
 
 if __name__ == "__main__":

@@ -155,8 +155,8 @@ class RunProgress:
         eta = self.eta_seconds()
         cost = f"${self.cost:.4f}" + ("+?" if self.unpriced else "")
         return (
-            f"docs {self.documents_done + self.documents_failed}/{self.documents_total}"
-            f" (failed {self.documents_failed})  steps {self.steps_done} (+{self.steps_reused} reused,"
+            f"docs {self.documents_done + self.documents_failed + self.documents_stopped}/{self.documents_total}"
+            f" (failed {self.documents_failed}, stopped {self.documents_stopped})  steps {self.steps_done} (+{self.steps_reused} reused,"
             f" {self.steps_failed} failed)  in flight {self.in_flight}  tokens {self.prompt_tokens:,} in /"
             f" {self.completion_tokens:,} out  cost {cost}  {self.calls_per_minute:.0f} calls/min"
             f"  retries {self.retries}  errors {self.call_errors}  ETA {format_seconds(eta)}"

@@ -33,6 +33,7 @@ from rlmpipe.lm.errors import BudgetExceeded, classify
 from rlmpipe.lm.limits import Budget, RateLimiter
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping
 from rlmpipe.lm.usage import LMCall, UsageRecorder
+from rlmpipe.runtime.eventlog import EventLogWriter
 from rlmpipe.runtime.events import EventBus
 from rlmpipe.runtime.fingerprint import digest, run_fingerprint, step_key
 from rlmpipe.runtime.store import StepRow, Store
@@ -282,14 +283,17 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     budget = Budget(options.max_tokens, options.max_cost, options.max_seconds)
     previous = store.usage_totals(run_id)
     budget.carry_over(previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
-    recorder.subscribe(budget.charge)
+    unsubscribe = [recorder.subscribe(lambda call: budget.charge(call) if call.run_id in (None, run_id) else None)]
     stop = threading.Event()
     limiter = (RateLimiter(options.requests_per_minute, options.tokens_per_minute)
                if options.requests_per_minute or options.tokens_per_minute else None)
     recording = RecordingLM(inner_lm, recorder, retry=options.retry, limiter=limiter, budget=budget, stop=stop)
+    event_log = EventLogWriter(options.workspace)
+    events.subscribe(event_log)
     run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
               recorder=recorder, events=events, options=options, stop=stop)
-    recorder.subscribe(lambda call: events.emit("lm_call", **call.to_dict()) if call.run_id in (None, run_id) else None)
+    unsubscribe.append(recorder.subscribe(
+        lambda call: events.emit("lm_call", **call.to_dict()) if call.run_id in (None, run_id) else None))
     for note in notes:
         events.emit("note", run_id=run_id, message=note)
     events.emit("run_start", run_id=run_id, session=session, pipeline=pipeline.name, model=inner_lm.model,
@@ -352,6 +356,8 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     finally:
         drivers.shutdown(wait=True)
         run.close()
+        for stop_listening in unsubscribe:
+            stop_listening()
     results.sort(key=lambda item: item["path"])
     totals = store.step_counts(run_id)
     usage = store.usage_totals(run_id)
@@ -364,6 +370,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     reason = run.stop_reason if status != "done" else None
     store.finish_run(run_id, status, reason, {"documents": dict(counts), "steps": totals})
     events.emit("run_end", run_id=run_id, status=status, reason=reason, documents=dict(counts), steps=totals)
+    event_log.close()
     return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, notes)
 
 

@@ -1,0 +1,127 @@
+"""Tables of a run, computed from the run store alone (``runs show``, the report and tests use them).
+
+Every LM figure comes from the ``lm_calls`` rows the engine committed, so the totals of a resumed
+run include what earlier sessions spent, and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from rlmpipe.runtime.store import Store
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class Group:
+    """LM-call figures of one group of calls (a step name, a document, a depth, or everything)."""
+
+    calls: int = 0  # attempts that reached the provider
+    cached: int = 0
+    errors: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+    seconds: float = 0.0  # summed LM latency
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, call: dict) -> None:
+        if call["outcome"] == "cached":
+            self.cached += 1
+            return
+        self.calls += 1
+        self.errors += call["outcome"] == "error"
+        self.retries += call["attempt"] > 1
+        self.prompt_tokens += call["prompt_tokens"]
+        self.completion_tokens += call["completion_tokens"]
+        if call["cost"] is None:
+            self.unpriced += (call["prompt_tokens"] + call["completion_tokens"]) > 0
+        else:
+            self.cost += call["cost"]
+        self.seconds += call["latency"]
+        self.latencies.append(call["latency"])
+
+    def row(self) -> dict:
+        return {
+            "calls": self.calls, "cached": self.cached, "errors": self.errors, "retries": self.retries,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "tokens": self.prompt_tokens + self.completion_tokens,
+            "cost": round(self.cost, 8), "cost_known": self.unpriced == 0, "unpriced_calls": self.unpriced,
+            "seconds": round(self.seconds, 4),
+            "p50_latency": _round(percentile(self.latencies, 0.5)),
+            "p95_latency": _round(percentile(self.latencies, 0.95)),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
+
+
+def run_tables(store: Store, run_id: str) -> dict:
+    """Everything ``runs show`` prints: the run, totals, and tables by step, document and depth."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(run_id)
+    calls = store.calls(run_id)
+    steps = store.steps(run_id)
+    documents = store.documents(run_id)
+    total = Group()
+    by_step: dict[str, Group] = defaultdict(Group)
+    by_doc: dict[str | None, Group] = defaultdict(Group)
+    by_depth: dict[int, Group] = defaultdict(Group)
+    for call in calls:
+        total.add(call)
+        by_step[call["step_name"] or "(outside steps)"].add(call)
+        by_doc[call["doc_id"]].add(call)
+        by_depth[call["depth"]].add(call)
+    step_status: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    step_time: dict[str, float] = defaultdict(float)
+    doc_steps: dict[str | None, int] = defaultdict(int)
+    for step in steps:
+        step_status[step.name][step.status] += 1
+        step_time[step.name] += (step.finished or 0) - (step.started or 0)
+        doc_steps[step.doc_id] += 1
+    step_rows = []
+    for name in sorted(set(by_step) | set(step_status)):
+        status = step_status.get(name, {})
+        step_rows.append({"step": name, "done": status.get("done", 0), "failed": status.get("failed", 0),
+                          "step_seconds": round(step_time.get(name, 0.0), 3), **by_step[name].row()})
+    doc_rows = []
+    for document in documents:
+        doc_rows.append({"path": document["path"], "doc_id": document["doc_id"], "status": document["status"],
+                         "error": document["error"], "steps": doc_steps.get(document["doc_id"], 0),
+                         "seconds": round((document["finished"] or 0) - (document["started"] or 0), 3)
+                         if document["finished"] else None,
+                         **by_doc[document["doc_id"]].row()})
+    depth_rows = [{"depth": depth, **by_depth[depth].row()} for depth in sorted(by_depth)]
+    slowest = sorted((s for s in steps if s.finished and s.started), key=lambda s: s.finished - s.started,
+                     reverse=True)[:10]
+    costliest = sorted(steps, key=lambda s: (s.cost or 0.0, s.prompt_tokens + s.completion_tokens), reverse=True)[:10]
+    return {
+        "run": run,
+        "totals": total.row(),
+        "steps": step_rows,
+        "documents": doc_rows,
+        "depths": depth_rows,
+        "slowest_steps": [_step_summary(s) for s in slowest],
+        "costliest_steps": [_step_summary(s) for s in costliest],
+        "calls": calls,
+    }
+
+
+def _step_summary(step) -> dict:
+    return {"step": step.name, "doc_id": step.doc_id, "chunk_id": step.chunk_id, "status": step.status,
+            "seconds": round((step.finished or 0) - (step.started or 0), 3), "depth": step.depth,
+            "tokens": step.prompt_tokens + step.completion_tokens, "cost": step.cost, "attempts": step.attempts}

@@ -1,0 +1,107 @@
+"""Terminal tables for ``runs list`` and ``runs show`` (rich)."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from rlmpipe.runtime.store import Store
+
+
+def _when(epoch: float | None) -> str:
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S") if epoch else ""
+
+
+def run_state(run: dict) -> str:
+    """The stored status, except that a 'running' run whose process is gone (killed, crashed) says so."""
+    import os
+
+    if run["status"] == "running" and run.get("pid"):
+        try:
+            os.kill(run["pid"], 0)
+        except ProcessLookupError:
+            return "interrupted (process gone; resume it)"
+        except PermissionError:
+            pass
+    return run["status"]
+
+
+def money(value: float | None, known: bool = True) -> str:
+    """'$0.0123', or '$0.0123+?' when some calls had no known price (the figure is a lower bound)."""
+    if value is None:
+        return "unknown"
+    text = f"${value:.4f}"
+    return text if known else f"{text}+?"
+
+
+def seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def print_run_list(store: Store, console: Console | None = None) -> None:
+    console = console or _console()
+    table = Table(title="runs")
+    for column in ("run", "pipeline", "model", "status", "reason", "sessions", "documents", "started", "updated"):
+        table.add_column(column)
+    for run in store.list_runs():
+        documents = (run.get("totals") or {}).get("documents") or {}
+        table.add_row(run["run_id"], run["pipeline"], run["model"] or "", run_state(run), run["stop_reason"] or "",
+                      str(run["sessions"]), " ".join(f"{k} {v}" for k, v in sorted(documents.items())),
+                      _when(run["created"]), _when(run["updated"]))
+    console.print(table)
+
+
+LM_COLUMNS = [("calls", "calls"), ("errors", "err"), ("retries", "retry"), ("cached", "cache"),
+              ("prompt_tokens", "tok in"), ("completion_tokens", "tok out"), ("cost", "cost"),
+              ("seconds", "LM s"), ("p50_latency", "p50"), ("p95_latency", "p95")]
+
+
+def _lm_cells(row: dict) -> list[str]:
+    cells = []
+    for key, _ in LM_COLUMNS:
+        value = row.get(key)
+        if key == "cost":
+            cells.append(money(value, row.get("cost_known", True)))
+        elif key in ("seconds", "p50_latency", "p95_latency"):
+            cells.append(seconds(value))
+        else:
+            cells.append(f"{value:,}" if isinstance(value, int) else str(value))
+    return cells
+
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=200)  # pipes and files: no wrapping
+
+
+def print_run_tables(tables: dict, console: Console | None = None) -> None:
+    console = console or _console()
+    run, totals = tables["run"], tables["totals"]
+    console.print(f"[bold]run {run['run_id']}[/bold]  {run['pipeline']}  model {run['model']}  "
+                  f"status {run_state(run)}" + (f" ({run['stop_reason']})" if run["stop_reason"] else "")
+                  + f"  sessions {run['sessions']}")
+    if not totals["cost_known"]:
+        console.print("cost: '+?' marks a lower bound: some calls were to models whose price litellm does not know")
+    console.print(f"totals: {totals['calls']} calls, {totals['prompt_tokens']:,} tokens in, "
+                  f"{totals['completion_tokens']:,} out, cost {money(totals['cost'], totals['cost_known'])}, "
+                  f"{totals['retries']} retries, {totals['errors']} errors, {totals['cached']} cached")
+    for title, rows, first in (("by step", tables["steps"], ["step", "done", "failed"]),
+                               ("by recursion depth", tables["depths"], ["depth"]),
+                               ("by document", tables["documents"], ["path", "status", "steps"])):
+        table = Table(title=title)
+        for column in first:
+            table.add_column(column)
+        for _, label in LM_COLUMNS:
+            table.add_column(label, justify="right")
+        for row in rows:
+            cells = [str(row.get(column, "")) for column in first]
+            if first[0] == "path":
+                cells[0] = Path(cells[0]).name
+            table.add_row(*cells, *_lm_cells(row))
+        console.print(table)
+    failed = [row for row in tables["documents"] if row.get("error")]
+    for row in failed:
+        console.print(f"[red]failed[/red] {row['error']}")
