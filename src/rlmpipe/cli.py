@@ -101,7 +101,7 @@ LM_HELP = "Model: a litellm model string (openai/gpt-4o-mini, ollama_chat/llama3
 
 
 def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max_tokens, max_cost, max_time,
-                  rpm, tpm, workspace, force_resume, fresh, quiet, out, command: dict):
+                  rpm, tpm, workspace, force_resume, fresh, quiet, out, command: dict, contracts_out=None):
     """Choose the model, run the pipeline with live progress, print the outcome, exit with its code."""
     from rlmpipe.lm.errors import FatalLMError
     from rlmpipe.lm.local import LocalModelMissing
@@ -113,19 +113,32 @@ def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max
 
     try:
         choice = choose_model(lm, api_base, model_path)
-        model = make_lm(choice)
+        model = make_lm(choice, max_tokens=1024 if choice.is_local else None)
+        adapter = None
+        if choice.is_local:  # the small local model only answers reliably under a JSON-schema grammar
+            import dspy
+
+            adapter = dspy.JSONAdapter()
         options = RunOptions(concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost,
                              max_seconds=max_time, requests_per_minute=rpm, tokens_per_minute=tpm,
-                             workspace=Path(workspace), force_resume=force_resume, fresh=fresh)
+                             workspace=Path(workspace), force_resume=force_resume, fresh=fresh, adapter=adapter)
     except (FatalLMError, LocalModelMissing, ValueError) as exc:
         fail(str(exc))
     events = EventBus()
     progress = attach_progress(events, quiet=quiet)
     current = {}
+    config = {"command": command, "model_source": choice.source}
     with interrupt_handling(lambda: current.get("run")), progress:
+        if contracts_out is not None:
+            from rlmpipe.apps.contracts import analyze
+
+            summary, written = analyze(list(paths), model, contracts_out, options=options, chunking=pipeline.chunking,
+                                       store=Store(options.workspace), events=events, run_config=config,
+                                       on_start=lambda run: current.update(run=run))
+            typer.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)
+            return summary
         summary = execute(pipeline, list(paths), model, options=options, store=Store(options.workspace),
-                          events=events, run_config={"command": command, "model_source": choice.source},
-                          on_start=lambda run: current.update(run=run))
+                          events=events, run_config=config, on_start=lambda run: current.update(run=run))
     if out:
         with open(out, "w", encoding="utf-8") as handle:
             for item in summary.results:
@@ -183,6 +196,50 @@ def summarize(
                             concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
                             rpm=rpm, tpm=tpm, workspace=workspace, force_resume=force_resume, fresh=fresh,
                             quiet=quiet, out=out, command=command)
+    _exit_for(summary)
+
+
+# --- contracts --------------------------------------------------------------------------------------
+
+contracts_app = typer.Typer(help="The contract corpus analyzer.", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+
+
+@contracts_app.command("analyze")
+def contracts_analyze(
+    paths: List[Path] = typer.Argument(..., help="Contracts, or folders of them (.txt .md .pdf .docx .html)."),
+    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
+    api_base: Optional[str] = typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="A GGUF file for the local model."),
+    out: Path = typer.Option(Path("contracts-out"), help="Folder for contracts.jsonl, clauses.csv, report.html."),
+    concurrency: int = typer.Option(8, help="LM calls at once."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD budget for the whole run."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget for the whole run."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
+    chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="Tokens per chunk."),
+    overlap: int = typer.Option(128, help="Tokens shared by consecutive chunks."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the earlier run over these inputs even if the configuration changed."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier runs and analyse everything again."),
+    workspace: Path = typer.Option(Path(".rlmpipe"), help="Where runs are stored."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Clauses, risks, obligations, summary and risk score for every contract, with verified evidence.
+
+    Re-running the same command resumes it: finished contracts and chunks are not analysed again."""
+    from rlmpipe.apps.contracts import ContractsPipeline
+    from rlmpipe.chunking import ChunkingConfig
+
+    try:
+        pipeline = ContractsPipeline(ChunkingConfig(strategy="structure", max_tokens=chunk_tokens, overlap=overlap))
+    except ValueError as exc:
+        fail(str(exc))
+    command = {"name": "contracts", "paths": [str(p.resolve()) for p in paths], "lm": lm, "api_base": api_base,
+               "model_path": model_path, "out": str(out.resolve()), "concurrency": concurrency,
+               "chunk_tokens": chunk_tokens, "overlap": overlap}
+    summary = _run_pipeline(pipeline, paths, lm=lm, api_base=api_base, model_path=model_path,
+                            concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
+                            rpm=None, tpm=None, workspace=workspace, force_resume=resume, fresh=fresh, quiet=quiet,
+                            out=None, command=command, contracts_out=out)
     _exit_for(summary)
 
 
@@ -283,7 +340,15 @@ def _resume_summarize(command: dict, **overrides) -> None:
               **overrides)
 
 
-RESUMABLE = {"summarize": _resume_summarize}
+def _resume_contracts(command: dict, **overrides) -> None:
+    contracts_analyze(paths=[Path(p) for p in command["paths"]], lm=command.get("lm"),
+                      api_base=command.get("api_base"), model_path=command.get("model_path"),
+                      out=Path(command["out"]), concurrency=command.get("concurrency", 8),
+                      chunk_tokens=command.get("chunk_tokens", 1024), overlap=command.get("overlap", 128),
+                      resume=True, fresh=False, **overrides)
+
+
+RESUMABLE = {"summarize": _resume_summarize, "contracts": _resume_contracts}
 
 
 if __name__ == "__main__":

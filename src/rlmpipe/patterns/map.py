@@ -14,18 +14,34 @@ from rlmpipe.chunking import Chunk
 
 
 def map_chunks(run, doc_id: str, chunks: Iterable[Chunk], name: str, fn: Callable[[Chunk], Any], *,
-               in_flight: int | None = None, depth: int = 0) -> Iterator[tuple[Chunk, str, Any]]:
-    """Yield ``(chunk, step_key, result)`` in order. A failed step raises when its turn comes
-    (the steps after it keep running and are saved, so a resume does not redo them)."""
+               in_flight: int | None = None, depth: int = 0,
+               failures: str = "raise") -> Iterator[tuple[Chunk, str, Any]]:
+    """Yield ``(chunk, step_key, result)`` in order.
+
+    A failed step raises when its turn comes (``failures="raise"``; the steps after it keep
+    running and are saved, so a resume does not redo them), or is yielded as its ``StepFailed``
+    in place of the result (``failures="yield"``) so the caller can go on without that chunk.
+    A stopping run always raises.
+    """
+    from rlmpipe.runtime.runner import StepFailed
+
     limit = max(1, in_flight or 2 * run.options.concurrency)
     window: deque = deque()
+
+    def take():
+        chunk_done, key_done, future = window.popleft()
+        try:
+            return chunk_done, key_done, future.result()
+        except StepFailed as failure:
+            if failures == "raise":
+                raise
+            return chunk_done, key_done, failure
+
     for chunk in chunks:
         key = run.key(name, doc_id, chunk.chunk_id)
         window.append((chunk, key, run.submit(name, partial(fn, chunk), doc_id=doc_id, chunk_id=chunk.chunk_id,
                                               depth=depth, key=key)))
         while len(window) >= limit:
-            chunk_done, key_done, future = window.popleft()
-            yield chunk_done, key_done, future.result()
+            yield take()
     while window:
-        chunk_done, key_done, future = window.popleft()
-        yield chunk_done, key_done, future.result()
+        yield take()

@@ -72,6 +72,7 @@ class RunOptions:
     max_reasks: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     workspace: Path = Path(".rlmpipe")
+    adapter: Any = None  # a DSPy adapter for every step (None: DSPy's default, ChatAdapter)
     force_resume: bool = False  # reuse an earlier run's finished steps although its fingerprint differs
     fresh: bool = False  # ignore earlier runs: new fingerprint, everything computed again
 
@@ -162,8 +163,9 @@ class Run:
         reasks = 0
         try:
             # Pool threads do not inherit the caller's DSPy settings: give every step the run's LM.
-            with dspy.context(lm=self.lm), call_context(run_id=self.id, step_key=key, step_name=name,
-                                                         doc_id=doc_id, depth=depth):
+            settings = {"lm": self.lm, **({"adapter": self.options.adapter} if self.options.adapter else {})}
+            with dspy.context(**settings), call_context(run_id=self.id, step_key=key, step_name=name,
+                                                        doc_id=doc_id, depth=depth):
                 while True:
                     try:
                         if reasks:
@@ -244,7 +246,9 @@ def _inputs_identity(paths: Iterable[str | os.PathLike]) -> list[str]:
 def plan_run(store: Store, pipeline: Pipeline, paths: list, model: str, lm_kwargs: dict,
              options: RunOptions) -> tuple[str, str, list[str]]:
     """(run_id, fingerprint, notes): the same command and configuration always name the same run."""
-    fingerprint = run_fingerprint(pipeline.name, pipeline.config(), pipeline.programs(), model, lm_kwargs)
+    adapter = type(options.adapter).__name__ if options.adapter is not None else "default"
+    fingerprint = run_fingerprint(pipeline.name, {**pipeline.config(), "adapter": adapter}, pipeline.programs(),
+                                  model, lm_kwargs)
     inputs = _inputs_identity(paths)
     notes: list[str] = []
     if options.fresh:

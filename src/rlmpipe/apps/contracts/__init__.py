@@ -1,0 +1,30 @@
+"""The contract corpus analyzer: clauses (41 CUAD categories), risks, obligations, an executive
+summary and a 0-100 risk score for every contract in a folder, every finding tied to offsets in the
+contract's text. Built only from ingest, chunking, the run engine and monitoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlmpipe.apps.contracts.outputs import write_outputs
+from rlmpipe.apps.contracts.pipeline import DEFAULT_CHUNKING, ContractsPipeline
+from rlmpipe.chunking import ChunkingConfig
+from rlmpipe.runtime.runner import RunOptions, RunSummary, execute
+from rlmpipe.runtime.store import Store
+
+__all__ = ["ContractsPipeline", "DEFAULT_CHUNKING", "analyze"]
+
+
+def analyze(paths: list, lm, out: str | Path, *, options: RunOptions | None = None,
+            chunking: ChunkingConfig | None = None, store: Store | None = None, events=None,
+            run_config: dict | None = None, on_start=None) -> tuple[RunSummary, dict[str, Path]]:
+    """Analyse every contract under ``paths`` with the DSPy LM ``lm``; write the outputs to ``out``."""
+    options = options or RunOptions()
+    store = store or Store(options.workspace)
+    summary = execute(ContractsPipeline(chunking), paths, lm, options=options, store=store, events=events,
+                      run_config=run_config, on_start=on_start)
+    records = [item["result"] for item in summary.results]
+    failures = [{"path": row["path"], "error": row["error"] or row["status"]}
+                for row in store.documents(summary.run_id) if row["status"] == "failed"]
+    written = write_outputs(records, failures, Path(out), run=store.get_run(summary.run_id))
+    return summary, written

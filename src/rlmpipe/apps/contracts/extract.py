@@ -1,0 +1,59 @@
+"""The two questions the analyzer asks a model: what is in this excerpt, and what is the gist."""
+
+from __future__ import annotations
+
+import dspy
+
+from rlmpipe.apps.contracts.categories import category_guide
+from rlmpipe.apps.contracts.schema import ClauseQuote, ObligationQuote, RiskQuote
+
+EXTRACT_INSTRUCTIONS = f"""You review one excerpt of a commercial contract for a lawyer.
+
+List every clause in the excerpt that belongs to one of these categories (use the category names
+exactly as written):
+{category_guide()}
+
+Also list the risks the excerpt creates for either party (severity low, medium or high) and the
+obligations it places on a party (who must do what, by when or on what condition).
+
+Every quote must be copied word for word from the excerpt: it is checked against the contract,
+and a quote that is not found there is discarded. Quote the shortest passage that shows the
+point. Return empty lists when the excerpt has nothing of a kind."""
+
+
+class ExtractFindings(dspy.Signature):
+    __doc__ = EXTRACT_INSTRUCTIONS
+
+    excerpt: str = dspy.InputField(desc="a part of the contract")
+    clauses: list[ClauseQuote] = dspy.OutputField()
+    risks: list[RiskQuote] = dspy.OutputField()
+    obligations: list[ObligationQuote] = dspy.OutputField()
+
+
+class SummarizeContract(dspy.Signature):
+    """Write a short executive summary of a contract for a busy reader (at most 120 words): what it
+    is, between whom, its term, the main obligations, and the main risks. Use only the findings
+    given; do not invent anything."""
+
+    title: str = dspy.InputField()
+    findings: str = dspy.InputField(desc="verified clauses, risks and obligations, one per line")
+    summary: str = dspy.OutputField()
+
+
+class Extractor:
+    """The DSPy programs of the analyzer (their signatures go into the run fingerprint)."""
+
+    def __init__(self) -> None:
+        self.extract = dspy.Predict(ExtractFindings)
+        self.summarize = dspy.Predict(SummarizeContract)
+
+    def findings(self, excerpt: str) -> dict:
+        prediction = self.extract(excerpt=excerpt)
+        return {
+            "clauses": [item.model_dump() for item in prediction.clauses or []],
+            "risks": [item.model_dump() for item in prediction.risks or []],
+            "obligations": [item.model_dump() for item in prediction.obligations or []],
+        }
+
+    def summary(self, title: str, findings: str) -> dict:
+        return {"summary": self.summarize(title=title, findings=findings).summary}

@@ -1,0 +1,47 @@
+"""The analyzer's files: contracts.jsonl (+ its JSON Schema), clauses.csv, failed.jsonl, report.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from rlmpipe.apps.contracts.categories import NAMES
+from rlmpipe.apps.contracts.schema import ContractRecord
+
+
+def write_outputs(records: list[dict], failures: list[dict], out: Path, *, run: dict | None = None) -> dict[str, Path]:
+    """Write every output for a corpus; ``records`` are ContractRecord dicts, ``failures`` {path, error}."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = sorted(records, key=lambda r: r["path"])
+    paths = {
+        "contracts": out / "contracts.jsonl",
+        "schema": out / "contracts.schema.json",
+        "clauses": out / "clauses.csv",
+        "failed": out / "failed.jsonl",
+    }
+    with open(paths["contracts"], "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(ContractRecord.model_validate(record).model_dump(), ensure_ascii=False) + "\n")
+    paths["schema"].write_text(json.dumps(ContractRecord.model_json_schema(), indent=2) + "\n", encoding="utf-8")
+    with open(paths["clauses"], "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "doc_id", "category", "present", "clauses", "quotes", "offsets"])
+        for record in records:
+            by_category: dict[str, list[dict]] = {}
+            for clause in record["clauses"]:
+                by_category.setdefault(clause["category"], []).append(clause["evidence"])
+            for name in NAMES:
+                found = by_category.get(name, [])
+                writer.writerow([
+                    record["path"], record["doc_id"], name, "yes" if found else "no", len(found),
+                    " | ".join(" ".join(e["quote"].split()) for e in found),
+                    ";".join(f"{e['char_start']}-{e['char_end']}" for e in found),
+                ])
+    with open(paths["failed"], "w", encoding="utf-8") as handle:
+        for failure in sorted(failures, key=lambda f: f["path"]):
+            handle.write(json.dumps(failure, ensure_ascii=False) + "\n")
+    from rlmpipe.apps.contracts.report import write_corpus_report
+
+    paths["report"] = write_corpus_report(records, failures, out, run=run)
+    return paths
