@@ -16,8 +16,9 @@ from dataclasses import dataclass
 _FOLD = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-",
                        "\u2014": "-", "\u2212": "-"})
 _ELLIPSIS = re.compile(r"\s*(?:\.\s?\.\s?\.|\u2026|\[\.\.\.\])\s*")
-#: A quote shorter than this (after normalising) is too short to be evidence of anything.
-MIN_QUOTE_CHARS = 3
+#: A quote shorter than this (after normalising) is too short to be evidence of anything (CUAD marks
+#: two-letter party names such as "MA").
+MIN_QUOTE_CHARS = 2
 #: Pieces of an elided quote must lie within this many characters of each other.
 MAX_GAP = 2000
 
