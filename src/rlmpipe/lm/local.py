@@ -200,25 +200,30 @@ class _LoopGuard:
         self._advance(generated)
         if self.release_below is not None and self.depth < self.release_below:
             self.release_below = None
-        if self.release_below is None:
-            span = _repeated_tail(generated, repeats=3, min_span=12) or _repeated_tail(
-                self.runtime.digits_as_one[generated], repeats=4, min_span=24
-            )
-            if span:
-                # The container that holds the whole repeated stretch is the one to close.
-                self.release_below = min(self.low[-span:])
-        quote, bracket, _ = self.runtime.closers
+        quote, bracket, quote_comma = self.runtime.closers
         if len(generated) >= self.onset:
             scores[quote if self.in_string else bracket] += _PRESSURE
-        elif self.release_below is not None:
-            if not self.in_string:
-                scores[bracket] += _PRESSURE
-            elif self.depth <= self.release_below:  # the looping thing is this string itself
-                scores[quote] += _PRESSURE
-            else:
-                # A string inside the looping list: let it finish, but not with `",` (which
-                # commits to one more item): `"` or `"]` leave the list free to close.
-                scores[self.runtime.closers[2]] -= _PRESSURE
+            return scores
+        string_loop = False
+        span = _repeated_tail(generated, repeats=3, min_span=12) or _repeated_tail(
+            self.runtime.digits_as_one[generated], repeats=4, min_span=24
+        )
+        if span:
+            # The container holding the whole repeated stretch is the one to close.
+            level = min(self.low[-span:])
+            if self.release_below is None:
+                self.release_below = level
+            string_loop = self.in_string and level >= self.depth
+        if self.release_below is None:
+            pass
+        elif not self.in_string:
+            scores[bracket] += _PRESSURE
+        elif string_loop or self.depth <= self.release_below:  # this very string is looping
+            scores[quote] += _PRESSURE
+        else:
+            # A string inside an item of the looping list: let it finish, but not with `",`
+            # (which commits to one more item): `"` or `"]` leave the list free to close.
+            scores[quote_comma] -= _PRESSURE
         return scores
 
 
@@ -268,6 +273,7 @@ class LocalLM(dspy.BaseLM):
         callbacks: list[Any] | None = None,
         num_retries: int = 0,
         loop_guard: bool = True,
+        prefix_cache: bool = False,
         verbose: bool = False,
         **kwargs: Any,
     ):
@@ -281,6 +287,7 @@ class LocalLM(dspy.BaseLM):
         self.n_batch = int(n_batch)
         self.verbose = verbose
         self.loop_guard = loop_guard
+        self.prefix_cache = prefix_cache
         if model is None:
             model = model_name_for(self.model_path) if self.model_path else model_name_for(DEFAULT_GGUF)
         # The DSPy-level response cache is not used for custom BaseLMs (DSPy only caches its own
@@ -391,7 +398,9 @@ class LocalLM(dspy.BaseLM):
             if prompt is None:
                 raise ValueError("LocalLM.forward needs a prompt or messages")
             messages = [{"role": "user", "content": prompt}]
-        options = self._generation_options({**self.kwargs, **kwargs})
+        # None means "not set" (DSPy's Request path sends every default key as None): fall back
+        # to this LM's defaults rather than llama-cpp-python's (temperature 0.2, no token cap).
+        options = self._generation_options({**self.kwargs, **{k: v for k, v in kwargs.items() if v is not None}})
         messages = _normalise_messages(messages)
         runtime = self._runtime
         llama = self.load()
@@ -408,6 +417,11 @@ class LocalLM(dspy.BaseLM):
             if runtime.formatter is not None:
                 n_prompt = len(self.render_prompt(messages))
                 self._check_fits(n_prompt)
+            if not self.prefix_cache:
+                # Evaluate the whole prompt afresh: otherwise llama-cpp-python reuses the KV cache
+                # of whatever prefix the previous call shared, and the different batch shapes give
+                # slightly different logits, so greedy answers would depend on call order.
+                llama.reset()
             try:
                 raw = llama.create_chat_completion(messages=messages, model=self.model, **options)
             except ValueError as exc:  # built-in chat formats: llama-cpp-python's own overflow check
@@ -513,7 +527,7 @@ class LocalLM(dspy.BaseLM):
     def dump_state(self) -> dict[str, Any]:
         state = super().dump_state()
         state.update(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
-                     loop_guard=self.loop_guard)
+                     loop_guard=self.loop_guard, prefix_cache=self.prefix_cache)
         return state
 
     def __copy__(self) -> LocalLM:

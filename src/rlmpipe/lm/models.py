@@ -64,6 +64,7 @@ def check_provider(model: str, api_base: str | None = None) -> None:
     """Fail fast, with what to set, when a hosted model cannot possibly work."""
     import litellm
 
+    litellm.suppress_debug_info = True  # its own hint about providers goes to stdout otherwise
     try:
         _, provider, _, _ = litellm.get_llm_provider(model=model, api_base=api_base)
     except Exception as exc:

@@ -135,6 +135,7 @@ def _prices(model: str) -> tuple[float, float] | None:
     try:
         import litellm
 
+        litellm.suppress_debug_info = True  # else it prints "Provider List: ..." to stdout for unknown models
         prompt_cost, completion_cost = litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=1)
     except Exception:  # litellm raises a plain Exception for unmapped models
         return None
