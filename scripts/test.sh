@@ -6,4 +6,9 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 pip install --quiet --upgrade pip
 pip install --quiet -e ".[dev,local]"
+# Headless Chromium checks the HTML reports; Debian's package, when we may install it.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "warning: could not install chromium; the browser tests will be skipped" >&2
+fi
 python -m pytest "$@"

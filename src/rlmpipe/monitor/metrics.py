@@ -100,11 +100,11 @@ def run_tables(store: Store, run_id: str) -> dict:
                           "step_seconds": round(step_time.get(name, 0.0), 3), **by_step[name].row()})
     doc_rows = []
     for document in documents:
-        doc_rows.append({"path": document["path"], "doc_id": document["doc_id"], "status": document["status"],
-                         "error": document["error"], "steps": doc_steps.get(document["doc_id"], 0),
-                         "seconds": round((document["finished"] or 0) - (document["started"] or 0), 3)
-                         if document["finished"] else None,
-                         **by_doc[document["doc_id"]].row()})
+        doc_rows.append({**by_doc[document["doc_id"]].row(), "path": document["path"], "doc_id": document["doc_id"],
+                         "status": document["status"], "error": document["error"],
+                         "steps": doc_steps.get(document["doc_id"], 0),
+                         "doc_seconds": round((document["finished"] or 0) - (document["started"] or 0), 3)
+                         if document["finished"] else None})
     depth_rows = [{"depth": depth, **by_depth[depth].row()} for depth in sorted(by_depth)]
     slowest = sorted((s for s in steps if s.finished and s.started), key=lambda s: s.finished - s.started,
                      reverse=True)[:10]

@@ -1,0 +1,1152 @@
+"""``runs report``: one self-contained HTML file of a run (``write_report``).
+
+Everything comes from the run store (through :func:`rlmpipe.monitor.metrics.run_tables`) plus the
+session boundaries and notes of the run's event log, if it is still there. Every plot is inline
+SVG drawn here, on the server side; the only script is a few lines that sort tables on a click.
+Nothing is loaded from anywhere: no fonts, no images, no stylesheets, no scripts by URL, so the
+file opens offline and can be mailed around.
+
+Size stays bounded for large runs: the timeline merges consecutive calls of a worker into one bar
+when there are more calls than ``MAX_TIMELINE_BARS`` (and says so), histograms and time buckets
+have a fixed number of bins, and long tables are cut (and say so).
+
+All text that comes from the store or the event log (paths, errors, step names, reasons) is
+escaped with ``html.escape``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlmpipe.monitor.metrics import percentile, run_tables
+from rlmpipe.monitor.render import run_state
+from rlmpipe.runtime.eventlog import event_log_path
+from rlmpipe.runtime.store import Store
+
+MAX_TIMELINE_BARS = 2500  # bars in the timeline; more calls than this are merged evenly
+MAX_TABLE_ROWS = 500  # rows of the per-document table (failed documents first)
+MAX_PLOT_DOCUMENTS = 20  # documents drawn in the tokens-by-document plot; the rest are one row
+MAX_NOTES = 30
+FAILURE_BUCKETS = 60  # about this many time buckets in the failures plot
+
+WIDTH = 1100  # every plot's viewBox width (it scales down with the page)
+
+OUTCOME_SHADES = {  # by recursion depth: 0 is the darkest shade, deeper calls are lighter
+    "ok": ["#1f5f99", "#3f86c8", "#7fb0e0", "#b5d2ef"],
+    "error": ["#b3261e", "#dc4c43", "#ee8a83", "#f6bdb8"],
+    "cached": ["#3d7a23", "#6aa84f", "#9fcc86", "#cde5bf"],
+}
+TOKEN_IN, TOKEN_OUT, COST_COLOUR = "#3f6fb5", "#9cc0ea", "#c98a1b"
+ERROR_TYPE_COLOURS = {
+    "rate_limit": "#e8912d", "server": "#c8372d", "timeout": "#7b4bb5", "connection": "#8c564b",
+    "malformed_response": "#d45fa8", "bad_request": "#6b1d1d", "context_window": "#2f7f7a",
+    "parse": "#7a7a2f", "unexpected": "#555555",
+}
+EXTRA_COLOURS = ["#17a2b8", "#9a6324", "#808000", "#469990", "#911eb4", "#f032e6", "#000075", "#aaaa00"]
+RETRY_COLOUR = "#222222"
+
+
+def write_report(store: Store, run_id: str, path: str | Path) -> Path:
+    """Write the HTML report of ``run_id`` to ``path`` (parent folders are created); returns the path."""
+    text = render_report(store, run_id)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- small helpers ------------------------------------------------------------------------------
+def esc(value) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: float) -> str:
+    """A coordinate: short, no exponent."""
+    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+
+
+def count(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    if value == 0:
+        return "$0"
+    return f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}"
+
+
+def cost_text(cost: float | None, unpriced: int, calls_with_tokens: int | None = None) -> str:
+    """A cost, honest about unknown prices: 'unknown' if no call had a price, '>= $x' if some had none."""
+    if cost is None:
+        return "unknown"
+    if unpriced:
+        if not cost and (calls_with_tokens is None or unpriced >= calls_with_tokens):
+            return "unknown"
+        return f"≥ {usd(cost)}"
+    return usd(cost)
+
+
+def duration(seconds: float | None) -> str:
+    """A span of time, as people read it: 0.25s, 12s, 2m05s, 1h05m, 3d02h."""
+    if seconds is None:
+        return ""
+    negative, seconds = seconds < 0, abs(seconds)
+    if seconds < 1:
+        text = f"{seconds:.3f}".rstrip("0").rstrip(".") + "s" if seconds else "0s"
+    elif seconds < 10:
+        text = f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
+    elif seconds < 60:
+        text = f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
+    elif seconds < 3600:
+        minutes, rest = divmod(round(seconds), 60)
+        text = f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
+    elif seconds < 86400:
+        hours, rest = divmod(round(seconds / 60), 60)
+        text = f"{hours}h{rest:02d}m" if rest else f"{hours}h"
+    else:
+        days, rest = divmod(round(seconds / 3600), 24)
+        text = f"{days}d{rest:02d}h" if rest else f"{days}d"
+    return ("-" if negative else "") + text
+
+
+def clock(value: float, step: float) -> str:
+    """A tick label: ``value`` seconds since run start, down to the unit that ``step`` needs
+    (2d00h05m when a resumed session starts two days in, 1m30s, 0.25s)."""
+    if value < 60 and step < 60:
+        decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
+        return f"{value:.{decimals}f}s"
+    smallest = 0 if step < 60 else 1 if step < 3600 else 2 if step < 86400 else 3
+    units = [("s", 60), ("m", 60), ("h", 24), ("d", None)]
+    whole = round(value) if smallest == 0 else int(round(value / 60) * 60) if smallest == 1 else int(value)
+    amounts, rest = [], whole
+    for _, size in units:
+        if size is None:
+            amounts.append(rest)
+        else:
+            amounts.append(rest % size)
+            rest //= size
+    largest = max((i for i, amount in enumerate(amounts) if amount), default=smallest)
+    largest = max(largest, smallest)
+    parts = []
+    for index in range(largest, smallest - 1, -1):
+        amount = amounts[index]
+        parts.append(f"{amount}{units[index][0]}" if index == largest else f"{amount:02d}{units[index][0]}")
+    return "".join(parts)
+
+
+def when(epoch: float | None) -> str:
+    if not epoch:
+        return ""
+    return datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def _natural(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text or "")]
+
+
+def _short_path(path: str, limit: int = 30) -> str:
+    name = Path(path).name or path
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+NICE_STEPS = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 15, 30,
+              60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
+
+
+def nice_time_step(raw: float) -> float:
+    for step in NICE_STEPS:
+        if step >= raw:
+            return step
+    return 86400 * math.ceil(raw / 86400)
+
+
+def nice_ticks(high: float, target: int = 5) -> list[float]:
+    """0, step, 2*step, ... covering [0, high] with about ``target`` intervals."""
+    if high <= 0:
+        return [0.0]
+    raw = high / target
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [i * step for i in range(math.ceil(high / step - 1e-9) + 1)]
+
+
+def tick_label(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:g}"
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _text(x: float, y: float, text: str, *, anchor: str = "start", size: int = 12, cls: str = "",
+          weight: str = "", rotate: bool = False, fill: str = "") -> str:
+    attributes = f'x="{_num(x)}" y="{_num(y)}" font-size="{size}"'
+    if anchor != "start":
+        attributes += f' text-anchor="{anchor}"'
+    if cls:
+        attributes += f' class="{cls}"'
+    if weight:
+        attributes += f' font-weight="{weight}"'
+    if fill:
+        attributes += f' fill="{fill}"'
+    if rotate:
+        attributes += f' transform="rotate(-90 {_num(x)} {_num(y)})"'
+    return f"<text {attributes}>{esc(text)}</text>"
+
+
+def _rect(x: float, y: float, w: float, h: float, fill: str, title: str | None = None,
+          extra: str = "") -> str:
+    body = (f'<rect x="{_num(x)}" y="{_num(y)}" width="{_num(max(w, 0))}" height="{_num(max(h, 0))}" '
+            f'fill="{fill}"{extra}')
+    return f"{body}><title>{esc(title)}</title></rect>" if title else body + "/>"
+
+
+def _line(x1: float, y1: float, x2: float, y2: float, stroke: str = "#999", extra: str = "") -> str:
+    return (f'<line x1="{_num(x1)}" y1="{_num(y1)}" x2="{_num(x2)}" y2="{_num(y2)}" stroke="{stroke}"'
+            f"{extra}/>")
+
+
+def _svg(plot_id: str, title: str, height: float, body: Iterable[str], attributes: str = "") -> str:
+    height = math.ceil(height)
+    return (f'<svg id="{plot_id}" class="plot" role="img"{attributes} '
+            f'width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
+            f'preserveAspectRatio="xMinYMin meet"><title>{esc(title)}</title>'
+            + "".join(body) + "</svg>")
+
+
+def _figure(plot_id: str, title: str, svg: str, caption: str, legend: str = "") -> str:
+    return (f'<figure class="figure" id="figure-{plot_id}"><h3>{esc(title)}</h3>{legend}'
+            f'<div class="plot-wrap">{svg}</div><figcaption>{caption}</figcaption></figure>')
+
+
+def _legend(items: Iterable[tuple[str, str]]) -> str:
+    spans = "".join(f'<span class="key"><i style="background:{colour}"></i>{esc(label)}</span>' if colour
+                    else f'<span class="key muted">{esc(label)}</span>' for colour, label in items)
+    return f'<div class="legend">{spans}</div>'
+
+
+def _shade(outcome: str, depth: int) -> str:
+    shades = OUTCOME_SHADES.get(outcome, OUTCOME_SHADES["ok"])
+    return shades[min(max(depth or 0, 0), len(shades) - 1)]
+
+
+def _error_colours(types: Iterable[str]) -> dict[str, str]:
+    colours, extra = {}, iter(EXTRA_COLOURS * 10)
+    for name in types:
+        colours[name] = ERROR_TYPE_COLOURS.get(name) or next(extra)
+    return colours
+
+
+def _call_end(call: dict) -> float:
+    return call["started"] + max(call["latency"] or 0.0, 0.0)
+
+
+# --- sessions and the time axis -----------------------------------------------------------------
+@dataclass
+class Session:
+    number: int
+    start: float
+    end: float
+    status: str | None = None  # from the run_end event; None if the session ended without one
+    reason: str | None = None
+    attempts: int = 0
+    errors: int = 0
+    retries: int = 0
+    has_end_event: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return max(self.end - self.start, 0.0)
+
+
+def read_run_events(workspace: Path, run_id: str) -> list[dict]:
+    """The run_start / run_end / run_stopping / note events of the run's log (the others are skipped
+    unparsed: the log of a large run holds one line per LM call)."""
+    path = event_log_path(workspace, run_id)
+    wanted = ('{"type": "run_', '{"type": "note"')
+    events = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith(wanted):
+                    try:
+                        events.append(json.loads(line))
+                    except ValueError:
+                        continue  # a line cut by a crash
+    except OSError:
+        return []
+    return events
+
+
+def build_sessions(run: dict, calls: list[dict], events: list[dict]) -> list[Session]:
+    starts: dict[int, float] = {}
+    ends: dict[int, dict] = {}
+    current: int | None = None
+    for event in events:
+        if event.get("type") == "run_start" and isinstance(event.get("session"), int):
+            current = event["session"]
+            starts[current] = float(event.get("time") or 0)
+        elif event.get("type") == "run_end" and current is not None:
+            ends[current] = event
+    span: dict[int, list[float]] = {}
+    per_session: dict[int, Counter] = defaultdict(Counter)
+    for call in calls:
+        number = call.get("session") or 1
+        begin, finish = call["started"], _call_end(call)
+        if number in span:
+            span[number][0] = min(span[number][0], begin)
+            span[number][1] = max(span[number][1], finish)
+        else:
+            span[number] = [begin, finish]
+        if call["outcome"] != "cached":
+            per_session[number]["attempts"] += 1
+            per_session[number]["errors"] += call["outcome"] == "error"
+            per_session[number]["retries"] += call["attempt"] > 1
+    sessions = []
+    numbers = sorted(set(starts) | set(span))
+    for index, number in enumerate(numbers):
+        begin = min(x for x in (starts.get(number), span.get(number, [None])[0]) if x is not None)
+        end_event = ends.get(number)
+        finish_candidates = [span[number][1]] if number in span else []
+        if end_event is not None:
+            finish_candidates.append(float(end_event.get("time") or begin))
+        finish = max(finish_candidates) if finish_candidates else begin
+        session = Session(number, begin, max(finish, begin),
+                          status=end_event.get("status") if end_event else None,
+                          reason=end_event.get("reason") if end_event else None,
+                          has_end_event=end_event is not None, **per_session.get(number, {}))
+        if end_event is None:
+            last = index == len(numbers) - 1
+            if last and run["status"] == "running":
+                session.status = run_state(run)
+            elif last and not events:  # no event log (deleted, or written elsewhere): the run says how it ended
+                session.status, session.reason = run["status"], run["stop_reason"]
+            else:
+                session.status = "unknown (no event log)" if not events else "no end recorded (killed?)"
+        sessions.append(session)
+    return sessions
+
+
+@dataclass
+class Segment:
+    session: Session
+    x: float
+    width: float
+
+    def x_at(self, t: float) -> float:
+        span = max(self.session.seconds, 1e-6)
+        fraction = min(max((t - self.session.start) / span, 0.0), 1.0)
+        return self.x + fraction * self.width
+
+
+class TimeAxis:
+    """Time from run start, in one segment per session: the idle time between sessions is cut out
+    (a resumed run may wait days between sessions); segments are proportional to their duration,
+    each at least a minimum width so that a short session stays visible."""
+
+    GAP = 30
+
+    def __init__(self, sessions: list[Session], x0: float, width: float):
+        self.sessions = sessions
+        self.run_start = sessions[0].start if sessions else 0.0
+        self.x0, self.width = x0, width
+        self.segments: dict[int, Segment] = {}
+        count_ = len(sessions)
+        if not count_:
+            return
+        available = width - self.GAP * (count_ - 1)
+        minimum = min(0.08, 0.5 / count_) if count_ > 1 else 1.0
+        durations = [max(s.seconds, 1e-6) for s in sessions]
+        total = sum(durations)
+        x = x0
+        for session, seconds in zip(sessions, durations, strict=True):
+            share = minimum + (1 - minimum * count_) * seconds / total if count_ > 1 else 1.0
+            segment = Segment(session, x, available * share)
+            self.segments[session.number] = segment
+            x += segment.width + self.GAP
+
+    def x(self, t: float, session: int | None) -> float:
+        segment = self.segments.get(session or 1) or next(iter(self.segments.values()))
+        return segment.x_at(t)
+
+    def draw(self, top: float, bottom: float, pattern: str) -> list[str]:
+        """Ticks, tick labels and the x-axis label under ``bottom``, session labels above ``top``,
+        and the breaks between sessions (filled with the SVG pattern ``pattern``)."""
+        parts: list[str] = []
+        previous: Segment | None = None
+        segments = list(self.segments.values())
+        for index, segment in enumerate(segments):
+            session = segment.session
+            seconds = max(session.seconds, 1e-6)
+            step = nice_time_step(seconds * 90 / max(segment.width, 1))
+            first = math.ceil((session.start - self.run_start) / step - 1e-9) * step
+            value = first
+            while value <= session.end - self.run_start + 1e-9:
+                x = segment.x_at(self.run_start + value)
+                parts.append(_line(x, bottom, x, bottom + 5, "#666"))
+                parts.append(_line(x, top, x, bottom, "#e6e6e6"))
+                crowded = ((index > 0 and x < segment.x + 24)  # labels of neighbouring sessions would touch
+                           or (index < len(segments) - 1 and x > segment.x + segment.width - 24))
+                if not crowded:
+                    parts.append(_text(x, bottom + 18, clock(value, step), anchor="middle", size=11))
+                value += step
+            parts.append(_line(segment.x, bottom, segment.x + segment.width, bottom, "#666"))
+            if len(segments) > 1:
+                name = f"session {session.number}" if segment.width >= 64 else f"{session.number}"
+                parts.append(_text(segment.x + 2, top - 8, name, size=11, weight="bold"))
+            if previous is not None:
+                gap_x = previous.x + previous.width
+                idle = session.start - previous.session.end
+                parts.append(_rect(gap_x + 4, top, self.GAP - 8, bottom - top, f"url(#{pattern})",
+                                   f"session {session.number} starts: resumed after {duration(idle)} idle"))
+                parts.append(_line(segment.x, top - 20, segment.x, bottom + 5, "#333",
+                                   ' stroke-dasharray="4 3"'))
+                for dx in (3, 9):  # the axis break mark //
+                    parts.append(_line(gap_x + dx, bottom + 6, gap_x + dx + 8, bottom - 6, "#333"))
+                if segment.width >= 240:
+                    parts.append(_text(segment.x + 70, top - 8, f"(resumed, +{duration(idle)} idle)", size=10,
+                                       cls="muted"))
+            previous = segment
+        parts.append(_text(self.x0 + self.width / 2, bottom + 38,
+                           "time since run start (idle time between sessions cut out)", anchor="middle",
+                           size=12))
+        return parts
+
+
+def _break_pattern(pattern: str) -> str:
+    """The hatching of the breaks between sessions (one per plot: ids are unique in a page)."""
+    return (f'<defs><pattern id="{pattern}" width="6" height="6" patternUnits="userSpaceOnUse" '
+            'patternTransform="rotate(45)"><rect width="6" height="6" fill="#f2f2f2"/>'
+            '<line x1="0" y1="0" x2="0" y2="6" stroke="#bbb" stroke-width="2"/></pattern></defs>')
+
+
+# --- plots --------------------------------------------------------------------------------------
+def _empty(plot_id: str, title: str, message: str, height: int = 120) -> str:
+    return _svg(plot_id, title, height, [
+        _rect(0.5, 0.5, WIDTH - 1, height - 1, "#fafafa", extra=' stroke="#ddd"'),
+        _text(WIDTH / 2, height / 2, message, anchor="middle", size=14, cls="muted")])
+
+
+def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, max_bars: int) -> str:
+    plot_id, title = "plot-timeline", "Timeline of LM calls by worker thread"
+    caption_tail = ""
+    if not calls:
+        svg = _empty(plot_id, title, "no LM calls recorded")
+        return _figure(plot_id, title, svg, "No LM call was recorded for this run.")
+    lanes = sorted({call["worker"] or "(unknown)" for call in calls}, key=_natural)
+    lane_index = {name: i for i, name in enumerate(lanes)}
+    lane_h = max(5.0, min(22.0, 560.0 / len(lanes)))
+    left, right, top = 150, 20, 48
+    plot_h = lane_h * len(lanes)
+    bottom = top + plot_h
+    axis = TimeAxis(sessions, left, WIDTH - left - right)
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for call in calls:
+        groups[(call["worker"] or "(unknown)", call.get("session") or 1)].append(call)
+    per_bar = max(1, math.ceil(len(calls) / max_bars))
+    while sum(math.ceil(len(members) / per_bar) for members in groups.values()) > max_bars:
+        per_bar += 1  # every (worker, session) rounds up: merge a little more until the bars fit
+    parts = [_break_pattern(f"{plot_id}-break")]
+    for i in range(len(lanes)):
+        if i % 2:
+            parts.append(_rect(left, top + i * lane_h, WIDTH - left - right, lane_h, "#f7f7f7"))
+    parts.extend(axis.draw(top, bottom, f"{plot_id}-break"))
+    label_size = max(8, min(12, int(lane_h * 0.75)))
+    label_every = 1 if lane_h >= 8 else math.ceil(9 / lane_h)
+    for name, i in lane_index.items():
+        if i % label_every == 0:
+            parts.append(_text(left - 6, top + i * lane_h + lane_h / 2 + label_size / 3, name, anchor="end",
+                               size=label_size))
+    bar_h = max(lane_h - 3, 2)
+    bars = markers = 0
+    for (worker, session), members in groups.items():
+        members.sort(key=lambda c: c["started"])
+        y = top + lane_index[worker] * lane_h + (lane_h - bar_h) / 2
+        for start in range(0, len(members), per_bar):
+            chunk = members[start:start + per_bar]
+            x1 = axis.x(min(c["started"] for c in chunk), session)
+            x2 = axis.x(max(_call_end(c) for c in chunk), session)
+            outcomes = Counter(c["outcome"] for c in chunk)
+            depth = Counter(c["depth"] or 0 for c in chunk).most_common(1)[0][0]
+            if len(chunk) == 1:
+                call = chunk[0]
+                label = (f"{call['step_name'] or '(outside steps)'} · "
+                         f"{_short_path(doc_paths.get(call['doc_id'], call['doc_id'] or '-'), 60)} · "
+                         f"{call['outcome']}{' ' + call['error_type'] if call['error_type'] else ''} · "
+                         f"attempt {call['attempt']} · depth {call['depth']} · {call['latency']:.3f}s · "
+                         f"{call['prompt_tokens']} in / {call['completion_tokens']} out · session {session}")
+                if call["error"]:
+                    label += f"\n{call['error'][:300]}"
+            else:
+                depths = Counter(c["depth"] or 0 for c in chunk)
+                label = (f"{len(chunk)} calls merged: "
+                         + ", ".join(f"{n} {k}" for k, n in outcomes.most_common()) + " · "
+                         + ", ".join(f"{n} at depth {d}" for d, n in sorted(depths.items()))
+                         + f" · session {session}")
+            outcome = outcomes.most_common(1)[0][0]
+            parts.append(_rect(x1, y, max(x2 - x1, 1.0), bar_h, _shade(outcome, depth), label))
+            bars += 1
+            if len(chunk) > 1 and outcomes.get("error") and outcome != "error":
+                share = outcomes["error"] / len(chunk)
+                parts.append(_rect(x1, y, max(x2 - x1, 1.0), max(bar_h / 3, 1.5), _shade("error", 0),
+                                   extra=f' fill-opacity="{min(1.0, 0.15 + share * 3):.2f}"'))
+                markers += 1
+    parts.append(_text(16, top + plot_h / 2, "worker thread", anchor="middle", size=12, rotate=True))
+    svg = _svg(plot_id, title, bottom + 50, parts, f' data-calls="{len(calls)}" data-bars="{bars}"'
+               f' data-error-marks="{markers}" data-per-bar="{per_bar}"')
+    depths = sorted({c["depth"] or 0 for c in calls})
+    legend_items = [(_shade(o, 0), o) for o in ("ok", "error", "cached")]
+    if len(depths) > 1 or depths != [0]:
+        legend_items += [("", "shade by depth:")] + [(_shade("ok", d), f"depth {d}") for d in depths]
+    if per_bar > 1:
+        caption_tail = (f" <strong>{count(len(calls))} calls are more than {count(max_bars)} bars: "
+                        f"{count(bars)} bars are drawn, each merges up to {per_bar} consecutive calls of one "
+                        "worker</strong> (from the first one's start to the last one's end, coloured by the "
+                        "most common outcome and shaded by the most common depth; a red strip on top marks a "
+                        "merged bar that contains errors, the stronger the larger their share). Hover a bar "
+                        "for its counts.")
+    else:
+        caption_tail = " Hover a bar for its step, document, attempt, tokens and error."
+    sessions_text = (f" The {len(sessions)} sessions of this resumed run are drawn one after the other, "
+                     "separated by a hatched break; the idle time between them is cut out."
+                     if len(sessions) > 1 else "")
+    caption = (f"Each bar is one LM call attempt ({count(len(calls))} in all), in the lane of the worker "
+               "thread that made it, from its start to its start plus its latency; colour says the outcome "
+               "(ok, error, cached) and the shade its recursion depth (darker is shallower)."
+               + sessions_text + caption_tail)
+    return _figure(plot_id, title, svg, caption, _legend(legend_items))
+
+
+def latency_plot(calls: list[dict]) -> str:
+    plot_id, title = "plot-latency", "Latency of successful LM calls"
+    latencies = sorted(c["latency"] for c in calls if c["outcome"] == "ok")
+    if not latencies:
+        return _figure(plot_id, title, _empty(plot_id, title, "no successful LM calls"),
+                       "No call succeeded, so there is no latency to show.")
+    p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
+    top_value = latencies[-1]
+    upper = percentile(latencies, 0.99) if len(latencies) >= 200 else top_value
+    if upper <= 0:
+        upper = max(top_value, 1e-3)
+    bins = max(10, min(40, int(math.sqrt(len(latencies)) * 2)))
+    width_s = upper / bins
+    counts = [0] * bins
+    overflow = 0
+    for value in latencies:
+        if value > upper:
+            overflow += 1
+        else:
+            counts[min(int(value / width_s), bins - 1)] += 1
+    left, right, top, height = 70, 30, 40, 260
+    plot_w = WIDTH - left - right - (70 if overflow else 0)
+    bottom = top + height
+    y_ticks = nice_ticks(max(counts + [overflow]))
+    y_max = y_ticks[-1] or 1
+    def y(v: float) -> float:
+        return bottom - v / y_max * height
+    def x(v: float) -> float:
+        return left + v / upper * plot_w
+    parts: list[str] = []
+    for tick in y_ticks:
+        parts.append(_line(left, y(tick), left + plot_w, y(tick), "#eee"))
+        parts.append(_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
+    for i, n in enumerate(counts):
+        if n:
+            lo, hi = i * width_s, (i + 1) * width_s
+            parts.append(_rect(x(lo) + 0.5, y(n), x(hi) - x(lo) - 1, bottom - y(n), OUTCOME_SHADES["ok"][1],
+                               f"{lo:.3f}s – {hi:.3f}s: {n} calls"))
+    for tick in nice_ticks(upper, 8):
+        if tick <= upper + 1e-12:
+            parts.append(_line(x(tick), bottom, x(tick), bottom + 5, "#666"))
+            parts.append(_text(x(tick), bottom + 18, duration(tick), anchor="middle", size=11))
+    if overflow:
+        ox = left + plot_w + 20
+        parts.append(_rect(ox, y(overflow), 40, bottom - y(overflow), OUTCOME_SHADES["ok"][2],
+                           f"{overflow} calls slower than {upper:.3f}s (up to {top_value:.3f}s)"))
+        parts.append(_text(ox + 20, bottom + 18, f"> {duration(upper)}", anchor="middle", size=11))
+    parts.append(_line(left, bottom, left + plot_w, bottom, "#666"))
+    parts.append(_line(left, top, left, bottom, "#666"))
+    for value, name, row in ((p50, "p50", 0), (p95, "p95", 1)):
+        px = x(min(value, upper))
+        parts.append(_line(px, top - 4 + row * 14, px, bottom, "#c0392b" if name == "p95" else "#222",
+                           ' stroke-width="1.5" stroke-dasharray="5 3"'))
+        parts.append(_text(px + 4, top + 6 + row * 14, f"{name} {duration(value)}", size=11, weight="bold",
+                           fill="#c0392b" if name == "p95" else "#222"))
+    parts.append(_text(left + plot_w / 2, bottom + 38, "latency (seconds)", anchor="middle", size=12))
+    parts.append(_text(18, top + height / 2, "calls", anchor="middle", size=12, rotate=True))
+    svg = _svg(plot_id, title, bottom + 50, parts)
+    caption = (f"How long the {count(len(latencies))} successful calls took (request to reply, retries not "
+               f"included), in {bins} bins of {duration(width_s)}; dashed lines mark the median (p50 "
+               f"{duration(p50)}) and the 95th percentile (p95 {duration(p95)}) of these calls; the slowest "
+               f"took {duration(top_value)}.")
+    if overflow:
+        caption += f" {count(overflow)} calls slower than the 99th percentile are gathered in the last bar."
+    return _figure(plot_id, title, svg, caption)
+
+
+@dataclass
+class BarRow:
+    label: str
+    hover: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    unpriced: int
+    calls: int
+    aggregate: bool = False  # "N other documents": written as text, not drawn (it would dwarf the bars)
+
+
+def tokens_cost_plot(plot_id: str, title: str, rows: list[BarRow], what: str, caption: str) -> str:
+    if not rows:
+        return _figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"), caption)
+    row_h, top, label_w = 24, 34, 230
+    tokens_x, tokens_w = label_w, 500
+    cost_x, cost_w = tokens_x + tokens_w + 70, WIDTH - (tokens_x + tokens_w + 70) - 90
+    bottom = top + row_h * len(rows)
+    drawn = [r for r in rows if not r.aggregate] or rows
+    token_ticks = nice_ticks(max(r.prompt_tokens + r.completion_tokens for r in drawn), 5)
+    token_max = token_ticks[-1] or 1
+    max_cost = max(r.cost for r in drawn)
+    cost_ticks = nice_ticks(max_cost, 3) if max_cost > 0 else [0.0]
+    cost_max = cost_ticks[-1] or 1
+    parts: list[str] = [
+        _text(label_w - 16, top - 14, what, anchor="end", size=12, weight="bold"),
+        _text(tokens_x + 4, top - 14, "tokens (in + out)", size=12, weight="bold"),
+        _text(cost_x, top - 14, "cost (USD)", size=12, weight="bold"),
+    ]
+    for tick in token_ticks:
+        tx = tokens_x + tick / token_max * tokens_w
+        parts.append(_line(tx, top, tx, bottom, "#eee"))
+        parts.append(_text(tx, bottom + 16, tick_label(tick), anchor="middle", size=11))
+    for tick in cost_ticks if max_cost > 0 else []:
+        cx = cost_x + tick / cost_max * cost_w
+        parts.append(_line(cx, top, cx, bottom, "#eee"))
+        parts.append(_text(cx, bottom + 16, "$" + tick_label(tick), anchor="middle", size=11))
+    for i, row in enumerate(rows):
+        y = top + i * row_h + 4
+        h = row_h - 8
+        parts.append(f'<g><title>{esc(row.hover)}</title>'
+                     + _text(label_w - 8, y + h / 2 + 4, row.label, anchor="end", size=12) + "</g>")
+        if row.aggregate:
+            parts.append(_text(tokens_x + 6, y + h / 2 + 4,
+                               f"{count(row.prompt_tokens)} in + {count(row.completion_tokens)} out "
+                               f"({count(row.calls)} calls; not drawn)", size=11, cls="muted"))
+            parts.append(_text(cost_x + 4, y + h / 2 + 4, cost_text(row.cost, row.unpriced), size=11,
+                               cls="muted"))
+            continue
+        w_in = row.prompt_tokens / token_max * tokens_w
+        w_out = row.completion_tokens / token_max * tokens_w
+        parts.append(_rect(tokens_x, y, w_in, h, TOKEN_IN,
+                           f"{row.label}: {count(row.prompt_tokens)} tokens in"))
+        parts.append(_rect(tokens_x + w_in, y, w_out, h, TOKEN_OUT,
+                           f"{row.label}: {count(row.completion_tokens)} tokens out"))
+        parts.append(_text(tokens_x + w_in + w_out + 4, y + h / 2 + 4,
+                           count(row.prompt_tokens + row.completion_tokens), size=11))
+        label = cost_text(row.cost, row.unpriced)
+        w_cost = row.cost / cost_max * cost_w if max_cost > 0 else 0
+        if w_cost:
+            parts.append(_rect(cost_x, y, w_cost, h, COST_COLOUR, f"{row.label}: {label}"))
+        parts.append(_text(cost_x + w_cost + 4, y + h / 2 + 4, label, size=11,
+                           cls="muted" if label == "unknown" else ""))
+    parts.append(_line(tokens_x, bottom, tokens_x + tokens_w, bottom, "#666"))
+    parts.append(_line(tokens_x, top, tokens_x, bottom, "#666"))
+    parts.append(_line(cost_x, bottom, cost_x + cost_w, bottom, "#666"))
+    parts.append(_line(cost_x, top, cost_x, bottom, "#666"))
+    parts.append(_text(tokens_x + tokens_w / 2, bottom + 36, "tokens", anchor="middle", size=12))
+    parts.append(_text(cost_x + cost_w / 2, bottom + 36,
+                       "cost (USD)" if max_cost > 0 else "cost (USD): no known price", anchor="middle",
+                       size=12))
+    svg = _svg(plot_id, title, bottom + 48, parts)
+    legend = _legend([(TOKEN_IN, "tokens in (prompt)"), (TOKEN_OUT, "tokens out (completion)"),
+                      (COST_COLOUR, "cost")])
+    return _figure(plot_id, title, svg, caption, legend)
+
+
+def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
+    plot_id, title = "plot-failures", "Retries and failures over time"
+    attempts = [c for c in calls if c["outcome"] != "cached"]
+    if not attempts or not sessions:
+        return _figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"),
+                       "No LM call was recorded.")
+    left, right, top, height = 70, 20, 40, 220
+    bottom = top + height
+    axis = TimeAxis(sessions, left, WIDTH - left - right)
+    active = sum(max(s.seconds, 1e-6) for s in sessions)
+    bucket = nice_time_step(active / FAILURE_BUCKETS)
+    error_types = sorted({c["error_type"] or "unknown" for c in attempts if c["outcome"] == "error"})
+    colours = _error_colours(error_types)
+    errors: dict[tuple[int, int], Counter] = defaultdict(Counter)
+    retries: Counter = Counter()
+    totals: Counter = Counter()
+    for call in attempts:
+        number = call.get("session") or 1
+        key = (number, int((call["started"] - axis.segments[number].session.start) // bucket))
+        totals[key] += 1
+        if call["outcome"] == "error":
+            errors[key][call["error_type"] or "unknown"] += 1
+        if call["attempt"] > 1:
+            retries[key] += 1
+    peak = max([sum(c.values()) for c in errors.values()] + list(retries.values()) + [0])
+    parts: list[str] = [_break_pattern(f"{plot_id}-break")]
+    y_ticks = nice_ticks(peak, 4) if peak else [0, 1]
+    y_max = y_ticks[-1] or 1
+    def y(v: float) -> float:
+        return bottom - v / y_max * height
+    for tick in y_ticks:
+        parts.append(_line(left, y(tick), WIDTH - right, y(tick), "#eee"))
+        parts.append(_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
+    parts.extend(axis.draw(top, bottom, f"{plot_id}-break"))
+    parts.append(_line(left, top, left, bottom, "#666"))
+    for number, segment in axis.segments.items():
+        session = segment.session
+        buckets = max(1, math.ceil(max(session.seconds, 1e-6) / bucket - 1e-9))
+        points = []
+        for b in range(buckets):
+            t0 = session.start + b * bucket
+            x1, x2 = segment.x_at(t0), segment.x_at(t0 + bucket)
+            w = max(x2 - x1 - 1, 0.8)
+            stacked = 0
+            for kind in error_types:
+                n = errors.get((number, b), Counter()).get(kind, 0)
+                if n:
+                    span = f"{duration(t0 - axis.run_start)} – {duration(t0 + bucket - axis.run_start)}"
+                    hover = f"{span}: {n} {kind} errors (of {totals.get((number, b), 0)} attempts)"
+                    parts.append(_rect(x1 + 0.5, y(stacked + n), w, y(stacked) - y(stacked + n),
+                                       colours[kind], hover))
+                    stacked += n
+            points.append(((x1 + x2) / 2, y(retries.get((number, b), 0)), retries.get((number, b), 0), t0))
+        if points:
+            path = " ".join(f"{_num(px)},{_num(py)}" for px, py, _, _ in points)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{RETRY_COLOUR}" '
+                         'stroke-width="1.5"/>')
+            for px, py, n, t0 in points:
+                if n:
+                    hover = esc(f"{duration(t0 - axis.run_start)}: {n} retries")
+                    parts.append(f'<circle cx="{_num(px)}" cy="{_num(py)}" r="2.5" fill="{RETRY_COLOUR}">'
+                                 f"<title>{hover}</title></circle>")
+    if not peak:
+        parts.append(_text(left + (WIDTH - left - right) / 2, top + height / 2, "no errors and no retries",
+                           anchor="middle", size=14, cls="muted"))
+    parts.append(_text(18, top + height / 2, "attempts per bucket", anchor="middle", size=12, rotate=True))
+    svg = _svg(plot_id, title, bottom + 50, parts)
+    legend = _legend([(colours[k], f"error: {k}") for k in error_types] + [(RETRY_COLOUR, "retries (line)")])
+    total_errors = sum(sum(c.values()) for c in errors.values())
+    caption = (f"LM call attempts that failed, stacked by error type, and retries (attempts after a call's "
+               f"first, the line), per bucket of {duration(bucket)} of run time ({count(total_errors)} "
+               f"errors and {count(sum(retries.values()))} retries in all)."
+               + (" Sessions are separated as in the timeline." if len(sessions) > 1 else ""))
+    return _figure(plot_id, title, svg, caption, legend)
+
+
+# --- tables -------------------------------------------------------------------------------------
+@dataclass
+class Column:
+    key: str
+    label: str
+    kind: str = "text"  # text | int | seconds | cost | code
+    fmt: Callable[[dict], str] | None = None  # plain text (escaped by ``table``)
+    markup: Callable[[dict], str] | None = None  # HTML (the callable escapes what it takes from the store)
+
+
+def table(table_id: str, columns: list[Column], rows: list[dict], *, empty: str = "nothing to show") -> str:
+    head = "".join(f'<th class="{"num" if c.kind in ("int", "seconds", "cost") else ""}">{esc(c.label)}</th>'
+                   for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column.key)
+            if column.fmt is not None:
+                text = column.fmt(row)
+            elif column.kind == "int":
+                text = count(value) if value is not None else ""
+            elif column.kind == "seconds":
+                text = "" if value is None else f"{value:.3f}s"
+            elif column.kind == "cost":
+                text = cost_text(value, row.get("unpriced_calls") or 0)
+            else:
+                text = "" if value is None else str(value)
+            sort_value = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+            attributes = f' data-v="{sort_value}"' if sort_value is not None else ""
+            if column.kind in ("int", "seconds", "cost"):
+                attributes += ' class="num"'
+            elif column.kind == "error":
+                attributes += ' class="error"'
+            elif column.kind == "code":
+                attributes += ' class="code"'
+            elif column.kind == "document":
+                attributes += ' class="document"'
+            if column.markup is not None:
+                cells.append(f"<td{attributes}>{column.markup(row)}</td>")
+            else:
+                cells.append(f"<td{attributes}>{esc(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    if not rows:
+        body.append(f'<tr><td colspan="{len(columns)}" class="muted">{esc(empty)}</td></tr>')
+    return (f'<div class="table-wrap"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+LM_COLUMNS = [
+    Column("calls", "calls", "int"), Column("errors", "errors", "int"), Column("retries", "retries", "int"),
+    Column("cached", "cached", "int"), Column("prompt_tokens", "tokens in", "int"),
+    Column("completion_tokens", "tokens out", "int"), Column("cost", "cost", "cost"),
+    Column("seconds", "LM time", "seconds"), Column("p50_latency", "p50 latency", "seconds"),
+    Column("p95_latency", "p95 latency", "seconds"),
+]
+DOC_LM_COLUMNS = [c for c in LM_COLUMNS if c.key not in ("cached", "p50_latency", "p95_latency")]
+
+
+def _step_columns() -> list[Column]:
+    return [
+        Column("step", "step"), Column("document", "document"), Column("chunk_id", "chunk", "code"),
+        Column("status", "status"), Column("depth", "depth", "int"), Column("seconds", "time", "seconds"),
+        Column("attempts", "attempts", "int"), Column("tokens", "tokens", "int"),
+        Column("cost", "cost", "cost", fmt=lambda r: "unknown" if r["cost"] is None else usd(r["cost"])),
+    ]
+
+
+# --- the page -----------------------------------------------------------------------------------
+CSS = """
+:root { --fg:#1d2330; --muted:#667085; --line:#e3e6eb; --bg:#ffffff; --panel:#f6f7f9; --bad:#b3261e; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); background: var(--bg);
+       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; }
+h1 { font-size: 22px; margin: 0 0 4px; }
+h2 { font-size: 18px; margin: 36px 0 10px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 0 0 6px; }
+code, .code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
+.muted { color: var(--muted); fill: var(--muted); }
+.facts { display: grid; grid-template-columns: max-content 1fr max-content 1fr; gap: 4px 14px;
+         margin: 14px 0; }
+.facts dt { color: var(--muted); } .facts dd { margin: 0; overflow-wrap: anywhere; }
+.cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 14px 0 8px; }
+.card { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px;
+        min-width: 120px; }
+.card .label { color: var(--muted); font-size: 12px; } .card .value { font-size: 20px; font-weight: 600; }
+.card.bad .value { color: var(--bad); }
+.note { background: #fff8e6; border: 1px solid #f0d9a0; border-radius: 6px; padding: 8px 12px;
+        margin: 8px 0; }
+.status-done { color: #1e7d32; font-weight: 600; } .status-failed { color: var(--bad); font-weight: 600; }
+.status-stopped, .status-running { color: #a45d00; font-weight: 600; }
+.figure { margin: 22px 0 30px; } .plot-wrap { overflow-x: auto; }
+svg.plot { display: block; max-width: 100%; height: auto; background: #fff; font-family: inherit; }
+svg.plot text { fill: var(--fg); } svg.plot text.muted { fill: var(--muted); }
+figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; max-width: 1000px; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 12px; margin: 2px 0 6px; }
+.legend .key i { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 5px;
+                 vertical-align: -2px; }
+.table-wrap { overflow-x: auto; margin: 6px 0 18px; }
+table { border-collapse: collapse; font-size: 13px; min-width: 60%; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: var(--panel); position: sticky; top: 0; cursor: pointer; user-select: none;
+     white-space: nowrap; }
+th.num, td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+td.error { color: var(--bad); min-width: 260px; max-width: 520px; overflow-wrap: anywhere; }
+td.document { min-width: 280px; max-width: 480px; overflow-wrap: anywhere; }
+td.document .error { color: var(--bad); font-size: 12px; margin-top: 2px; }
+.card .sub { color: var(--muted); font-size: 11px; }
+tr.failed td:first-child { border-left: 3px solid var(--bad); }
+footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
+"""
+
+# the page loads nothing: no network, no file, only its own inline style and script
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
+       "base-uri 'none'; form-action 'none'")
+
+SCRIPT = """
+(function () {
+  function key(cell) {
+    var v = cell.getAttribute('data-v');
+    return v === null ? cell.textContent.toLowerCase() : parseFloat(v);
+  }
+  var tables = document.querySelectorAll('table.sortable');
+  for (var t = 0; t < tables.length; t++) {
+    (function (table) {
+      var heads = table.tHead ? table.tHead.rows[0].cells : [];
+      for (var i = 0; i < heads.length; i++) {
+        (function (index, th) {
+          th.title = 'sort';
+          th.addEventListener('click', function () {
+            var body = table.tBodies[0];
+            var rows = Array.prototype.slice.call(body.rows);
+            var down = th.getAttribute('data-order') !== 'desc';
+            rows.sort(function (a, b) {
+              var x = key(a.cells[index]), y = key(b.cells[index]);
+              if (x === y) { return 0; }
+              return (x < y ? -1 : 1) * (down ? -1 : 1);
+            });
+            for (var k = 0; k < heads.length; k++) { heads[k].removeAttribute('data-order'); }
+            th.setAttribute('data-order', down ? 'desc' : 'asc');
+            for (var r = 0; r < rows.length; r++) { body.appendChild(rows[r]); }
+          });
+        })(i, heads[i]);
+      }
+    })(tables[t]);
+  }
+})();
+"""
+
+
+def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BARS) -> str:
+    """The report of ``run_id`` as one HTML string."""
+    tables = run_tables(store, run_id)
+    run, totals, calls = tables["run"], tables["totals"], tables["calls"]
+    events = read_run_events(store.workspace, run_id)
+    sessions = build_sessions(run, calls, events)
+    documents = tables["documents"]
+    doc_paths = {d["doc_id"]: d["path"] for d in documents}
+    state = run_state(run)
+
+    # header
+    start = sessions[0].start if sessions else run["created"]
+    end = max([s.end for s in sessions] + [run["updated"] or 0]) if sessions else run["updated"]
+    document_counts = Counter(d["status"] for d in documents)
+    facts = [
+        ("run", f"<code>{esc(run['run_id'])}</code>"),
+        ("pipeline", esc(run["pipeline"])),
+        ("model", f"<code>{esc(run['model'] or '')}</code>"),
+        ("status", f'<span class="status-{esc(run["status"])}" id="run-status">{esc(state)}</span>'),
+        ("stop reason", esc(run["stop_reason"]) if run["stop_reason"] else '<span class="muted">none</span>'),
+        ("sessions", f'<span id="run-sessions">{esc(run["sessions"])}</span>'),
+        ("started", esc(when(start))),
+        ("ended" if state != "running" else "last update", esc(when(end))),
+        ("wall time", esc(duration((end or 0) - (start or 0))) + (
+            f' <span class="muted">({esc(duration(sum(s.seconds for s in sessions)))} in sessions)</span>'
+            if len(sessions) > 1 else "")),
+        ("documents", esc(", ".join(f"{n} {status}" for status, n in sorted(document_counts.items()))
+                          or "none")),
+        ("fingerprint", f"<code>{esc(run['fingerprint'])}</code>"),
+        ("concurrency", esc(((run.get("config") or {}).get("options") or {}).get("concurrency", ""))),
+    ]
+    facts_html = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
+    priced_calls = sum(1 for c in calls
+                       if c["outcome"] != "cached" and c["prompt_tokens"] + c["completion_tokens"])
+    total_cost = cost_text(totals["cost"], totals["unpriced_calls"], priced_calls)
+    cost_sub = ""
+    if totals["unpriced_calls"]:
+        cost_sub = (f"lower bound {usd(totals['cost'])}: {count(totals['unpriced_calls'])} calls unpriced"
+                    if total_cost == "unknown" else f"{count(totals['unpriced_calls'])} calls unpriced")
+    cards = [
+        ("calls", "LM calls (attempts)", count(totals["calls"]), False, ""),
+        ("prompt_tokens", "tokens in", count(totals["prompt_tokens"]), False, ""),
+        ("completion_tokens", "tokens out", count(totals["completion_tokens"]), False, ""),
+        ("cost", "cost (USD)", total_cost, False, cost_sub),
+        ("retries", "retries", count(totals["retries"]), totals["retries"] > 0, ""),
+        ("errors", "errors", count(totals["errors"]), totals["errors"] > 0, ""),
+        ("cached", "cached", count(totals["cached"]), False, ""),
+    ]
+    cards_html = "".join(
+        f'<div class="card{" bad" if bad else ""}"><div class="label">{esc(label)}</div>'
+        f'<div class="value" data-total="{key}">{esc(value)}</div>'
+        + (f'<div class="sub">{esc(sub)}</div>' if sub else "") + "</div>"
+        for key, label, value, bad, sub in cards)
+    notes = []
+    if totals["unpriced_calls"]:
+        model = f"<code>{esc(run['model'] or '')}</code>"
+        if total_cost == "unknown":
+            notes.append(
+                f'<p class="note" id="cost-note"><strong>Cost unknown.</strong> None of the '
+                f"{count(totals['unpriced_calls'])} calls that used tokens has a known price (the price "
+                f"table has no entry for model {model}): the cost is at least {esc(usd(totals['cost']))}, a "
+                "lower bound, and nothing more can be said. Token counts are exact.</p>")
+        else:
+            notes.append(
+                f'<p class="note" id="cost-note"><strong>Cost is a lower bound.</strong> '
+                f"{count(totals['unpriced_calls'])} of {count(totals['calls'])} calls have no known price "
+                f"(no entry in the price table for their model; run model {model}): their cost is not "
+                f"counted, so the run cost at least {esc(usd(totals['cost']))}.</p>")
+    for event in [e for e in events if e.get("type") == "note"][:MAX_NOTES]:
+        notes.append(f'<p class="note">{esc(event.get("message"))}</p>')
+
+    # sessions table
+    session_rows = [{
+        "session": s.number, "started": when(s.start), "ended": when(s.end), "seconds": s.seconds,
+        "attempts": s.attempts, "errors": s.errors, "retries": s.retries,
+        "status": s.status or "",
+        "reason": s.reason or "",
+    } for s in sessions]
+    sessions_table = table("table-sessions", [
+        Column("session", "session", "int"), Column("started", "started"), Column("ended", "ended"),
+        Column("seconds", "duration", "seconds", fmt=lambda r: duration(r["seconds"])),
+        Column("attempts", "LM calls", "int"), Column("errors", "errors", "int"),
+        Column("retries", "retries", "int"),
+        Column("status", "status at end"), Column("reason", "stop reason", "error"),
+    ], session_rows, empty="no session recorded")
+
+    # plots
+    depth_rows = [BarRow(f"depth {r['depth']}", f"depth {r['depth']}: {count(r['calls'])} calls",
+                         r["prompt_tokens"], r["completion_tokens"], r["cost"], r["unpriced_calls"],
+                         r["calls"]) for r in tables["depths"]]
+    ranked = sorted(documents, key=lambda r: (r["tokens"], r["calls"]), reverse=True)
+    doc_rows = [BarRow(_short_path(r["path"]), f"{r['path']} ({r['status']}): {count(r['calls'])} calls",
+                       r["prompt_tokens"], r["completion_tokens"], r["cost"], r["unpriced_calls"], r["calls"])
+                for r in ranked[:MAX_PLOT_DOCUMENTS]]
+    rest = ranked[MAX_PLOT_DOCUMENTS:]
+    if rest:
+        doc_rows.append(BarRow(f"+ {len(rest)} other documents",
+                               f"the {len(rest)} documents with fewer tokens",
+                               sum(r["prompt_tokens"] for r in rest),
+                               sum(r["completion_tokens"] for r in rest),
+                               sum(r["cost"] for r in rest), sum(r["unpriced_calls"] for r in rest),
+                               sum(r["calls"] for r in rest), aggregate=True))
+    outside = _outside_documents(calls, doc_paths)
+    if outside is not None:
+        doc_rows.append(outside)
+    unknown_note = " A cost marked ≥ is a lower bound (some calls have no known price); “unknown”: none has."
+    plots = [
+        timeline_plot(calls, sessions, doc_paths, max_bars),
+        latency_plot(calls),
+        tokens_cost_plot("plot-tokens-depth", "Tokens and cost by recursion depth", depth_rows,
+                         "recursion depth",
+                         "Tokens sent (in) and received (out) and cost of all LM calls at each recursion "
+                         "depth (0: the pipeline's own calls; deeper: sub-calls)." + unknown_note),
+        tokens_cost_plot("plot-tokens-document", "Tokens and cost by document", doc_rows, "document",
+                         "Tokens in and out and cost of the LM calls made for each document, largest first"
+                         + (f" (the {MAX_PLOT_DOCUMENTS} largest drawn; the other {len(rest)} are summed "
+                            "up in the last row, as text)"
+                            if rest else "") + "; hover a name for its full path." + unknown_note),
+        failures_plot(calls, sessions),
+    ]
+
+    # tables
+    step_columns = [Column("step", "step"), Column("done", "done", "int"), Column("failed", "failed", "int"),
+                    *LM_COLUMNS, Column("step_seconds", "step time", "seconds")]
+    depth_columns = [Column("depth", "depth", "int"), *LM_COLUMNS]
+    failed_docs = [d for d in documents if d["status"] == "failed" or d.get("error")]
+    ordered_docs = failed_docs + sorted((d for d in documents if d not in failed_docs),
+                                        key=lambda d: d["path"])
+    doc_table_rows = ordered_docs[:MAX_TABLE_ROWS]
+    doc_columns = [Column("path", "document (and error)", "document", markup=_document_cell),
+                   Column("status", "status"), Column("steps", "steps", "int"),
+                   Column("doc_seconds", "time", "seconds"), *DOC_LM_COLUMNS]
+    # run_tables' document rows carry the LM time as "seconds" (its Group figures win over the document's
+    # wall time of the same name), so the wall time is taken from the store here
+    wall = {d["doc_id"]: (d["finished"] - d["started"]) if d["finished"] and d["started"] else None
+            for d in store.documents(run_id)}
+    doc_table_rows = [{**d, "doc_seconds": wall.get(d["doc_id"])} for d in doc_table_rows]
+
+    def step_rows(rows: list[dict]) -> list[dict]:
+        return [{**r, "document": doc_paths.get(r["doc_id"], r["doc_id"] or "")} for r in rows]
+
+    failed_steps = [s for s in store.steps(run_id) if s.status == "failed"][:MAX_TABLE_ROWS]
+    error_types = _error_type_rows(calls)
+    sections = [
+        ("Steps", "table-steps",
+         ("By step: LM calls (attempts), errors, retries, tokens, cost, summed LM time, p50/p95 latency, "
+          "and the summed wall time of the steps."), table("table-steps", step_columns, tables["steps"])),
+        ("Documents", "table-documents",
+         "By document, failed ones first, with their one-line error."
+         + (f" Showing {len(doc_table_rows)} of {len(documents)} documents (all failed ones first); "
+            "<code>rlmpipe runs show</code> lists them all." if len(documents) > len(doc_table_rows) else ""),
+         table("table-documents", doc_columns, doc_table_rows, empty="no documents")),
+        ("Recursion depth", "table-depths", "By recursion depth.", table("table-depths", depth_columns,
+                                                                        tables["depths"])),
+        ("Slowest steps", "table-slowest", "The 10 steps that took longest (wall time, retries included).",
+         table("table-slowest", _step_columns(), step_rows(tables["slowest_steps"]))),
+        ("Most expensive steps", "table-costliest",
+         "The 10 steps that cost most (by cost, then tokens; a cost is unknown when a price was).",
+         table("table-costliest", _step_columns(), step_rows(tables["costliest_steps"]))),
+        ("LM errors by type", "table-error-types", "Failed LM call attempts by error type, with one example.",
+         table("table-error-types", [Column("type", "error type"), Column("count", "attempts", "int"),
+                                     Column("retried", "retried after", "int"),
+                                     Column("example", "example", "error")], error_types,
+               empty="no LM call failed")),
+        ("Failed steps", "table-failed-steps", "Steps whose last attempt failed.",
+         table("table-failed-steps", [Column("name", "step"), Column("document", "document"),
+                                      Column("chunk_id", "chunk", "code"),
+                                      Column("attempts", "attempts", "int"),
+                                      Column("error", "error", "error")],
+               [{"name": s.name, "document": doc_paths.get(s.doc_id, s.doc_id or ""), "chunk_id": s.chunk_id,
+                 "attempts": s.attempts, "error": s.error} for s in failed_steps], empty="no step failed")),
+    ]
+    tables_html = "".join(f'<section id="section-{tid}"><h2>{esc(title)}</h2>'
+                          f'<p class="muted">{intro}</p>{body}</section>'
+                          for title, tid, intro, body in sections)
+    generated = when(datetime.datetime.now().timestamp())
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<meta name="generator" content="rlmpipe">
+<title>rlmpipe run {esc(run['run_id'])} · {esc(run['pipeline'])} · {esc(state)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<main>
+<header>
+<h1>Run <code>{esc(run['run_id'])}</code> · {esc(run['pipeline'])}</h1>
+<dl class="facts">{facts_html}</dl>
+<div class="cards" id="totals">{cards_html}</div>
+{''.join(notes)}
+</header>
+<section id="section-sessions"><h2>Sessions</h2>
+<p class="muted">Each start or resume of the run is a session; LM figures include every session.</p>
+{sessions_table}</section>
+<section id="section-plots"><h2>Plots</h2>
+{''.join(plots)}
+</section>
+{tables_html}
+<footer>Written by rlmpipe on {esc(generated)} from {esc(store.path.name)} (workspace
+<code>{esc(store.workspace)}</code>). Self-contained: opens offline, loads nothing.
+Click a table heading to sort by it.</footer>
+</main>
+<script>{SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def _document_cell(row: dict) -> str:
+    cell = esc(row["path"])
+    error = row.get("error")
+    if error:
+        if error.startswith(f"{row['path']}: "):  # the engine starts a document's error with its path
+            error = error[len(row["path"]) + 2:]
+        cell += f'<div class="error">{esc(error)}</div>'
+    return cell
+
+
+def _outside_documents(calls: list[dict], doc_paths: dict) -> BarRow | None:
+    """Calls made outside any document (doc_id NULL or unknown), as one row, if there are any."""
+    rows = [c for c in calls if c["outcome"] != "cached" and c["doc_id"] not in doc_paths]
+    if not rows:
+        return None
+    unpriced = sum(1 for c in rows if c["cost"] is None and c["prompt_tokens"] + c["completion_tokens"])
+    return BarRow("(no document)", "LM calls made outside any document",
+                  sum(c["prompt_tokens"] for c in rows),
+                  sum(c["completion_tokens"] for c in rows), sum(c["cost"] or 0.0 for c in rows), unpriced,
+                  len(rows))
+
+
+def _error_type_rows(calls: list[dict]) -> list[dict]:
+    by_type: dict[str, dict] = {}
+    retried: Counter = Counter()
+    attempts_by_call: dict[str, int] = defaultdict(int)
+    for call in calls:
+        attempts_by_call[call["call_id"]] = max(attempts_by_call[call["call_id"]], call["attempt"])
+    for call in calls:
+        if call["outcome"] != "error":
+            continue
+        kind = call["error_type"] or "unknown"
+        row = by_type.setdefault(kind, {"type": kind, "count": 0, "example": call["error"] or ""})
+        row["count"] += 1
+        retried[kind] += attempts_by_call[call["call_id"]] > call["attempt"]
+    for kind, row in by_type.items():
+        row["retried"] = retried[kind]
+    return sorted(by_type.values(), key=lambda r: r["count"], reverse=True)
