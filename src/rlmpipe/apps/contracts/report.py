@@ -88,7 +88,7 @@ def score_histogram(scores: list[int], width: int = 640, height: int = 220) -> s
     top = max(bins) or 1
     left, bottom, plot_w, plot_h = 40, 30, width - 60, height - 60
     bar_w = plot_w / 10
-    parts = [f'<svg id="score-chart" role="img" aria-label="risk score distribution" width="{width}" '
+    parts = [f'<svg id="score-chart" class="plot" role="img" aria-label="risk score distribution" width="{width}" '
              f'height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
              f'<line x1="{left}" y1="{height - bottom}" x2="{left + plot_w}" y2="{height - bottom}" stroke="#98a2b3"/>']
     for index, count in enumerate(bins):
@@ -199,9 +199,11 @@ def contract_page(record: dict, text: str | None) -> str:
         due = f" ({e(obligation['due'])})" if obligation["due"] else ""
         obligation_items.append(f'<li><b>{e(obligation["party"])}</b>: {e(obligation["action"])}{due} '
                                 f'<a href="#{anchor}">[{ev["char_start"]}-{ev["char_end"]}]</a></li>')
-    categories = "".join(
-        f'<tr><td>{e(c["category"])}</td><td>{"yes" if c["present"] else "no"}</td><td class="num">{c["clauses"]}</td></tr>'
-        for c in record["categories"])
+    present = [c for c in record["categories"] if c["present"]]
+    absent = [c["category"] for c in record["categories"] if not c["present"]]
+    categories = ("<p>" + (" ".join(f'<span class="pill low">{e(c["category"])} ({c["clauses"]})</span>' for c in present)
+                           or "none") + "</p>"
+                  + f'<p class="muted">absent ({len(absent)}): {e(", ".join(absent))}</p>')
     breakdown = "".join(f"<li>{e(item['rule'])}: +{item['points']}</li>" for item in record["risk_breakdown"])
     stats = record["evidence"]
     body = (
@@ -215,8 +217,7 @@ def contract_page(record: dict, text: str | None) -> str:
         f'<h2>Risks</h2><ul class="findings">{"".join(risk_items) or "<li>none found</li>"}</ul>'
         f'<h2>Obligations</h2><ul class="findings">{"".join(obligation_items) or "<li>none found</li>"}</ul>'
         f'<h2>Clauses</h2><ul class="findings">{"".join(i for _, _, i in items) or "<li>none found</li>"}</ul>'
-        f'<h2>Categories</h2><table class="sortable"><thead><tr><th>category</th><th>present</th>'
-        f'<th class="num">clauses</th></tr></thead><tbody>{categories}</tbody></table>'
+        f'<h2>CUAD categories present</h2>{categories}'
         + (f'<p class="muted">Extraction failed on {len(record["failed_chunks"])} chunk(s); their findings are missing.</p>'
            if record.get("failed_chunks") else "")
         + "<h2>Contract text</h2><p class=\"muted\">Highlighted: clauses (yellow), risks (red), obligations (blue).</p>"

@@ -1,0 +1,99 @@
+"""The analyzer's report.html and contract pages in headless Chromium: no errors, nothing loaded from
+anywhere, the chart drawn, the table sorts and filters, evidence is highlighted and linked."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rlmpipe.apps.contracts import analyze
+from rlmpipe.lm.models import ModelChoice, make_lm
+from rlmpipe.runtime.runner import RunOptions
+from tests.support import browser
+from tests.support.contract_replies import extraction_reply
+
+ROOT = Path(__file__).resolve().parents[2]
+needs_chromium = pytest.mark.skipif(browser.find_chromium() is None,
+                                    reason="chromium is not installed (apt-get install -y chromium)")
+
+INTERACT = """<script>
+window.addEventListener('load', function () {
+  var result = {};
+  var rows = function () { return Array.from(document.querySelectorAll('#corpus tbody tr')); };
+  var visible = function () { return rows().filter(function (r) { return r.style.display !== 'none'; }).length; };
+  result.rows = rows().length;
+  var category = document.getElementById('category'), mode = document.getElementById('mode');
+  category.value = 'Governing Law'; category.dispatchEvent(new Event('change'));
+  result.with_law = visible();
+  mode.value = 'absent'; mode.dispatchEvent(new Event('change'));
+  result.without_law = visible();
+  category.value = ''; category.dispatchEvent(new Event('change'));
+  var header = document.querySelectorAll('#corpus th')[1];
+  header.click();
+  result.ascending = rows().map(function (r) { return parseInt(r.cells[1].dataset.value); });
+  header.click();
+  result.descending = rows().map(function (r) { return parseInt(r.cells[1].dataset.value); });
+  document.body.setAttribute('data-result', JSON.stringify(result));
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def outputs(tmp_path_factory):
+    from tests.support.openai_server import OpenAIServer
+
+    folder = tmp_path_factory.mktemp("analysis")
+    shutil.copytree(ROOT / "examples" / "contracts", folder / "contracts")
+    (folder / "contracts" / "weird <name> & co.txt").write_text(
+        "SUPPLY AGREEMENT <b>not bold</b>\n\nThis Agreement shall be governed by the laws of Texas.\n",
+        encoding="utf-8")
+    with OpenAIServer() as server:
+        server.set_default(extraction_reply)
+        lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=server.base_url))
+        summary, files = analyze([folder / "contracts"], lm, folder / "out",
+                                 options=RunOptions(concurrency=4, workspace=folder / "ws"))
+    assert summary.status == "done"
+    return folder / "out"
+
+
+@needs_chromium
+def test_corpus_report_loads_cleanly_and_draws_its_chart(outputs):
+    probe = browser.probe_page(outputs / "report.html", window_size=(1280, 1400))
+    assert not probe.problems, probe.problems
+    assert probe.resources == []
+    chart = probe.plots["score-chart"]
+    assert chart["width"] > 300 and chart["rects"] >= 1 and chart["texts"] >= 10
+
+
+@needs_chromium
+def test_corpus_table_filters_by_category_and_sorts_by_score(outputs, tmp_path):
+    page = (outputs / "report.html").read_text(encoding="utf-8").replace("</body>", INTERACT + "</body>")
+    copy = outputs / "report-interaction.html"
+    copy.write_text(page, encoding="utf-8")
+    result = browser.run_chromium(copy.as_uri(), "--dump-dom", window_size=(1280, 1000))
+    data = json.loads(__import__("html").unescape(re.search(r'data-result="([^"]*)"', result.stdout).group(1)))
+    records = [json.loads(line) for line in (outputs / "contracts.jsonl").read_text().splitlines()]
+    with_law = sum(1 for r in records if any(c["category"] == "Governing Law" and c["present"] for c in r["categories"]))
+    assert data["rows"] == 4
+    assert (data["with_law"], data["without_law"]) == (with_law, 4 - with_law) and 0 < with_law < 4
+    assert data["ascending"] == sorted(r["risk_score"] for r in records)
+    assert data["descending"] == sorted((r["risk_score"] for r in records), reverse=True)
+
+
+@needs_chromium
+def test_contract_page_highlights_and_links_its_evidence(outputs):
+    pages = sorted((outputs / "contracts").glob("*.html"))
+    assert len(pages) == 4
+    weird = next(p for p in pages if "weird" in p.name)
+    text = weird.read_text(encoding="utf-8")
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in text and "<b>not bold</b>" not in text
+    for page in pages:
+        probe = browser.probe_page(page, window_size=(1280, 1200))
+        assert not probe.problems and probe.resources == [], (page.name, probe.problems)
+    msci = next(p for p in pages if "msci" in p.name).read_text(encoding="utf-8")
+    anchors = set(re.findall(r'href="#(clause-\d+)"', msci))
+    assert anchors and all(f'id="{anchor}"' in msci for anchor in anchors)
