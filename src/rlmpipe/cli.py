@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -100,8 +101,41 @@ def _print_stats(totals) -> None:
 LM_HELP = "Model: a litellm model string (openai/gpt-4o-mini, ollama_chat/llama3.1, ...) or 'local'."
 
 
+@contextlib.contextmanager
+def _observability(events, otel: Optional[str], otlp_endpoint: Optional[str], metrics_port: Optional[int]):
+    """--otel / --metrics-port: OpenTelemetry traces and a Prometheus endpoint fed by the run's events."""
+    closers = []
+    try:
+        if otel is not None:
+            try:
+                from rlmpipe.monitor.otel import TraceListener, configure_tracing
+
+                provider = configure_tracing(otel, otlp_endpoint)
+            except ImportError as exc:
+                fail(f"--otel needs the 'otel' extra: pip install 'rlmpipe[otel]' ({exc})")
+            listener = TraceListener(provider)
+            events.subscribe(listener)
+            closers.append(lambda: (listener.close(), provider.shutdown()))  # ends leftovers, flushes
+        if metrics_port is not None:
+            try:
+                from rlmpipe.monitor.prometheus import serve_metrics
+            except ImportError:
+                fail("--metrics-port needs the 'metrics' extra: pip install 'rlmpipe[metrics]'")
+            try:
+                server = serve_metrics(events, metrics_port)
+            except OSError as exc:
+                fail(f"--metrics-port {metrics_port}: {exc}")
+            typer.echo(f"metrics: {server.url}", err=True)
+            closers.append(server.stop)
+        yield
+    finally:
+        for close in reversed(closers):
+            close()
+
+
 def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max_tokens, max_cost, max_time,
-                  rpm, tpm, workspace, force_resume, fresh, quiet, out, command: dict, contracts_out=None):
+                  rpm, tpm, workspace, force_resume, fresh, quiet, out, command: dict, contracts_out=None,
+                  otel=None, otlp_endpoint=None, metrics_port=None):
     """Choose the model, run the pipeline with live progress, print the outcome, exit with its code."""
     from rlmpipe.lm.errors import FatalLMError
     from rlmpipe.lm.local import LocalModelMissing
@@ -122,13 +156,16 @@ def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max
         options = RunOptions(concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost,
                              max_seconds=max_time, requests_per_minute=rpm, tokens_per_minute=tpm,
                              workspace=Path(workspace), force_resume=force_resume, fresh=fresh, adapter=adapter)
+        if otel not in (None, "console", "otlp"):
+            raise ValueError(f"--otel must be console or otlp (got {otel!r})")
     except (FatalLMError, LocalModelMissing, ValueError) as exc:
         fail(str(exc))
     events = EventBus()
     progress = attach_progress(events, quiet=quiet)
     current = {}
     config = {"command": command, "model_source": choice.source}
-    with interrupt_handling(lambda: current.get("run")), progress:
+    with interrupt_handling(lambda: current.get("run")), progress, \
+            _observability(events, otel, otlp_endpoint, metrics_port):
         if contracts_out is not None:
             from rlmpipe.apps.contracts import analyze
 
@@ -161,6 +198,17 @@ def _exit_for(summary) -> None:
         raise typer.Exit(1)
 
 
+OTEL_OPTION = typer.Option(
+    None, "--otel", help="Export OpenTelemetry traces (run > document > step > LM call): console (stderr) or "
+    "otlp (OTLP/HTTP; the OTEL_EXPORTER_OTLP_* variables are honoured). Needs the 'otel' extra.")
+OTLP_ENDPOINT_OPTION = typer.Option(
+    None, "--otlp-endpoint",
+    help="OTLP/HTTP endpoint, e.g. http://localhost:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT).")
+METRICS_PORT_OPTION = typer.Option(
+    None, "--metrics-port", help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the run goes "
+    "(0: any free port, printed on stderr). Needs the 'metrics' extra.")
+
+
 @app.command()
 def summarize(
     paths: List[Path] = typer.Argument(..., help="Files or folders."),
@@ -180,6 +228,9 @@ def summarize(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier runs and compute everything again."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     out: Optional[Path] = typer.Option(None, help="Write one JSON line per document here."),
+    otel: Optional[str] = OTEL_OPTION,
+    otlp_endpoint: Optional[str] = OTLP_ENDPOINT_OPTION,
+    metrics_port: Optional[int] = METRICS_PORT_OPTION,
 ) -> None:
     """Summarize documents of any size: map over chunks, then merge the summaries as a tree."""
     from rlmpipe.apps.summarize import SummarizePipeline
@@ -195,7 +246,8 @@ def summarize(
     summary = _run_pipeline(pipeline, paths, lm=lm, api_base=api_base, model_path=model_path,
                             concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
                             rpm=rpm, tpm=tpm, workspace=workspace, force_resume=force_resume, fresh=fresh,
-                            quiet=quiet, out=out, command=command)
+                            quiet=quiet, out=out, command=command, otel=otel, otlp_endpoint=otlp_endpoint,
+                            metrics_port=metrics_port)
     _exit_for(summary)
 
 
@@ -222,6 +274,9 @@ def contracts_analyze(
     fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier runs and analyse everything again."),
     workspace: Path = typer.Option(Path(".rlmpipe"), help="Where runs are stored."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    otel: Optional[str] = OTEL_OPTION,
+    otlp_endpoint: Optional[str] = OTLP_ENDPOINT_OPTION,
+    metrics_port: Optional[int] = METRICS_PORT_OPTION,
 ) -> None:
     """Clauses, risks, obligations, summary and risk score for every contract, with verified evidence.
 
@@ -239,7 +294,8 @@ def contracts_analyze(
     summary = _run_pipeline(pipeline, paths, lm=lm, api_base=api_base, model_path=model_path,
                             concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
                             rpm=None, tpm=None, workspace=workspace, force_resume=resume, fresh=fresh, quiet=quiet,
-                            out=None, command=command, contracts_out=out)
+                            out=None, command=command, contracts_out=out, otel=otel, otlp_endpoint=otlp_endpoint,
+                            metrics_port=metrics_port)
     _exit_for(summary)
 
 
@@ -318,7 +374,10 @@ def resume(run_id: str, workspace: Path = WORKSPACE_OPTION,
            max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New token budget."),
            max_cost: Optional[float] = typer.Option(None, "--max-cost", help="New USD budget."),
            max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
-           quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+           quiet: bool = typer.Option(False, "--quiet", "-q"),
+           otel: Optional[str] = OTEL_OPTION,
+           otlp_endpoint: Optional[str] = OTLP_ENDPOINT_OPTION,
+           metrics_port: Optional[int] = METRICS_PORT_OPTION) -> None:
     """Continue a stopped or failed run where it stopped (finished steps are not run again)."""
     _, run = _open_run(workspace, run_id)
     command = dict(run["config"].get("command") or {})
@@ -329,7 +388,8 @@ def resume(run_id: str, workspace: Path = WORKSPACE_OPTION,
     budgets = {"max_tokens": max_tokens if max_tokens is not None else options.get("max_tokens"),
                "max_cost": max_cost if max_cost is not None else options.get("max_cost"),
                "max_time": max_time if max_time is not None else options.get("max_seconds")}
-    RESUMABLE[name](command, workspace=workspace, quiet=quiet, force_resume=True, **budgets)
+    observe = {"otel": otel, "otlp_endpoint": otlp_endpoint, "metrics_port": metrics_port}
+    RESUMABLE[name](command, workspace=workspace, quiet=quiet, force_resume=True, **budgets, **observe)
 
 
 def _resume_summarize(command: dict, **overrides) -> None:
@@ -341,6 +401,7 @@ def _resume_summarize(command: dict, **overrides) -> None:
 
 
 def _resume_contracts(command: dict, **overrides) -> None:
+    overrides.pop("force_resume", None)  # contracts analyze says it as --resume
     contracts_analyze(paths=[Path(p) for p in command["paths"]], lm=command.get("lm"),
                       api_base=command.get("api_base"), model_path=command.get("model_path"),
                       out=Path(command["out"]), concurrency=command.get("concurrency", 8),

@@ -79,3 +79,19 @@ def test_corpus_analysis_with_a_bad_file_verified_evidence_outputs_and_resume(op
     assert again.returncode == 1
     assert len(openai_server.chat_calls) == calls, "a second run of the same command reuses every finished step"
     assert (out / "contracts.jsonl").read_text().splitlines() == [json.dumps(r, ensure_ascii=False) for r in records]
+
+
+def test_a_budget_stopped_corpus_run_resumes_with_rlmpipe_resume(openai_server, tmp_path):
+    openai_server.set_default(extraction_reply)
+    openai_server.set_usage(prompt_tokens=500, completion_tokens=50)
+    first = analyze(openai_server, CONTRACTS, tmp_path, "--max-tokens", "1500")
+    assert first.returncode == 3, first.stderr
+    run_id = first.stderr.split("rlmpipe resume ")[-1].split()[0]
+    before = len(openai_server.chat_calls)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    resumed = subprocess.run([sys.executable, "-m", "rlmpipe.cli", "resume", run_id, "--max-tokens", "100000000",
+                              "--quiet"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "contracts.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    assert len(openai_server.chat_calls) > before

@@ -16,7 +16,7 @@ from rlmpipe.runtime.store import Store
 from tests.support.replies import numbered_document, summary_reply
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "contracts"
-SMALL_CHUNKS = ChunkingConfig(strategy="structure", max_tokens=30)
+SMALL_CHUNKS = ChunkingConfig(strategy="structure", max_tokens=32)
 FAST_RETRY = RetryPolicy(max_attempts=12, initial_wait=0.01, max_wait=0.05, jitter=0.01, max_retry_after=0.1)
 
 

@@ -68,8 +68,10 @@ class Budget:
     max_tokens: int | None = None
     max_cost: float | None = None
     max_seconds: float | None = None
+    max_sub_calls: int | None = None  # LM calls made below depth 0 (RLM sub-queries), all depths together
     tokens: int = 0
     cost: float = 0.0
+    sub_calls: int = 0
     started: float = 0.0
 
     def __post_init__(self) -> None:
@@ -89,12 +91,16 @@ class Budget:
         with self._lock:
             self.tokens += call.prompt_tokens + call.completion_tokens
             self.cost += call.cost or 0.0
+            if call.depth > 0 and call.attempt == 1:
+                self.sub_calls += 1
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def exceeded(self) -> BudgetExceeded | None:
+    def exceeded(self, depth: int = 0) -> BudgetExceeded | None:
+        if self.max_sub_calls is not None and depth > 0 and self.sub_calls >= self.max_sub_calls:
+            return BudgetExceeded("sub-call", self.sub_calls, self.max_sub_calls)
         if self.max_tokens is not None and self.tokens >= self.max_tokens:
             return BudgetExceeded("token", self.tokens, self.max_tokens)
         if self.max_cost is not None and self.cost >= self.max_cost:
@@ -103,7 +109,7 @@ class Budget:
             return BudgetExceeded("time", round(self.elapsed, 1), self.max_seconds)
         return None
 
-    def check(self) -> None:
-        problem = self.exceeded()
+    def check(self, depth: int = 0) -> None:
+        problem = self.exceeded(depth)
         if problem is not None:
             raise problem

@@ -133,7 +133,7 @@ class RecordingLM(dspy.BaseLM):
             if self.stop.is_set():
                 raise RunStopping("the run is stopping")
             if self.budget is not None:
-                self.budget.check()
+                self.budget.check(context.depth)
             if self.limiter is not None:
                 self.limiter.acquire(_estimate_tokens(prompt, messages, kwargs), self.stop)
             return self._attempt(prompt, messages, kwargs, context, call_id, attempt_number)

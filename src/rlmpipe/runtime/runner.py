@@ -53,6 +53,17 @@ class Pipeline(Protocol):
     def process(self, run: "Run", document: Document) -> Any:
         """Run one document through the steps; return its JSON-able result."""
 
+    # Optional: ``finish(run, results) -> Any`` runs once all documents are done, for work over the
+    # whole corpus (``rlmpipe ask``); its result is the run's ``final``.
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a step function may return to store detail next to its result (e.g. an RLM trajectory)."""
+
+    result: Any
+    extra: Any = None
+
 
 class StepFailed(RuntimeError):
     def __init__(self, name: str, doc_id: str | None, cause: BaseException):
@@ -67,6 +78,7 @@ class RunOptions:
     max_tokens: int | None = None
     max_cost: float | None = None
     max_seconds: float | None = None
+    max_sub_calls: int | None = None  # RLM sub-queries, all recursion depths together
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     max_reasks: int = 2
@@ -92,6 +104,7 @@ class RunSummary:
     session: int
     results: list[dict]
     notes: list[str]
+    final: Any = None
 
     @property
     def resumable(self) -> bool:
@@ -184,7 +197,14 @@ class Run:
         except BaseException as exc:
             calls = self._take_calls(key)
             if isinstance(exc, (RunStopping, BudgetExceeded, KeyboardInterrupt)):
-                self.store.record_calls(calls, self.session)
+                partial = getattr(exc, "partial", None)
+                if partial is not None:  # keep the best partial answer, as a step that is not done
+                    row = self._row(key, name, doc_id, chunk_id, depth, "stopped", partial, calls, reasks, started,
+                                    worker, _one_line(exc))
+                    row.extra = getattr(exc, "extra", None)
+                    self.store.commit_step(row, calls, self.session)
+                else:
+                    self.store.record_calls(calls, self.session)
                 if isinstance(exc, BudgetExceeded):
                     self.request_stop(f"budget: {exc}")
                 self.events.emit("step_stopped", run_id=self.id, step_key=key, name=name, doc_id=doc_id)
@@ -198,7 +218,11 @@ class Run:
                              error=_one_line(exc), error_type=info.type, fatal=info.stops_run)
             raise StepFailed(name, doc_id, exc) from exc
         calls = self._take_calls(key)
+        extra = None
+        if isinstance(result, StepOutput):
+            result, extra = result.result, result.extra
         row = self._row(key, name, doc_id, chunk_id, depth, "done", result, calls, reasks, started, worker, None)
+        row.extra = extra
         self.store.commit_step(row, calls, self.session)
         self.events.emit("step_done", run_id=self.id, step_key=key, name=name, doc_id=doc_id, chunk_id=chunk_id,
                          depth=depth, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
@@ -284,7 +308,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
               "options": {"concurrency": options.concurrency, "max_tokens": options.max_tokens,
                           "max_cost": options.max_cost, "max_seconds": options.max_seconds}}
     session = store.start_run(run_id, pipeline.name, fingerprint, inner_lm.model, config, os.getpid())
-    budget = Budget(options.max_tokens, options.max_cost, options.max_seconds)
+    budget = Budget(options.max_tokens, options.max_cost, options.max_seconds, options.max_sub_calls)
     previous = store.usage_totals(run_id)
     budget.carry_over(previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
     unsubscribe = [recorder.subscribe(lambda call: budget.charge(call) if call.run_id in (None, run_id) else None)]
@@ -360,9 +384,25 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     finally:
         drivers.shutdown(wait=True)
         run.close()
+    results.sort(key=lambda item: item["path"])
+    final = None
+    finish = getattr(pipeline, "finish", None)
+    try:
+        if finish is not None and not run.stopping and results:
+            run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
+                      recorder=recorder, events=events, options=options, stop=stop)
+            try:
+                with dspy.context(lm=recording):
+                    final = finish(run, results)
+            except RunStopping:
+                pass
+            except Exception as exc:  # the corpus-level step failed: say so, keep the documents' results
+                run.request_stop(f"failed: {_one_line(exc)}")
+            finally:
+                run.close()
+    finally:
         for stop_listening in unsubscribe:
             stop_listening()
-    results.sort(key=lambda item: item["path"])
     totals = store.step_counts(run_id)
     usage = store.usage_totals(run_id)
     if run.stopping and run.stop_reason and run.stop_reason.startswith("failed"):
@@ -375,7 +415,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     store.finish_run(run_id, status, reason, {"documents": dict(counts), "steps": totals})
     events.emit("run_end", run_id=run_id, status=status, reason=reason, documents=dict(counts), steps=totals)
     event_log.close()
-    return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, notes)
+    return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, notes, final)
 
 
 @contextlib.contextmanager
