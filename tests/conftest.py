@@ -15,3 +15,13 @@ def openai_server():
     finally:
         leaked = server.stop()
     assert not leaked, f"server threads still alive after stop(): {leaked}"
+
+
+@pytest.fixture(scope="session")
+def pyodide_cache():
+    """Pyodide in the sandbox's Deno cache, fetched from the npm registry on first use (CI has access)."""
+    from rlmpipe.sandbox import deno_available, ensure_pyodide
+
+    if not deno_available():
+        pytest.skip("Deno is not installed (pip install deno, or put `deno` on PATH)")
+    return ensure_pyodide()

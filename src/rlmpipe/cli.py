@@ -135,6 +135,7 @@ def _observability(events, otel: Optional[str], otlp_endpoint: Optional[str], me
 
 def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max_tokens, max_cost, max_time,
                   rpm, tpm, workspace, force_resume, fresh, quiet, out, command: dict, contracts_out=None,
+                  max_sub_calls=None, print_results=True,
                   otel=None, otlp_endpoint=None, metrics_port=None):
     """Choose the model, run the pipeline with live progress, print the outcome, exit with its code."""
     from rlmpipe.lm.errors import FatalLMError
@@ -155,7 +156,8 @@ def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max
             adapter = dspy.JSONAdapter()
         options = RunOptions(concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost,
                              max_seconds=max_time, requests_per_minute=rpm, tokens_per_minute=tpm,
-                             workspace=Path(workspace), force_resume=force_resume, fresh=fresh, adapter=adapter)
+                             workspace=Path(workspace), force_resume=force_resume, fresh=fresh, adapter=adapter,
+                             max_sub_calls=max_sub_calls)
         if otel not in (None, "console", "otlp"):
             raise ValueError(f"--otel must be console or otlp (got {otel!r})")
     except (FatalLMError, LocalModelMissing, ValueError) as exc:
@@ -180,7 +182,7 @@ def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max
         with open(out, "w", encoding="utf-8") as handle:
             for item in summary.results:
                 handle.write(json.dumps(item, ensure_ascii=False) + "\n")
-    elif summary.results and not quiet:
+    elif summary.results and not quiet and print_results:
         for item in summary.results:
             typer.echo(json.dumps(item, ensure_ascii=False))
     return summary
@@ -248,6 +250,58 @@ def summarize(
                             rpm=rpm, tpm=tpm, workspace=workspace, force_resume=force_resume, fresh=fresh,
                             quiet=quiet, out=out, command=command, otel=otel, otlp_endpoint=otlp_endpoint,
                             metrics_port=metrics_port)
+    _exit_for(summary)
+
+
+# --- ask -------------------------------------------------------------------------------------------
+
+@app.command()
+def ask(
+    args: List[str] = typer.Argument(..., metavar="PATH... QUESTION", help="Files or folders, then the question."),
+    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
+    api_base: Optional[str] = typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="A GGUF file for the local model."),
+    max_depth: int = typer.Option(2, "--max-depth", help="Deepest recursion level of sub-model calls."),
+    max_iters: int = typer.Option(12, "--max-iters", help="REPL rounds of the top-level model."),
+    max_sub_calls: Optional[int] = typer.Option(None, "--max-sub-calls", help="Sub-model calls, all depths together."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget, all depths together."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD budget, all depths together."),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
+    timeout: float = typer.Option(120.0, "--exec-timeout", help="Seconds one code execution may take."),
+    workspace: Path = typer.Option(Path(".rlmpipe"), help="Where runs are stored."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Answer a question over documents of any size with a Recursive Language Model (dspy.RLM) in an
+    offline sandbox: the documents stay out of the prompt, the model reads them with code."""
+    from rlmpipe.apps.ask import AskPipeline
+
+    if len(args) < 2:
+        fail("give one or more files or folders, then the question")
+    *paths, question = args
+    try:
+        pipeline = AskPipeline(question, max_depth=max_depth, max_iters=max_iters, sandbox={"timeout": timeout})
+    except ValueError as exc:
+        fail(str(exc))
+    command = {"name": "ask", "paths": [str(Path(p).resolve()) for p in paths], "question": question}
+    summary = _run_pipeline(pipeline, [Path(p) for p in paths], lm=lm, api_base=api_base, model_path=model_path,
+                            concurrency=4, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
+                            rpm=None, tpm=None, workspace=workspace, force_resume=False, fresh=False, quiet=quiet,
+                            out=None, command=command, max_sub_calls=max_sub_calls, print_results=False)
+    answer = summary.final
+    if answer is None:
+        from rlmpipe.runtime.store import Store
+
+        stopped = [s for s in Store(workspace).steps(summary.run_id) if s.name == "ask" and s.status == "stopped"]
+        if stopped:
+            partial = stopped[-1].result or {}
+            typer.echo(f"partial answer ({partial.get('status')}):\n{partial.get('partial_answer') or '(none)'}")
+    else:
+        typer.echo(answer.get("answer", ""))
+        if answer.get("sources"):
+            typer.echo("sources: " + ", ".join(map(str, answer["sources"])))
+        if not quiet:
+            typer.echo(f"[run {summary.run_id}: {answer.get('iterations')} REPL rounds; "
+                       f"details: rlmpipe runs show {summary.run_id}]", err=True)
     _exit_for(summary)
 
 

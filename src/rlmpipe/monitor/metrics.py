@@ -109,9 +109,17 @@ def run_tables(store: Store, run_id: str) -> dict:
     slowest = sorted((s for s in steps if s.finished and s.started), key=lambda s: s.finished - s.started,
                      reverse=True)[:10]
     costliest = sorted(steps, key=lambda s: (s.cost or 0.0, s.prompt_tokens + s.completion_tokens), reverse=True)[:10]
+    trajectories = [
+        {"step": step.name, "doc_id": step.doc_id, "status": step.status, "step_key": step.step_key,
+         "entries": step.extra["trajectory"],
+         "by_depth": {depth: sum(1 for e in step.extra["trajectory"] if e["depth"] == depth)
+                      for depth in sorted({e["depth"] for e in step.extra["trajectory"]})}}
+        for step in steps if isinstance(step.extra, dict) and step.extra.get("trajectory")
+    ]
     return {
         "run": run,
         "totals": total.row(),
+        "trajectories": trajectories,
         "steps": step_rows,
         "documents": doc_rows,
         "depths": depth_rows,

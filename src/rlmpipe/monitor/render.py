@@ -77,6 +77,14 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=200)  # pipes and files: no wrapping
 
 
+def _first_lines(text: str, lines: int = 4, width: int = 100) -> str:
+    from rich.markup import escape
+
+    kept = [line[:width] for line in str(text).splitlines()[:lines]]
+    more = len(str(text).splitlines()) - lines
+    return escape("\n".join(kept) + (f"\n... ({more} more lines)" if more > 0 else ""))
+
+
 def print_run_tables(tables: dict, console: Console | None = None) -> None:
     console = console or _console()
     run, totals = tables["run"], tables["totals"]
@@ -101,6 +109,15 @@ def print_run_tables(tables: dict, console: Console | None = None) -> None:
             if first[0] == "path":
                 cells[0] = Path(cells[0]).name
             table.add_row(*cells, *_lm_cells(row))
+        console.print(table)
+    for trajectory in tables.get("trajectories", []):
+        table = Table(title=f"RLM trajectory of step {trajectory['step']} ({trajectory['status']}): "
+                            + ", ".join(f"{n} at depth {d}" for d, n in trajectory["by_depth"].items()))
+        for column in ("#", "depth", "seconds", "code", "output"):
+            table.add_column(column)
+        for number, entry in enumerate(trajectory["entries"], start=1):
+            table.add_row(str(number), str(entry["depth"]), f"{entry['seconds']:.2f}",
+                          _first_lines(entry["code"]), ("[red]" if entry["error"] else "") + _first_lines(entry["output"]))
         console.print(table)
     failed = [row for row in tables["documents"] if row.get("error")]
     for row in failed:

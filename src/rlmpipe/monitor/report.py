@@ -1073,6 +1073,16 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
                [{"name": s.name, "document": doc_paths.get(s.doc_id, s.doc_id or ""), "chunk_id": s.chunk_id,
                  "attempts": s.attempts, "error": s.error} for s in failed_steps], empty="no step failed")),
     ]
+    for trajectory in tables.get("trajectories", []):
+        entries = "".join(
+            f'<details{" open" if number < 3 else ""}><summary>#{number} · depth {entry["depth"]} · '
+            f'{entry["seconds"]:.2f}s{" · error" if entry["error"] else ""}</summary>'
+            f'<pre>{esc(entry["code"])}</pre><pre class="muted">{esc(entry["output"])}</pre></details>'
+            for number, entry in enumerate(trajectory["entries"], start=1))
+        by_depth = ", ".join(f"{n} at depth {d}" for d, n in trajectory["by_depth"].items())
+        sections.append((f"RLM trajectory: step {trajectory['step']}", f"trajectory-{trajectory['step_key'][:8]}",
+                         f"Every execution of model-written code ({esc(by_depth)}), status {esc(trajectory['status'])}; "
+                         "the LM calls at each depth are in the tables above.", entries))
     tables_html = "".join(f'<section id="section-{tid}"><h2>{esc(title)}</h2>'
                           f'<p class="muted">{intro}</p>{body}</section>'
                           for title, tid, intro, body in sections)
