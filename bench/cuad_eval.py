@@ -40,7 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rlmpipe  # noqa: E402  (sets the offline defaults before dspy/litellm load)
 from _results import write_section  # noqa: E402
 
-CUAD = Path(os.environ.get("CUAD_DIR", ROOT.parent / "shared" / "data" / "cuad"))
+from tests.support.cuad import cuad_dir  # noqa: E402
+
+CUAD = cuad_dir() or ROOT.parent / "shared" / "data" / "cuad"
 DETAIL_CATEGORIES = {"Document Name", "Parties", "Agreement Date", "Effective Date", "Expiration Date",
                      "Renewal Term", "Notice Period To Terminate Renewal", "Governing Law"}
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.cuad import cuad_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +24,7 @@ from rlmpipe.chunking import ChunkingConfig, chunk_blocks, chunk_text, get_token
 from rlmpipe.chunking import engine
 from rlmpipe.ingest.document import Block
 
-CUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "cuad" / "contracts"
+CUAD = (cuad_dir() or Path("/nonexistent")) / "contracts"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "contracts"
 
 

@@ -6,13 +6,15 @@ import hashlib
 from pathlib import Path
 
 import pytest
+
+from tests.support.cuad import cuad_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlmpipe.ingest import ReadLimits, open_document
 from tests.support.documents import write_docx, write_pdf
 
-CUAD = Path(__file__).resolve().parents[3] / "shared" / "data" / "cuad" / "contracts"
+CUAD = (cuad_dir() or Path("/nonexistent")) / "contracts"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "contracts"
 
 
