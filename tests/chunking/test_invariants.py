@@ -189,3 +189,22 @@ def test_chunk_ids_change_with_configuration_and_document():
     assert chunk_text(source, ChunkingConfig(max_tokens=65), doc_id="a")[0].chunk_id != base
     assert chunk_text(source, ChunkingConfig(max_tokens=64, strategy="fixed"), doc_id="a")[0].chunk_id != base
     assert chunk_text(source, ChunkingConfig(max_tokens=64), doc_id="a")[0].chunk_id == base
+
+
+@pytest.mark.parametrize("source", [
+    "a " * 500_000,  # a million characters in one section
+    "1 " * 150_000,  # 300,000 tokens
+    "这是一个测试句子。\n" * 40_000,  # one token per character, with line breaks
+])
+@pytest.mark.parametrize("strategy", ["structure", "fixed"])
+def test_sections_beyond_the_fast_tokenizers_limits(source, strategy, tmp_path):
+    """bpe-openai refuses inputs of 1M characters or 200k tokens: long texts are encoded in pieces."""
+    config = ChunkingConfig(strategy=strategy, max_tokens=512)
+    check_contract(source, chunk_text(source, config), config)
+    path = tmp_path / "doc.txt"
+    path.write_text(source, encoding="utf-8")
+    from rlmpipe.chunking import chunk_document
+    from rlmpipe.ingest import open_document
+
+    streamed = list(chunk_document(open_document(path), config))
+    check_contract(source, streamed, config)

@@ -63,6 +63,7 @@ class Cuts:
     tokens: np.ndarray
     strength: np.ndarray
     total_tokens: int
+    ids: np.ndarray  # the section's token ids (the carried-over tail reuses them)
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -84,18 +85,20 @@ def find_cuts(
     final: bool,
     structure: bool = False,
     headings: np.ndarray | None = None,
+    token_ids: np.ndarray | None = None,
 ) -> Cuts:
     """Safe cuts of ``text`` (a section that starts at a safe position).
 
     ``final``: the text ends the document, so its end is a cut. Otherwise positions in the last
-    two characters are left out (what follows them is not known yet). ``structure``: grade each
+    two characters are left out (what follows them is not known yet). ``token_ids``: the text's
+    tokens when they are already known (tokenized ahead, in another thread). ``structure``: grade each
     cut by the boundary it sits on. ``headings``: where the reader found headings (in formats that
     mark them, like HTML or Word), graded as headings where they are safe cuts.
     """
     n = len(text)
     if n == 0:
         empty = np.zeros(1, dtype=np.int64)
-        return Cuts(empty, empty.copy(), np.full(1, HEADING, dtype=np.int8), 0)
+        return Cuts(empty, empty.copy(), np.full(1, HEADING, dtype=np.int8), 0, np.zeros(0, dtype=np.int64))
     points = _codepoints(text)
     space = _is_space(points)
     newline = points == 10
@@ -115,7 +118,8 @@ def find_cuts(
     candidate[0] = False
     positions = np.flatnonzero(candidate)
 
-    token_ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
+    if token_ids is None:
+        token_ids = np.asarray(tokenizer.encode(text), dtype=np.int64)
     token_ends = np.cumsum(tokenizer.token_byte_lengths()[token_ids])
     if text.isascii():
         byte_positions = positions
@@ -139,7 +143,7 @@ def find_cuts(
         _grade(text, points, chars, strength, headings)
     if final:
         strength[-1] = HEADING
-    return Cuts(chars.astype(np.int64), tokens.astype(np.int64), strength, len(token_ids))
+    return Cuts(chars.astype(np.int64), tokens.astype(np.int64), strength, len(token_ids), token_ids)
 
 
 def _grade(text: str, points: np.ndarray, chars: np.ndarray, strength: np.ndarray, headings) -> None:

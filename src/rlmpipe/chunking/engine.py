@@ -10,6 +10,7 @@ from its own start, which is itself a safe cut.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -95,6 +96,55 @@ def hard_split(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[tuple[i
     return pieces
 
 
+#: Sections tokenized ahead of the one being cut.
+PREFETCH = 2
+#: Give freed memory back to the system every this many sections (see _release_free_memory).
+TRIM_EVERY = 16
+
+
+def _safe_split(text: str) -> int:
+    """The last place in the second half of ``text`` where a line starts with text (not "/"), or 0."""
+    half = len(text) // 2
+    position = len(text) - 1
+    while True:
+        position = text.rfind("\n", half, position)
+        if position == -1:
+            return 0
+        following = text[position + 1] if position + 1 < len(text) else " "
+        if not following.isspace() and following != "/":
+            return position + 1
+        position -= 1
+        if position <= half:
+            return 0
+
+
+def _encode_array(encode, text: str) -> np.ndarray:
+    return np.asarray(encode(text), dtype=np.int64)
+
+
+def _release_free_memory() -> None:
+    """Ask glibc to return freed heap pages to the system.
+
+    Each section allocates a few MB of short-lived buffers (its text, UTF-32 copy, numpy arrays);
+    glibc keeps freed blocks in the heap rather than returning them, so a 1 GB document's resident
+    size would creep up to ~550 MB although little is live (measured in bench/chunking.py).
+    ``malloc_trim`` releases them; it is cheap every few MB of text. Elsewhere it does nothing.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 class _Chunker:
     def __init__(self, doc_id: str, config: ChunkingConfig, tokenizer: Tokenizer):
         self.doc_id = doc_id
@@ -105,26 +155,73 @@ class _Chunker:
         self.marks = _Marks()
         self.index = 0
         self.previous_end = 0  # document offset where the last emitted chunk ended
+        self._sections_done = 0
 
     def run(self, blocks: Iterable[Block]) -> Iterator[Chunk]:
-        pending: list[str] = []
-        pending_size = 0
         base = 0  # document offset of the carried text
-        carry = ""
+        carry, carry_ids = "", np.zeros(0, dtype=np.int64)
+        for section, section_ids, safe_start, final in self._prefetched(self._sections(blocks)):
+            text = carry + section
+            ids = None
+            if safe_start and carry_ids is not None and section_ids is not None:
+                ids = np.concatenate((carry_ids, section_ids))  # additive: the junction is a safe cut
+            if final:
+                if text:
+                    yield from self._section(text, base, final=True, ids=ids)
+                return
+            consumed, carry_ids = yield from self._section(text, base, final=False, ids=ids)
+            carry = text[consumed:]
+            base += consumed
+            self.marks.drop_before(base)
+            self._sections_done += 1
+            if self._sections_done % TRIM_EVERY == 0:
+                _release_free_memory()
+
+    def _sections(self, blocks: Iterable[Block]) -> Iterator[tuple[str, bool, bool]]:
+        """The document as ``(text, starts_safely, final)`` pieces of about ``SECTION_CHARS``.
+
+        A piece ends where a line starts with text (a safe cut for the tokenizers that promise it),
+        so that pieces tokenized apart add up to the whole; a piece with no such place is marked,
+        and the next piece is tokenized together with what is carried over.
+        """
+        pending: list[str] = []
+        size = 0
+        safe = True
         for block in blocks:
             self.marks.add(block)
             pending.append(block.text)
-            pending_size += len(block.text)
-            if pending_size >= SECTION_CHARS:
-                text = carry + "".join(pending)
-                pending, pending_size = [], 0
-                consumed = yield from self._section(text, base, final=False)
-                carry = text[consumed:]
-                base += consumed
-                self.marks.drop_before(base)
-        text = carry + "".join(pending)
-        if text:
-            yield from self._section(text, base, final=True)
+            size += len(block.text)
+            if size >= SECTION_CHARS:
+                text = "".join(pending)
+                cut = _safe_split(text) if self.tokenizer.additive else 0
+                if cut:
+                    yield text[:cut], safe, False
+                    pending, size, safe = [text[cut:]], len(text) - cut, True
+                else:
+                    yield text, safe, False
+                    pending, size, safe = [], 0, False
+        yield "".join(pending), safe, True
+
+    def _prefetched(self, sections):
+        """Tokenize the next section in another thread while this one is cut (the GIL is released by
+        tiktoken's encoder), when the tokenizer can; else pass sections through untokenized."""
+        encode = getattr(self.tokenizer, "encode_in_thread", None)
+        if encode is None or not self.tokenizer.additive:
+            for text, safe, final in sections:
+                yield text, None, safe, final
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(PREFETCH, thread_name_prefix="rlmpipe-tokenize") as pool:
+            ahead: deque = deque()
+            for text, safe, final in sections:
+                ahead.append((text, pool.submit(_encode_array, encode, text), safe, final))
+                if len(ahead) > PREFETCH:
+                    text0, future, safe0, final0 = ahead.popleft()
+                    yield text0, future.result(), safe0, final0
+            while ahead:
+                text0, future, safe0, final0 = ahead.popleft()
+                yield text0, future.result(), safe0, final0
 
     def _emit(self, text: str, base: int, start: int, end: int, tokens: int) -> Chunk:
         marks = self.marks
@@ -146,13 +243,14 @@ class _Chunker:
         self.previous_end = base + end
         return chunk
 
-    def _section(self, text: str, base: int, final: bool):
-        """Emit the chunks this section decides; return how many characters it consumed."""
+    def _section(self, text: str, base: int, final: bool, ids: np.ndarray | None = None):
+        """Emit the chunks this section decides; return how many characters it consumed and the
+        token ids of the rest (None when they must be computed again)."""
         cfg, tokenizer, strategy = self.config, self.tokenizer, self.strategy
         limit_tokens = cfg.max_tokens
         cuts = find_cuts(
             text, tokenizer, final=final, structure=strategy.structure,
-            headings=self.marks.headings_in(base, len(text)) if strategy.structure else None,
+            headings=self.marks.headings_in(base, len(text)) if strategy.structure else None, token_ids=ids,
         )
         chars, tokens = cuts.chars.tolist(), cuts.tokens.tolist()  # bisect on lists: per-chunk lookups
         last = len(chars) - 1
@@ -170,8 +268,9 @@ class _Chunker:
             else:
                 if not final and tokens[last] < start_tok + limit_tokens * strategy.lookahead:
                     if i == last and len(text) - chars[i] > MAX_UNCUT_CHARS:
-                        return (yield from self._uncut(text, base, chars[i], len(text) - MAX_UNCUT_CHARS // 2))
-                    return chars[i]
+                        consumed = yield from self._uncut(text, base, chars[i], len(text) - MAX_UNCUT_CHARS // 2)
+                        return consumed, None
+                    return chars[i], cuts.ids[tokens[i]:]
                 hi = bisect.bisect_right(tokens, limit) - 1
                 if fresh > hi and fresh - 1 > i:  # nothing new fits after the overlap: drop it
                     i = fresh - 1

@@ -44,34 +44,76 @@ class Tokenizer(Protocol):
 
 class OpenAIEncoding:
     additive = True
+    #: bpe-openai refuses an input of 1,000,000 characters or more, or of more than 200,000 tokens;
+    #: longer texts are encoded in pieces split where a line starts (a safe cut, so ids add up).
+    PIECE_CHARS = 1 << 17
 
     def __init__(self, name: str):
         if name not in OPENAI_ENCODINGS:
             raise ValueError(f"unknown encoding {name!r} (known: {', '.join(OPENAI_ENCODINGS)})")
+        import tiktoken
+
         self.name = name
+        self._tiktoken = tiktoken.get_encoding(name)
         try:
             import bpe_openai
 
             self._encoding = bpe_openai.get_encoding(name)
             self.backend = "bpe-openai"
         except ImportError:
-            import tiktoken
-
-            self._encoding = tiktoken.get_encoding(name)
+            self._encoding = self._tiktoken
             self.backend = "tiktoken"
-        self.encode = self._encoding.encode_ordinary
+        #: tiktoken releases the GIL while encoding: the chunker tokenizes the next section with it
+        #: in another thread (same ids as bpe-openai, which is faster on one thread but holds the GIL)
+        self.encode_in_thread = self._tiktoken.encode_ordinary
         self._lengths: np.ndarray | None = None
 
+    def encode(self, text: str) -> list[int]:
+        if len(text) <= self.PIECE_CHARS:
+            try:
+                return self._encoding.encode_ordinary(text)
+            except Exception:  # bpe-openai's token limit (e.g. CJK text: one token per character)
+                return self._tiktoken.encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        while start < len(text):
+            end = _piece_end(text, start, self.PIECE_CHARS)
+            ids.extend(self.encode(text[start:end]) if end - start <= self.PIECE_CHARS
+                       else self._tiktoken.encode_ordinary(text[start:end]))
+            start = end
+        return ids
+
     def count(self, text: str) -> int:
-        return len(self._encoding.encode_ordinary(text))
+        return len(self.encode(text))
 
     def token_byte_lengths(self) -> np.ndarray:
         if self._lengths is None:
-            values = self._encoding.token_byte_values()
-            lengths = np.zeros(self._encoding.max_token_value + 1, dtype=np.int64)
-            lengths[: len(values)] = [len(value) for value in values]
+            lengths = np.zeros(self._tiktoken.max_token_value + 1, dtype=np.int64)
+            for value, token in self._tiktoken._mergeable_ranks.items():  # bytes -> id
+                lengths[token] = len(value)
             self._lengths = lengths
         return self._lengths
+
+
+def _piece_end(text: str, start: int, size: int) -> int:
+    """Where to end a piece of at most ``size`` characters starting at ``start``: just after a line
+    break followed by a non-space (a cut that never joins one token piece to the next), else the
+    whole rest when no such place exists (the caller then encodes it in one go)."""
+    limit = start + size
+    if limit >= len(text):
+        return len(text)
+    position = limit
+    while True:
+        position = text.rfind("\n", start + size // 4, position)
+        if position == -1:
+            break
+        following = text[position + 1]
+        if not following.isspace() and following != "/":
+            return position + 1
+    word = text.rfind(" ", start + size // 4, limit)
+    while word > start and not (text[word - 1].strip() and text[word + 1: word + 2].strip()):
+        word = text.rfind(" ", start + size // 4, word)
+    return word if word > start else len(text)
 
 
 class GGUFTokenizer:
