@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,20 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_threads() -> int:
+    """LocalLM's default n_threads: half the usable cores (llama-cpp-python's own default), so
+    1 on a 2-core machine.
+
+    Measured on 2 cores with bench/local_model.py: on an idle machine 2 threads process prompts
+    ~1.7x faster than 1 but generate only ~1.2x faster; with other processes busy on the cores
+    (load average 3-7), OpenMP builds of llama.cpp (threads spin while waiting for each other)
+    collapse at 2 threads: prompts ~3x and generation 5-40x slower than with 1 thread. One
+    thread per two cores also leaves room for the rest of the pipeline. ``OMP_WAIT_POLICY=PASSIVE``
+    (set before llama_cpp is imported) avoids the collapse but makes generation 2-3x slower on
+    an idle machine."""
+    return max(1, available_cores() // 2)
+
+
 class _AttrDict(dict):
     """A dict whose keys are also attributes: the OpenAI/LiteLLM response shape DSPy reads both
     ways (``response.usage``, ``value(response, "choices")``, ``dict(response.usage)``), and that
@@ -107,11 +122,12 @@ _SAMPLING_KEYS = (
 )
 # Options DSPy or callers may send that mean nothing for an in-process model: dropped silently.
 _IGNORED_KEYS = frozenset({
-    "cache", "rollout_id", "num_retries", "timeout", "api_key", "api_base", "base_url", "api_version",
+    "cache", "num_retries", "timeout", "api_key", "api_base", "base_url", "api_version",
     "headers", "extra_headers", "stream", "stream_options", "user", "metadata", "store",
     "prompt_cache", "parallel_tool_calls", "tool_choice",
 })
 _GRAMMAR_CACHE_SIZE = 64
+_WARNED: set[str] = set()  # unsupported options already warned about (once per process)
 _PRESSURE = 100.0  # logit bonus that makes a closing token win wherever the grammar allows one
 
 
@@ -241,6 +257,22 @@ class LocalLM(dspy.BaseLM):
     ``repeat_penalty`` and ``response_format`` are honoured; ``n`` must be 1. A prompt that
     does not fit in ``n_ctx`` raises ``ValueError`` naming both sizes.
 
+    Threads: ``n_threads`` (generation) defaults to half the usable cores, see
+    :func:`default_threads`; ``n_threads_batch`` (prompt processing, which gains more from
+    threads) defaults to ``n_threads``.
+
+    Calls are reproducible: the same messages and options give the same answer whatever ran
+    before (each prompt is evaluated afresh unless ``prefix_cache=True``, and sampling at
+    ``temperature > 0`` uses ``seed``, default 0). For different samples of one prompt pass
+    another ``seed`` or, the DSPy way, a ``rollout_id`` (``lm.copy(rollout_id=1, temperature=1.0)``),
+    which is folded into the seed.
+
+    ``loop_guard`` (default on): small models at temperature 0 fall into repetition loops
+    ("Item1", "Item2", ... until ``max_tokens``). When the answer starts repeating itself, the
+    guard biases sampling towards closing the JSON string or list being repeated (structured
+    output; the grammar keeps the JSON valid), or towards ending the turn (free text). It also
+    winds the JSON up when the answer nears ``max_tokens``, so that it ends complete.
+
     Structured output: the LM declares ``response_format`` support and response schemas, so
     ``dspy.JSONAdapter`` sends the signature's output schema (a pydantic model) as
     ``response_format``. ``LocalLM`` turns that JSON schema into a llama.cpp GBNF grammar
@@ -264,6 +296,7 @@ class LocalLM(dspy.BaseLM):
         model: str | None = None,
         n_ctx: int = DEFAULT_N_CTX,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         n_batch: int = 512,
         temperature: float = 0.0,
         max_tokens: int = 512,
@@ -284,6 +317,7 @@ class LocalLM(dspy.BaseLM):
         self.model_path = str(model_path) if model_path is not None else None
         self.n_ctx = int(n_ctx)
         self.n_threads = n_threads
+        self.n_threads_batch = n_threads_batch
         self.n_batch = int(n_batch)
         self.verbose = verbose
         self.loop_guard = loop_guard
@@ -329,6 +363,7 @@ class LocalLM(dspy.BaseLM):
         return runtime.llama
 
     def _load(self) -> tuple[Any, Any]:
+        threads = self.n_threads or default_threads()
         try:
             import llama_cpp
             from llama_cpp import llama_chat_format
@@ -339,20 +374,19 @@ class LocalLM(dspy.BaseLM):
         path = self.resolved_model_path
         if not path.is_file():
             raise LocalModelMissing(f"GGUF model file not found: {path}")
-        threads = self.n_threads or available_cores()
         llama = llama_cpp.Llama(
             model_path=str(path),
             n_ctx=self.n_ctx,
             n_batch=min(self.n_batch, self.n_ctx),
             n_threads=threads,
-            n_threads_batch=threads,
+            n_threads_batch=self.n_threads_batch or threads,
             seed=int(self.kwargs.get("seed") or 0),
             chat_format=None,  # use the template from the GGUF metadata
             verbose=self.verbose,
         )
         trained = llama.n_ctx_train() if hasattr(llama, "n_ctx_train") else None
         if trained and self.n_ctx > trained:
-            logger.warning("n_ctx=%d is larger than the %d tokens %s was trained on", self.n_ctx, trained, path.name)
+            logger.warning("n_ctx=%d exceeds the %d tokens %s was trained on", self.n_ctx, trained, path.name)
         formatter = None
         template = llama.metadata.get("tokenizer.chat_template")
         if template and llama.chat_format == "chat_template.default":
@@ -400,7 +434,8 @@ class LocalLM(dspy.BaseLM):
             messages = [{"role": "user", "content": prompt}]
         # None means "not set" (DSPy's Request path sends every default key as None): fall back
         # to this LM's defaults rather than llama-cpp-python's (temperature 0.2, no token cap).
-        options = self._generation_options({**self.kwargs, **{k: v for k, v in kwargs.items() if v is not None}})
+        given = {key: val for key, val in kwargs.items() if val is not None}
+        options = self._generation_options({**self.kwargs, **given})
         messages = _normalise_messages(messages)
         runtime = self._runtime
         llama = self.load()
@@ -453,6 +488,12 @@ class LocalLM(dspy.BaseLM):
                 "(call it n times with different seeds/temperature instead)"
             )
         options: dict[str, Any] = {key: merged.pop(key) for key in _SAMPLING_KEYS if key in merged}
+        rollout_id = merged.pop("rollout_id", None)
+        if rollout_id is not None:
+            # DSPy's way to ask for a different sample of the same prompt (lm.copy(rollout_id=i)):
+            # a different, still reproducible, seed.
+            seed = int(options.get("seed") or 0)
+            options["seed"] = (seed + zlib.crc32(repr(rollout_id).encode())) % 2**32
         if "temperature" in options:
             options["temperature"] = float(options["temperature"])
             if options["temperature"] < 0:
@@ -475,9 +516,10 @@ class LocalLM(dspy.BaseLM):
             raise ValueError("LocalLM does not return logprobs")
         merged.pop("top_logprobs", None)
         if merged.pop("tools", None):
-            raise ValueError("LocalLM has no native tool calling; use a DSPy adapter without native function calling")
+            raise ValueError("LocalLM has no native tool calling: use an adapter without native tool calls")
         unknown = sorted(key for key in merged if key not in _IGNORED_KEYS and not key.startswith("api_"))
-        if unknown:
+        if unknown and not _WARNED.issuperset(unknown):
+            _WARNED.update(unknown)
             logger.warning("LocalLM ignores unsupported generation options: %s", unknown)
         return options
 
@@ -491,7 +533,9 @@ class LocalLM(dspy.BaseLM):
         # Only tokens that close and add nothing else: `},` continues a list as much as it closes
         # an object, so it must not get the bonus; `}`, ` ]`, `}]`, `"`, `"}` do.
         closing = set(b"]} \t\r\n")
-        quote = [t for t, text in enumerate(table) if text.strip()[:1] == b'"' and set(text.strip()[1:]) <= closing]
+        quote = [
+            t for t, text in enumerate(table) if text.strip()[:1] == b'"' and set(text.strip()[1:]) <= closing
+        ]
         bracket = [t for t, text in enumerate(table) if text.strip() and set(text.strip()) <= closing]
         quote_comma = [t for t, text in enumerate(table) if text.strip()[:2] == b'",']
         runtime.closers = tuple(np.array(ids, dtype=np.intc) for ids in (quote, bracket, quote_comma))
@@ -501,7 +545,7 @@ class LocalLM(dspy.BaseLM):
         runtime.token_bytes = table
 
     def _grammar(self, spec: str) -> Any:
-        """A (cached) LlamaGrammar for a response-format spec: a JSON schema (as canonical JSON)
+        """A (cached) LlamaGrammar for a response-format spec: a JSON schema (as JSON text)
         or ``"json"`` for any JSON object. Call with the lock held."""
         from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
@@ -514,8 +558,8 @@ class LocalLM(dspy.BaseLM):
         else:
             try:
                 grammar = LlamaGrammar.from_json_schema(spec, verbose=False)
-            except Exception as exc:  # a schema construct the GBNF converter does not support
-                logger.warning("cannot turn the response schema into a grammar (%s); constraining to any JSON", exc)
+            except Exception as exc:  # noqa: BLE001 - any schema construct the GBNF converter lacks
+                logger.warning("cannot turn the response schema into a grammar (%s); using any-JSON", exc)
                 grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         cache[spec] = grammar
         while len(cache) > _GRAMMAR_CACHE_SIZE:
@@ -526,8 +570,11 @@ class LocalLM(dspy.BaseLM):
 
     def dump_state(self) -> dict[str, Any]:
         state = super().dump_state()
-        state.update(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads, n_batch=self.n_batch,
-                     loop_guard=self.loop_guard, prefix_cache=self.prefix_cache)
+        state.update(
+            model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+            n_threads_batch=self.n_threads_batch, n_batch=self.n_batch,
+            loop_guard=self.loop_guard, prefix_cache=self.prefix_cache,
+        )
         return state
 
     def __copy__(self) -> LocalLM:
@@ -552,7 +599,8 @@ class LocalLM(dspy.BaseLM):
         self._runtime = _Runtime()
 
     def __repr__(self) -> str:
-        return f"LocalLM(model={self.model!r}, path={str(self.resolved_model_path) if self.model_path else 'embedded'}, n_ctx={self.n_ctx})"
+        path = self.model_path or "embedded"
+        return f"LocalLM(model={self.model!r}, path={path!r}, n_ctx={self.n_ctx})"
 
 
 def _schema_spec(response_format: Any) -> str | None:
@@ -566,7 +614,8 @@ def _schema_spec(response_format: Any) -> str | None:
 
         if not issubclass(response_format, pydantic.BaseModel):
             raise TypeError(f"response_format class must be a pydantic model, got {response_format!r}")
-        schema = response_format.model_json_schema()  # DSPy's JSONAdapter overrides this with its strict schema
+        # (DSPy's JSONAdapter overrides model_json_schema with its strict, all-required schema)
+        schema = response_format.model_json_schema()
     elif isinstance(response_format, dict):
         kind = response_format.get("type")
         if kind == "text":
