@@ -74,3 +74,35 @@ def test_a_killed_run_is_shown_as_interrupted(tmp_path):
     store.start_run("deadbeef0000", "summarize", "fp", "openai/x", {"inputs": []}, pid=2**22 + 12345)
     listed = rlmpipe("runs", "list", cwd=tmp_path)
     assert "interrupted (process gone" in listed.stdout
+
+
+def test_cache_hits_cost_nothing_and_every_view_agrees(openai_server, tmp_path):
+    """With DSPy's cache on, a second run (new fingerprint) is served from the cache: the store,
+    runs show, the event log and the report count hits as hits, and no tokens."""
+    import uuid
+
+    from rlmpipe.apps.summarize import SummarizePipeline
+    from rlmpipe.chunking import ChunkingConfig
+    from rlmpipe.lm.models import ModelChoice, make_lm
+    from rlmpipe.monitor.metrics import run_tables
+    from rlmpipe.monitor.report import write_report
+    from rlmpipe.runtime.runner import RunOptions, execute
+
+    openai_server.set_default(summary_reply)
+    openai_server.set_usage(prompt_tokens=40, completion_tokens=4)
+    document = tmp_path / "doc.txt"
+    document.write_text("".join(f"Clause {i} ({uuid.uuid4()}): the parties agree.\n\n" for i in range(12)))
+    lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=openai_server.base_url), cache=True)
+    pipeline = SummarizePipeline(ChunkingConfig(max_tokens=40))
+    first = execute(pipeline, [str(document)], lm, options=RunOptions(workspace=tmp_path / "ws", fresh=True))
+    served = len(openai_server.chat_calls)
+    second = execute(pipeline, [str(document)], lm, options=RunOptions(workspace=tmp_path / "ws", fresh=True))
+    assert second.run_id != first.run_id and len(openai_server.chat_calls) == served
+    store = Store(tmp_path / "ws")
+    one, two = run_tables(store, first.run_id)["totals"], run_tables(store, second.run_id)["totals"]
+    assert one["calls"] == served and one["prompt_tokens"] == 40 * served and one["cached"] == 0
+    assert two["calls"] == 0 and two["cached"] == served and two["tokens"] == 0
+    events = [e for e in read_events(tmp_path / "ws", second.run_id) if e["type"] == "lm_call"]
+    assert len(events) == served and {e["outcome"] for e in events} == {"cached"}
+    report = write_report(store, second.run_id, tmp_path / "r.html").read_text()
+    assert f'data-total="cached">{served}<' in report and 'data-total="calls">0<' in report
