@@ -85,6 +85,7 @@ class RunOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     workspace: Path = Path(".rlmpipe")
     adapter: Any = None  # a DSPy adapter for every step (None: DSPy's default, ChatAdapter)
+    dspy_history: bool = False  # keep DSPy's trace and LM history during steps (memory grows with the run)
     force_resume: bool = False  # reuse an earlier run's finished steps although its fingerprint differs
     fresh: bool = False  # ignore earlier runs: new fingerprint, everything computed again
 
@@ -177,6 +178,10 @@ class Run:
         try:
             # Pool threads do not inherit the caller's DSPy settings: give every step the run's LM.
             settings = {"lm": self.lm, **({"adapter": self.options.adapter} if self.options.adapter else {})}
+            if not self.options.dspy_history:
+                # DSPy keeps the last 10,000 traces and LM calls (prompts and replies) in memory: over a
+                # long run that is hundreds of MB. Usage is recorded here; the store holds the results.
+                settings.update(trace=None, disable_history=True)
             with dspy.context(**settings), call_context(run_id=self.id, step_key=key, step_name=name,
                                                         doc_id=doc_id, depth=depth):
                 while True:
