@@ -14,7 +14,10 @@ Text that looks like a special token (``<|endoftext|>``) is counted as ordinary 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import sys
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -129,7 +132,8 @@ class GGUFTokenizer:
                 "the GGUF tokenizer needs llama-cpp-python: pip install 'rlmpipe[local]'"
             ) from exc
         self.name = f"gguf:{model_path}"
-        self._model = Llama(model_path=model_path, vocab_only=True, verbose=False)
+        with _quiet_stderr():  # llama.cpp warns about the context size of a vocabulary-only load
+            self._model = Llama(model_path=model_path, vocab_only=True, verbose=False)
         self._lengths: np.ndarray | None = None
 
     def encode(self, text: str) -> list[int]:
@@ -147,6 +151,20 @@ class GGUFTokenizer:
                 [len(self._model.detokenize([token])) for token in range(size)], dtype=np.int64
             )
         return self._lengths
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence what C libraries write to file descriptor 2 for the duration of a block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @functools.lru_cache(maxsize=8)
