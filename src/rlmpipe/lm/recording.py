@@ -8,8 +8,8 @@ DSPy modules see. Around each call it
 3. calls the inner LM with DSPy's own usage tracker swapped for a capture (so the exact usage the
    provider reported is seen, per call and per thread; an outer tracker still gets it too),
 4. records one :class:`LMCall` per attempt (a cache hit is recorded as ``cached``, costing nothing),
-5. retries retryable failures with exponential backoff and jitter (tenacity), honouring
-   ``Retry-After`` up to a cap.
+5. retries retryable failures with exponential backoff and jitter (tenacity's schedule),
+   honouring ``Retry-After`` up to a cap.
 
 DSPy's own retries should be off on the inner LM (``num_retries=0``; :func:`rlmpipe.lm.models.make_lm`
 does this) so that every attempt is seen and counted here.
@@ -30,6 +30,15 @@ from rlmpipe.lm.context import current
 from rlmpipe.lm.errors import Classified, classify
 from rlmpipe.lm.limits import Budget, RateLimiter
 from rlmpipe.lm.usage import LMCall, UsageRecorder, price
+
+
+class _Attempt:
+    """The one thing tenacity's wait strategies read from a retry state: the attempt number."""
+
+    __slots__ = ("attempt_number",)
+
+    def __init__(self, attempt_number: int):
+        self.attempt_number = attempt_number
 
 
 class RunStopping(RuntimeError):
@@ -87,6 +96,9 @@ class RecordingLM(dspy.BaseLM):
         self.limiter = limiter
         self.budget = budget
         self.stop = stop or threading.Event()
+        # tenacity's schedule, built once (a Retrying per call left a reference cycle per call)
+        self._backoff = tenacity.wait_exponential_jitter(
+            initial=self.retry.initial_wait, max=self.retry.max_wait, jitter=self.retry.jitter)
 
     # --- DSPy's view of the LM: the inner LM's capabilities -------------------------------------
     @property
@@ -125,27 +137,22 @@ class RecordingLM(dspy.BaseLM):
                 "Your previous reply could not be used: " + context.reask_feedback
                 + "\nReply again, following the required output format exactly.")}]
         call_id = uuid.uuid4().hex[:16]
-        attempt_number = 0
-
-        def one_attempt():
-            nonlocal attempt_number
-            attempt_number += 1
+        attempt = 0
+        while True:
+            attempt += 1
             if self.stop.is_set():
                 raise RunStopping("the run is stopping")
             if self.budget is not None:
                 self.budget.check(context.depth)
             if self.limiter is not None:
                 self.limiter.acquire(_estimate_tokens(prompt, messages, kwargs), self.stop)
-            return self._attempt(prompt, messages, kwargs, context, call_id, attempt_number)
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.retry.max_attempts),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception(lambda error: classify(error).kind == "retryable"),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        return retrying(one_attempt)
+            try:
+                return self._attempt(prompt, messages, kwargs, context, call_id, attempt)
+            except Exception as error:
+                info = classify(error)
+                if info.kind != "retryable" or attempt >= self.retry.max_attempts:
+                    raise
+                self._sleep(self._delay(info, attempt))
 
     def _attempt(self, prompt, messages, kwargs, context, call_id: str, attempt: int):
         capture = _UsageCapture(dspy.settings.usage_tracker)
@@ -186,15 +193,11 @@ class RecordingLM(dspy.BaseLM):
                 call_id=call_id,
             ))
 
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        info: Classified | None = classify(error) if error is not None else None
-        if info is not None and info.retry_after is not None:
+    def _delay(self, info: Classified, attempt: int) -> float:
+        """Retry-After when the server gave one (capped), else exponential backoff with jitter."""
+        if info.retry_after is not None:
             return min(info.retry_after, self.retry.max_retry_after)
-        exponential = tenacity.wait_exponential_jitter(
-            initial=self.retry.initial_wait, max=self.retry.max_wait, jitter=self.retry.jitter
-        )
-        return exponential(state)
+        return self._backoff(_Attempt(attempt))
 
     def _sleep(self, seconds: float) -> None:
         if self.stop.wait(seconds):

@@ -32,7 +32,7 @@ from rlmpipe.lm.context import call_context
 from rlmpipe.lm.errors import BudgetExceeded, classify
 from rlmpipe.lm.limits import Budget, RateLimiter
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping
-from rlmpipe.lm.usage import LMCall, UsageRecorder
+from rlmpipe.lm.usage import LMCall, UsageRecorder, price
 from rlmpipe.runtime.eventlog import EventLogWriter
 from rlmpipe.runtime.events import EventBus
 from rlmpipe.runtime.fingerprint import digest, run_fingerprint, step_key
@@ -313,6 +313,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
               "options": {"concurrency": options.concurrency, "max_tokens": options.max_tokens,
                           "max_cost": options.max_cost, "max_seconds": options.max_seconds}}
     session = store.start_run(run_id, pipeline.name, fingerprint, inner_lm.model, config, os.getpid())
+    price(inner_lm.model, 0, 0)  # look the price up (importing litellm) now, not in the first worker
     budget = Budget(options.max_tokens, options.max_cost, options.max_seconds, options.max_sub_calls)
     previous = store.usage_totals(run_id)
     budget.carry_over(previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
