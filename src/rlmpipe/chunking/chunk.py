@@ -45,7 +45,7 @@ class ChunkingConfig:
     max_tokens: int = 512
     overlap: int = 0
     tokenizer: str = DEFAULT_TOKENIZER
-    min_fill: float = 0.5
+    min_fill: float = 0.4
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
