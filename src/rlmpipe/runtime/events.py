@@ -20,9 +20,16 @@ class EventBus:
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()
 
-    def subscribe(self, listener: Listener) -> None:
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Add a listener; returns the function that removes it."""
         with self._lock:
             self._listeners = [*self._listeners, listener]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = [item for item in self._listeners if item is not listener]
+
+        return unsubscribe
 
     def emit(self, type: str, **fields) -> None:
         event = {"type": type, "time": time.time(), **fields}

@@ -323,7 +323,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
                if options.requests_per_minute or options.tokens_per_minute else None)
     recording = RecordingLM(inner_lm, recorder, retry=options.retry, limiter=limiter, budget=budget, stop=stop)
     event_log = EventLogWriter(options.workspace)
-    events.subscribe(event_log)
+    stop_event_log = events.subscribe(event_log)
     run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
               recorder=recorder, events=events, options=options, stop=stop)
     unsubscribe.append(recorder.subscribe(
@@ -342,7 +342,8 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
         path = str(document.path)
         if run.stopping:
             store.set_document(run_id, document.doc_id, path, "stopped")
-            counts["stopped"] += 1
+            with results_lock:
+                counts["stopped"] += 1
             return
         store.set_document(run_id, document.doc_id, path, "running")
         events.emit("document_start", run_id=run_id, doc_id=document.doc_id, path=path, size=document.size_bytes)
@@ -355,7 +356,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
             with results_lock:
                 counts["stopped"] += 1
             return
-        except (StepFailed, DocumentError, Exception) as exc:
+        except Exception as exc:  # StepFailed, a DocumentError found while streaming, a pipeline bug
             message = str(exc) if isinstance(exc, DocumentError) else f"{path}: {_one_line(exc)}"
             store.set_document(run_id, document.doc_id, path, "failed", error=message)
             events.emit("document_failed", run_id=run_id, doc_id=document.doc_id, path=path, error=message)
@@ -420,6 +421,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     reason = run.stop_reason if status != "done" else None
     store.finish_run(run_id, status, reason, {"documents": dict(counts), "steps": totals})
     events.emit("run_end", run_id=run_id, status=status, reason=reason, documents=dict(counts), steps=totals)
+    stop_event_log()
     event_log.close()
     return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, notes, final)
 
