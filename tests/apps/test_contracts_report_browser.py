@@ -97,3 +97,29 @@ def test_contract_page_highlights_and_links_its_evidence(outputs):
     msci = next(p for p in pages if "msci" in p.name).read_text(encoding="utf-8")
     anchors = set(re.findall(r'href="#(clause-\d+)"', msci))
     assert anchors and all(f'id="{anchor}"' in msci for anchor in anchors)
+
+
+def test_contracts_without_a_verified_finding_are_flagged(outputs):
+    """A contract where nothing was verified scores only on categories "not found": the report says so
+    there and on the corpus page, and stays quiet where findings were verified."""
+    from rlmpipe.apps.contracts.report import contract_page, corpus_page, slug
+
+    records = [json.loads(line) for line in (outputs / "contracts.jsonl").read_text().splitlines()]
+    found = [r for r in records if r["evidence"]["verified"] > 0]
+    assert found
+    for record in records:
+        page = (outputs / "contracts" / f"{slug(record['path'], record['doc_id'])}.html").read_text(encoding="utf-8")
+        assert ('class="warning"' in page) == (record["evidence"]["verified"] == 0)
+    corpus = (outputs / "report.html").read_text(encoding="utf-8")
+    if len(found) == len(records):
+        assert 'class="warning"' not in corpus
+    else:
+        assert f"{len(records) - len(found)} of {len(records)} contract(s) have no verified finding" in corpus
+
+    empty = {**found[0], "clauses": [], "risks": [], "obligations": [],
+             "evidence": {"proposed": 3, "verified": 0, "rejected": 3, "unknown_category": 0}}
+    page = contract_page(empty, text="text")
+    assert "This contract has no verified finding (the model proposed 3 quote(s), 3 not found" in page
+    assert 'class="warning"' not in contract_page(found[0], text="text")
+    assert "1 of 2 contract(s) have no verified finding" in corpus_page([empty, found[0]], [], None)
+    assert 'class="warning"' not in corpus_page(found, [], None)

@@ -29,6 +29,7 @@ pre.contract{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monosp
 mark{background:#fff3a3;border-radius:2px}mark.risk{background:#ffd6d1}mark.obligation{background:#d6ecff}
 mark:target,mark.flash{outline:2px solid #d97706}
 ul.findings li{margin:.25rem 0}.quote{color:#475467;font-style:italic}
+.warning{background:#fff4e5;border-left:4px solid #d97706;padding:.6rem .9rem;border-radius:4px}
 """
 
 SCRIPT = """
@@ -141,6 +142,7 @@ def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> 
         f"<div class=\"cards\">" + "".join(f"<div class=\"card\"><b>{e(str(v))}</b>{e(k)}</div>" for k, v in cards)
         + "</div><h2>Risk scores</h2>" + score_histogram(scores)
         + "<p class=\"muted\">The score (0-100) is computed from the verified findings by the rubric in README.md.</p>"
+        + _nothing_verified_note(records)
         + "<h2>Contracts</h2><div class=\"controls\"><label>category <select id=\"category\"><option value=\"\">"
         "(any)</option>" + options + "</select></label><label>is <select id=\"mode\"><option value=\"present\">"
         "present</option><option value=\"absent\">absent</option></select></label><span><span id=\"shown\">"
@@ -212,7 +214,8 @@ def contract_page(record: dict, text: str | None) -> str:
         f'<div class="cards"><div class="card"><b>{record["risk_score"]}</b>risk score</div>'
         f'<div class="card"><b>{stats["verified"]}</b>verified quotes</div>'
         f'<div class="card"><b>{stats["rejected"]}</b>quotes rejected (not in the contract)</div></div>'
-        f'<h2>Summary</h2><p>{e(record["summary"])}</p>'
+        + _nothing_verified_note([record])
+        + f'<h2>Summary</h2><p>{e(record["summary"])}</p>'
         f'<h2>Score</h2><ul>{breakdown or "<li>no rubric line applied</li>"}</ul>'
         f'<h2>Risks</h2><ul class="findings">{"".join(risk_items) or "<li>none found</li>"}</ul>'
         f'<h2>Obligations</h2><ul class="findings">{"".join(obligation_items) or "<li>none found</li>"}</ul>'
@@ -225,6 +228,20 @@ def contract_page(record: dict, text: str | None) -> str:
            else "<p>(the contract file is no longer readable here)</p>")
     )
     return _page(record["title"] or Path(record["path"]).name, body, script=True)
+
+
+def _nothing_verified_note(records: list[dict]) -> str:
+    """A warning where contracts have no verified finding at all: their score then comes only from the
+    rubric's "no X" lines, and "absent" means "the model found nothing", not "the contract lacks it"."""
+    empty = [r for r in records if r["evidence"]["verified"] == 0]
+    if not empty:
+        return ""
+    proposed = sum(r["evidence"]["proposed"] for r in empty)
+    rejected = sum(r["evidence"]["rejected"] for r in empty)
+    which = "This contract has" if len(records) == 1 else f"{len(empty)} of {len(records)} contract(s) have"
+    return (f'<p class="warning" role="note">{which} no verified finding (the model proposed {proposed} '
+            f'quote(s), {rejected} not found in the contract). Their score counts only categories that were not '
+            "found, which may be there: check the model (<code>--lm</code>) before relying on it.</p>")
 
 
 def _clip(text: str, limit: int = 300) -> str:
