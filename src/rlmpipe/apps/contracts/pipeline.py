@@ -2,7 +2,7 @@
 
 Per contract: structure-aware chunks -> one extraction step per chunk (in parallel) -> every quote
 verified against the chunk it came from -> findings merged across chunks -> risk score (rubric,
-no model) -> one summary step over the verified findings. Each step is checkpointed, so a corpus
+no model) -> one summary step over the verified findings (none when nothing was verified). Each step is checkpointed, so a corpus
 run resumes where it stopped; a chunk whose extraction fails is skipped and listed in the record
 rather than failing the whole contract.
 """
@@ -25,6 +25,7 @@ from rlmpipe.runtime.runner import StepFailed
 
 DEFAULT_CHUNKING = ChunkingConfig(strategy="structure", max_tokens=1024, overlap=128)
 MAX_FINDING_LINES = 60
+NOTHING_TO_SUMMARIZE = "(no summary: no finding could be verified in this contract)"
 
 
 class ContractsPipeline:
@@ -60,11 +61,14 @@ class ContractsPipeline:
         title = next((c.evidence.quote for c in clauses if c.category == "Document Name"), "") or _title_line(text)
         title = " ".join(title.split())[:200] or Path(document.path).stem.replace("_", " ")
         findings = _findings_text(clauses, risks, obligations)
-        try:
-            summary = run.step("summary", lambda: self.extractor.summary(title, findings),
-                               doc_id=document.doc_id, inputs=[digest(findings)])["summary"]
-        except StepFailed as failure:
-            summary = f"(no summary: {failure.cause})"
+        if not (clauses or risks or obligations):  # a summary of nothing could only be invented
+            summary = NOTHING_TO_SUMMARIZE
+        else:
+            try:
+                summary = run.step("summary", lambda: self.extractor.summary(title, findings),
+                                   doc_id=document.doc_id, inputs=[digest(findings)])["summary"]
+            except StepFailed as failure:
+                summary = f"(no summary: {failure.cause})"
         present = {clause.category for clause in clauses}
         record = ContractRecord(
             doc_id=document.doc_id,
