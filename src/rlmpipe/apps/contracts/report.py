@@ -238,9 +238,10 @@ def _nothing_verified_note(records: list[dict]) -> str:
         return ""
     proposed = sum(r["evidence"]["proposed"] for r in empty)
     rejected = sum(r["evidence"]["rejected"] for r in empty)
-    which = "This contract has" if len(records) == 1 else f"{len(empty)} of {len(records)} contract(s) have"
+    which, whose = (("This contract has", "Its") if len(records) == 1
+                    else (f"{len(empty)} of {len(records)} contract(s) have", "Their"))
     return (f'<p class="warning" role="note">{which} no verified finding (the model proposed {proposed} '
-            f'quote(s), {rejected} not found in the contract). Their score counts only categories that were not '
+            f'quote(s), {rejected} not found in the contract). {whose} score counts only categories that were not '
             "found, which may be there: check the model (<code>--lm</code>) before relying on it.</p>")
 
 
