@@ -1,7 +1,7 @@
 """Shared helper for the benchmarks: each one owns a named section of bench/RESULTS.md.
 
-    from _results import write_section
-    write_section("chunking", "## Chunking\n\n| ... |")
+    from _results import machine, write_section
+    write_section("chunking", f"## Chunking\n\n{machine()}\n\n| ... |")
 
 replaces everything between ``<!-- BEGIN chunking -->`` and ``<!-- END chunking -->`` (markers kept),
 or appends the section at the end of the file when it is not there yet. Other sections are left
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import platform
 import re
 import tempfile
 from pathlib import Path
@@ -22,6 +23,29 @@ HEADER = (
     "Each section below is written by one script under `bench/` (see the command in it); "
     "rerun that script to refresh its section. Do not edit between the BEGIN/END markers by hand.\n"
 )
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what the platform module knows)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "?"
+
+
+def machine() -> str:
+    """One line describing this machine, for the header of a results table."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+        memory_text = f", {memory:.0f} GiB RAM"
+    except (ValueError, OSError):
+        memory_text = ""
+    return (f"{os.cpu_count()} cores ({cpu_model()}){memory_text}, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
 
 
 def write_section(name: str, markdown: str, path: str | os.PathLike | None = None) -> Path:

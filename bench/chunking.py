@@ -26,7 +26,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import rlmpipe  # noqa: F401  (first: points tiktoken at the bundled encodings, so nothing is downloaded)
+from _results import machine
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -124,27 +124,6 @@ def version_of(package: str) -> str:
         except (OSError, subprocess.CalledProcessError):
             pass
     return found
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-        memory_text = f", {memory:.0f} GiB RAM"
-    except (ValueError, OSError):
-        memory_text = ""
-    return (
-        f"{os.cpu_count()} cores ({cpu}){memory_text}, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
-    )
 
 
 # --------------------------------------------------------------------------------------------

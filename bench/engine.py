@@ -78,6 +78,7 @@ for _path in (str(REPO), str(BENCH)):  # tests.support.* (the loopback server, t
         sys.path.insert(0, _path)
 
 import rlmpipe  # noqa: E402,F401  (first: offline defaults for litellm/tiktoken)
+from _results import cpu_model  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # environment
@@ -120,13 +121,7 @@ def src_state() -> str:
 def machine() -> str:
     import dspy
 
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+    cpu = cpu_model()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, Python {platform.python_version()}, "
             f"dspy {dspy.__version__}, rlmpipe {rlmpipe.__version__} at {git_revision()}, "
@@ -717,7 +712,6 @@ def memory_child(path: str, workspace: str, variant: str, snapshot: str | None) 
         import tracemalloc
 
         tracemalloc.start(1)
-    import dspy
 
     from rlmpipe.apps.summarize import SummarizePipeline
     from rlmpipe.chunking import ChunkingConfig

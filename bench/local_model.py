@@ -31,6 +31,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from _results import cpu_model
 from rlmpipe.lm.local import available_cores, default_model_path
 
 SECTION = "local-model"
@@ -40,16 +41,6 @@ TEXT = (
     "replace them before the end of the year, and for a summary of the risks in the new supply "
     "agreements, including the clauses on termination, liability and governing law. "
 )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load(threads: int, n_ctx: int, n_batch: int):

@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
+from _results import machine
 from rlmpipe.sandbox import PYODIDE_VERSION, DenoSandbox, ensure_pyodide, find_deno
 from rlmpipe.sandbox.deno import deno_version
 
@@ -33,25 +33,6 @@ HERE = Path(__file__).resolve().parent
 
 WARM_STARTS = 3
 ROUND_TRIPS = 50
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
-        memory_text = f", {memory:.0f} GiB RAM"
-    except (ValueError, OSError):
-        memory_text = ""
-    return (f"{os.cpu_count()} cores ({cpu}){memory_text}, Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
 
 
 def timed_start() -> tuple[float, DenoSandbox]:
