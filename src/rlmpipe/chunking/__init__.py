@@ -31,9 +31,15 @@ def chunk_document(document: Document, config: ChunkingConfig | None = None) -> 
 
 def chunk_text(text: str, config: ChunkingConfig | None = None, doc_id: str | None = None) -> list[Chunk]:
     """Chunks of an in-memory string (its id, unless given, is the hash of its UTF-8 bytes)."""
+    from rlmpipe.ingest.document import ReadLimits
+    from rlmpipe.ingest.text import runs
+
     if doc_id is None:
         doc_id = doc_id_from_digest(hashlib.sha256(text.encode("utf-8", "surrogatepass")))
-    return list(chunk_blocks([Block(text, 0)] if text else [], doc_id, config))
+    # blocks of bounded size, as a reader makes them: a section never grows past what one
+    # tokenizer call handles (tiktoken overflows its stack on a million spaces in one piece)
+    blocks = (Block(part, start) for start, part in runs(iter([text]), ReadLimits().max_block_chars))
+    return list(chunk_blocks(blocks, doc_id, config))
 
 
 def chunk_paths(paths, config: ChunkingConfig | None = None, limits=None):

@@ -73,27 +73,53 @@ def hard_split(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[tuple[i
     lengths = tokenizer.token_byte_lengths()
     pieces: list[tuple[int, int, int]] = []
     position = 0
+    window_chars = max(max_tokens * 32, 1 << 16)
     while position < len(text):
-        rest = text[position : position + max_tokens * 32]
+        # One tokenization per window serves every piece cut from it (not one per piece: a long
+        # line of base64 or "1.1.1..." would be tokenized ~30 times over).
+        rest = text[position : position + window_chars]
+        last_window = position + len(rest) >= len(text)
         ids = np.asarray(tokenizer.encode(rest), dtype=np.int64)
-        if len(ids) <= max_tokens and position + len(rest) >= len(text):
-            pieces.append((position, len(text), len(ids)))
-            break
-        raw = rest.encode("utf-8")
-        ends = np.cumsum(lengths[ids])
-        take = min(max_tokens, len(ids))
+        token_end_bytes = np.cumsum(lengths[ids])
+        # the character offset at which each token ends (rounded down to a whole character)
+        char_byte_ends = np.cumsum(_utf8_widths(rest))
+        token_end_chars = np.searchsorted(char_byte_ends, token_end_bytes, side="right")
+        first_token, local = 0, 0
         while True:
-            cut = len(raw[: int(ends[take - 1])].decode("utf-8", errors="ignore"))
-            if cut == 0:  # one character that needs more tokens than allowed: take it anyway
-                cut = 1
+            left = len(ids) - first_token
+            if last_window and left <= max_tokens:
+                count = tokenizer.count(rest[local:])
+                if count <= max_tokens:
+                    pieces.append((position + local, len(text), count))
+                    return pieces
+            elif not last_window and left <= 2 * max_tokens and local:
+                break  # near the window's end tokens may change with what follows: re-tokenize from here
+            take = min(max_tokens, left)
+            while True:
+                cut = int(token_end_chars[first_token + take - 1])
+                if cut <= local:  # one character that needs more tokens than allowed: take it anyway
+                    cut, count = local + 1, tokenizer.count(rest[local : local + 1])
+                    break
+                count = tokenizer.count(rest[local:cut])
+                if count <= max_tokens or take == 1:
+                    break
+                take -= 1
+            if "\ud800" <= rest[cut - 1] <= "\udbff" and cut < len(rest):  # never split a surrogate pair
+                cut += 1
+                count = tokenizer.count(rest[local:cut])
+            pieces.append((position + local, position + cut, count))
+            local = cut
+            first_token = int(np.searchsorted(token_end_chars, local, side="right"))
+            if local >= len(rest):
                 break
-            count = tokenizer.count(rest[:cut])
-            if count <= max_tokens or take == 1:
-                break
-            take -= 1
-        pieces.append((position, position + cut, tokenizer.count(rest[:cut])))
-        position += cut
+        position += local
     return pieces
+
+
+def _utf8_widths(text: str) -> np.ndarray:
+    """UTF-8 byte length of each character of ``text``."""
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
 
 
 #: Sections tokenized ahead of the one being cut.
@@ -118,8 +144,13 @@ def _safe_split(text: str) -> int:
             return 0
 
 
-def _encode_array(encode, text: str) -> np.ndarray:
-    return np.asarray(encode(text), dtype=np.int64)
+def _encode_array(encode, fallback, text: str) -> np.ndarray:
+    try:
+        return np.asarray(encode(text), dtype=np.int64)
+    except BaseException as exc:  # tiktoken's Rust regex panics (a BaseException) on some inputs
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        return np.asarray(fallback(text), dtype=np.int64)
 
 
 def _release_free_memory() -> None:
@@ -215,7 +246,7 @@ class _Chunker:
         with ThreadPoolExecutor(PREFETCH, thread_name_prefix="rlmpipe-tokenize") as pool:
             ahead: deque = deque()
             for text, safe, final in sections:
-                ahead.append((text, pool.submit(_encode_array, encode, text), safe, final))
+                ahead.append((text, pool.submit(_encode_array, encode, self.tokenizer.encode, text), safe, final))
                 if len(ahead) > PREFETCH:
                     text0, future, safe0, final0 = ahead.popleft()
                     yield text0, future.result(), safe0, final0

@@ -73,18 +73,20 @@ class OpenAIEncoding:
 
     def encode(self, text: str) -> list[int]:
         if len(text) <= self.PIECE_CHARS:
-            try:
-                return self._encoding.encode_ordinary(text)
-            except Exception:  # bpe-openai's token limit (e.g. CJK text: one token per character)
-                return self._tiktoken.encode_ordinary(text)
+            return self._encode_piece(text)
         ids: list[int] = []
         start = 0
         while start < len(text):
             end = _piece_end(text, start, self.PIECE_CHARS)
-            ids.extend(self.encode(text[start:end]) if end - start <= self.PIECE_CHARS
-                       else self._tiktoken.encode_ordinary(text[start:end]))
+            ids.extend(self._encode_piece(text[start:end]))
             start = end
         return ids
+
+    def _encode_piece(self, text: str) -> list[int]:
+        try:
+            return self._encoding.encode_ordinary(text)
+        except Exception:  # bpe-openai's limits (1M characters, 200k tokens: e.g. CJK, one token per character)
+            return self._tiktoken.encode_ordinary(text)
 
     def count(self, text: str) -> int:
         return len(self.encode(text))

@@ -8,7 +8,8 @@ from typing import Iterator
 from rlmpipe.ingest.document import Block, Document, decoded_windows
 from rlmpipe.ingest.text import paragraphs
 
-ATX_HEADING = re.compile(r" {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*\r?\n?$")
+ATX_HEADING = re.compile(r" {0,3}(#{1,6})[ \t]+")  # the title is the rest, closing #s stripped (no regex:
+# a lazy title before a trailing [ \t#]* run retried that run at every character: quadratic on long lines)
 SETEXT_UNDERLINE = re.compile(r" {0,3}(=+|-+)[ \t]*\r?\n?$")
 FENCE = re.compile(r" {0,3}(```|~~~)")
 
@@ -47,7 +48,7 @@ def read_markdown(document: Document) -> Iterator[Block]:
             elif not in_fence:
                 atx = ATX_HEADING.match(line)
                 if atx:
-                    heading = (len(atx.group(1)), atx.group(2), len(line))
+                    heading = (len(atx.group(1)), _atx_title(line[atx.end():]), len(line))
                 elif index + 1 < len(lines) and line.strip() and SETEXT_UNDERLINE.match(lines[index + 1]):
                     level = 1 if lines[index + 1].lstrip().startswith("=") else 2
                     heading = (level, line.strip(), len(line) + len(lines[index + 1]))
@@ -65,3 +66,9 @@ def read_markdown(document: Document) -> Iterator[Block]:
             index += 1 if span == len(line) else 2
         if position > run_start:
             yield Block(text[run_start:position], start + run_start, heading_path=headings.path)
+
+
+def _atx_title(rest: str) -> str:
+    """An ATX heading's text: the line after ``#... `` without its line break and closing ``#``s."""
+    rest = rest.removesuffix("\n").removesuffix("\r")
+    return rest.rstrip(" \t#")
