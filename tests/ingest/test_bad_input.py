@@ -36,7 +36,7 @@ def make_bad_files(folder):
     (folder / "truncated.txt").write_bytes("ok €".encode("utf-8")[:-1])
     (folder / "notes.rtf").write_bytes(b"{\\rtf1 hello}")
     (folder / "corrupt.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> garbage \x00\x01 trailer")
-    (folder / "corrupt.docx").write_bytes(b"this is not a zip file at all")
+    (folder / "corrupt.docx").write_bytes(b"PK\x03\x04 this is not a zip file at all")
     with zipfile.ZipFile(folder / "nodoc.docx", "w") as archive:
         archive.writestr("hello.txt", "no word/document.xml here")
     (folder / "legacy.docx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 512)

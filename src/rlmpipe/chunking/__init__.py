@@ -47,7 +47,7 @@ def chunk_paths(paths, config: ChunkingConfig | None = None, limits=None):
 
     A file that cannot be read yields its :class:`~rlmpipe.ingest.DocumentError` (in place of its
     chunks, or after those streamed before the problem showed) and the others go on. Files of
-    unsupported types inside a folder are reported once per folder as a ``SkippedFiles``.
+    unsupported types inside a folder are reported once per folder as a ``SkippedFiles`` notice.
     """
     from rlmpipe.ingest import Document, DocumentError, open_documents
 
@@ -55,7 +55,7 @@ def chunk_paths(paths, config: ChunkingConfig | None = None, limits=None):
     get_tokenizer(config.tokenizer)  # fail on a bad tokenizer name before reading anything
     for item in open_documents(paths, limits):
         if not isinstance(item, Document):
-            yield item  # a DocumentError or a SkippedFiles notice
+            yield item  # a DocumentError or a Notice
             continue
         yield item
         try:

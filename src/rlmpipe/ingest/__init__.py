@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from rlmpipe.ingest.document import Block, Document, ReadLimits, hash_file, scan_text_file
+from rlmpipe.ingest.document import Block, Document, ReadLimits, bom_encoding, hash_file, read_head, scan_text_file
 from rlmpipe.ingest.errors import (
     BinaryDocument,
     CorruptDocument,
@@ -25,6 +25,7 @@ from rlmpipe.ingest.errors import (
     NoExtractableText,
     UnreadablePath,
     UnsupportedFormat,
+    printable,
 )
 
 FORMATS = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html": "html",
@@ -33,7 +34,8 @@ FORMATS = {".txt": "txt", ".text": "txt", ".md": "md", ".markdown": "md", ".html
 __all__ = [
     "Block", "Document", "ReadLimits", "DocumentError", "UnreadablePath", "UnsupportedFormat",
     "EmptyDocument", "BinaryDocument", "InvalidEncoding", "LineTooLong", "EncryptedDocument",
-    "CorruptDocument", "NoExtractableText", "FORMATS", "SkippedFiles", "open_document", "expand_paths", "open_documents",
+    "CorruptDocument", "NoExtractableText", "FORMATS", "Notice", "SkippedFiles", "open_document", "expand_paths",
+    "open_documents", "format_note", "printable",
 ]
 
 
@@ -52,25 +54,34 @@ def _reader(fmt: str):
 
 
 def open_document(path: str | os.PathLike, limits: ReadLimits | None = None) -> Document:
-    """Validate ``path`` and return its :class:`Document`; raise a :class:`DocumentError` if unusable."""
+    """Validate ``path`` and return its :class:`Document`; raise a :class:`DocumentError` if unusable.
+
+    What the file *is* comes from its content: a PDF or a Word file is read as such whatever its
+    name, and a text file named ``.pdf`` is read as text (``document.format`` says which, and
+    :func:`format_note` says when that differs from the name). A UTF-16/32 file with a byte-order
+    mark is text. Only regular files are opened (a FIFO would block forever).
+    """
     path = Path(path)
     limits = limits or ReadLimits()
-    fmt = FORMATS.get(path.suffix.lower())
-    if path.is_dir():
-        raise UnreadablePath(path, "is a directory (pass it as a folder to scan, or pick a file)")
-    if not path.exists():
-        raise UnreadablePath(path, "no such file")
-    if fmt is None:
+    named = FORMATS.get(path.suffix.lower())
+    if named is None:
+        if path.is_dir():
+            raise UnreadablePath(path, "is a directory (pass it as a folder to scan, or pick a file)")
+        if not path.exists() and not path.is_symlink():
+            raise UnreadablePath(path, "no such file")
         known = ", ".join(sorted(set(FORMATS)))
         shown = path.suffix or "(no extension)"
         raise UnsupportedFormat(path, f"unsupported file type {shown} (supported: {known})")
+    head = read_head(path)
+    fmt = _content_format(path, head, named)
+    encoding = "utf-8"
     if fmt in ("txt", "md"):
-        doc_id, size = scan_text_file(path, limits)
+        encoding = bom_encoding(head) or "utf-8"
+        doc_id, size = scan_text_file(path, limits, encoding=encoding)
     elif fmt == "html":
         from rlmpipe.ingest.html import sniff_charset
 
-        with open(path, "rb") as handle:
-            encoding = sniff_charset(handle.read(4096))
+        encoding = sniff_charset(head)
         doc_id, size = scan_text_file(path, limits, encoding=encoding)
     else:
         doc_id, size = hash_file(path, limits)
@@ -81,60 +92,124 @@ def open_document(path: str | os.PathLike, limits: ReadLimits | None = None) -> 
         else:
             from rlmpipe.ingest.docx import open_docx
 
-            open_docx(path).close()
-    return Document(path=path, doc_id=doc_id, format=fmt, size_bytes=size, limits=limits, _reader=_reader(fmt))
+            open_docx(path, limits).close()
+    return Document(path=path, doc_id=doc_id, format=fmt, size_bytes=size, limits=limits, _reader=_reader(fmt),
+                    encoding=encoding)
+
+
+def _content_format(path: Path, head: bytes, named: str) -> str:
+    """The reader for what the bytes are; ``named`` (from the extension) only chooses among text formats."""
+    if b"%PDF-" in head[:1024]:  # the PDF header may follow a little junk (PDF 1.7, section 7.5.2)
+        return "pdf"
+    if head.startswith(b"PK\x03\x04"):
+        return "docx"  # any other zip gets its error from the .docx reader (no word/document.xml)
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # OLE: a legacy .doc or an encrypted Office file
+        raise EncryptedDocument(path, "not a .docx zip: password-protected, or a legacy .doc file "
+                                      "(save it as .docx or PDF)")
+    if named in ("pdf", "docx"):
+        return "txt"  # named as a binary format but without its signature: the text scan decides
+    return named
+
+
+def format_note(document: Document) -> str | None:
+    """One line when the file's content is not what its name says (it was read as what it is)."""
+    named = FORMATS.get(document.path.suffix.lower())
+    if named is None or named == document.format or {named, document.format} <= {"txt", "md"}:
+        return None
+    what = {"txt": "plain text", "pdf": "a PDF", "docx": "a Word .docx file", "html": "HTML", "md": "Markdown"}
+    return printable(f"{document.path}: the file is {what[document.format]}, not {what[named]} "
+                     f"as its name says: read as {what[document.format]}")
 
 
 @dataclass(frozen=True)
-class SkippedFiles:
-    """Files under a folder that were passed over because rlmpipe does not read their type."""
+class Notice:
+    """Something worth one line to the user that is not an error (nothing was lost)."""
 
-    folder: Path
-    suffixes: dict[str, int]
+    message: str
 
     def __str__(self) -> str:
-        kinds = ", ".join(f"{suffix} x{count}" for suffix, count in sorted(self.suffixes.items()))
-        return f"{self.folder}: skipped {sum(self.suffixes.values())} file(s) of unsupported types ({kinds})"
+        return self.message
 
 
-def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path | SkippedFiles]:
+@dataclass(frozen=True)
+class SkippedFiles(Notice):
+    """Files under a folder that were passed over because rlmpipe does not read their type."""
+
+    folder: Path = Path()
+    suffixes: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, folder: Path, suffixes: dict[str, int]) -> "SkippedFiles":
+        kinds = ", ".join(f"{suffix} x{count}" for suffix, count in sorted(suffixes.items()))
+        return cls(printable(f"{folder}: skipped {sum(suffixes.values())} file(s) of unsupported types ({kinds})"),
+                   folder, suffixes)
+
+
+def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path | SkippedFiles | DocumentError]:
     """Files named, and supported files under folders named (sorted, hidden ones skipped).
 
     A file named explicitly is always yielded (so that an unsupported type gets its error); files
-    of unsupported types found inside a folder are summarised in one :class:`SkippedFiles`.
+    of unsupported types found inside a folder are summarised in one :class:`SkippedFiles`. A file
+    reached twice (a folder named twice, a file named and inside a named folder, a symlink to one)
+    is yielded once. A folder that cannot be listed is a :class:`DocumentError`, not silence.
     """
+    seen: set[str] = set()
+
+    def first_time(path: Path) -> bool:
+        key = os.path.realpath(path)
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
-            yield path
+            if first_time(path):
+                yield path
             continue
         skipped: Counter[str] = Counter()
-        for root, dirs, files in os.walk(path):
+        unreadable: list[OSError] = []
+        for root, dirs, files in os.walk(path, onerror=unreadable.append):
+            while unreadable:
+                error = unreadable.pop()
+                yield UnreadablePath(error.filename or root, f"cannot read folder: {error.strerror or error}")
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith("."):
                     continue
                 suffix = Path(name).suffix.lower()
                 if suffix in FORMATS:
-                    yield Path(root) / name
+                    if first_time(Path(root) / name):
+                        yield Path(root) / name
                 else:
                     skipped[suffix or "(no extension)"] += 1
+        while unreadable:
+            error = unreadable.pop()
+            yield UnreadablePath(error.filename or path, f"cannot read folder: {error.strerror or error}")
         if skipped:
-            yield SkippedFiles(path, dict(skipped))
+            yield SkippedFiles.of(path, dict(skipped))
 
 
 def open_documents(
     paths: Iterable[str | os.PathLike], limits: ReadLimits | None = None
-) -> Iterator[Document | DocumentError | SkippedFiles]:
+) -> Iterator[Document | DocumentError | Notice]:
     """Each input as a Document, or the DocumentError that explains why it cannot be one.
 
-    Errors are yielded, not raised, so that one bad file never stops the others.
+    Errors are yielded, not raised, so that one bad file never stops the others; a
+    :class:`Notice` (files skipped, a file whose content is not what its name says) comes before
+    the document it concerns.
     """
     for path in expand_paths(paths):
-        if isinstance(path, SkippedFiles):
+        if isinstance(path, (Notice, DocumentError)):
             yield path
             continue
         try:
-            yield open_document(path, limits)
+            document = open_document(path, limits)
         except DocumentError as error:
             yield error
+            continue
+        note = format_note(document)
+        if note:
+            yield Notice(note)
+        yield document

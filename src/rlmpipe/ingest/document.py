@@ -9,6 +9,8 @@ decoded as UTF-8 with line endings kept (``open(path, encoding="utf-8", newline=
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -39,16 +41,24 @@ class Block:
 
 @dataclass(frozen=True, slots=True)
 class ReadLimits:
-    """Bounds that keep a reader's memory flat in document size."""
+    """Bounds that keep a reader's memory and work flat in document size, whatever the input."""
 
     window_bytes: int = 1 << 16  # bytes read at a time (1 MiB windows left glibc holding ~4x the file size in freed strings)
     max_block_chars: int = 1 << 16  # a longer paragraph is split at line ends
     max_line_bytes: int = 8 << 20  # a longer line means "not a text document"
+    # Containers (.docx): a part that unpacks to more than this, or more than this many times its
+    # packed size, is a zip bomb (Word's own XML packs 5-20x; a 41 KB bomb unpacked to 3 M tokens).
+    max_unpacked_bytes: int = 512 << 20
+    max_unpack_ratio: float = 100.0
 
 
 @dataclass(frozen=True)
 class Document:
-    """A validated input file. ``blocks()`` streams its text; nothing is held in memory."""
+    """A validated input file. ``blocks()`` streams its text; nothing is held in memory.
+
+    ``format`` is what the file's content is (``txt``, ``md``, ``html``, ``pdf``, ``docx``), which
+    may differ from what its name says; ``encoding`` is how a text format is decoded.
+    """
 
     path: Path
     doc_id: str
@@ -56,6 +66,7 @@ class Document:
     size_bytes: int
     limits: ReadLimits = field(default_factory=ReadLimits)
     _reader: Callable[["Document"], Iterator[Block]] | None = field(default=None, repr=False, compare=False)
+    encoding: str = "utf-8"
 
     def blocks(self) -> Iterator[Block]:
         assert self._reader is not None
@@ -71,13 +82,70 @@ def doc_id_from_digest(digest: "hashlib._Hash") -> str:
     return digest.hexdigest()[:32]
 
 
-def read_windows(path: Path, window_bytes: int) -> Iterator[bytes]:
+def open_regular(path: Path):
+    """``path`` opened for reading in binary, only if it is a regular file.
+
+    A FIFO would block ``open()`` forever (and a device may never end): the file is opened without
+    blocking and checked on its descriptor, so nothing can swap it in between.
+    """
     try:
-        with open(path, "rb") as handle:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise UnreadablePath(path, "no such file") from None
+    except OSError as exc:
+        raise UnreadablePath(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise UnreadablePath(path, "is a directory (pass it as a folder to scan, or pick a file)")
+        if not stat.S_ISREG(mode):
+            raise UnreadablePath(path, f"not a regular file ({_file_kind(mode)}): not read")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def read_windows(path: Path, window_bytes: int) -> Iterator[bytes]:
+    handle = open_regular(path)
+    try:
+        with handle:
             while chunk := handle.read(window_bytes):
                 yield chunk
     except OSError as exc:
         raise UnreadablePath(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def read_head(path: Path, size: int = 4096) -> bytes:
+    """The first ``size`` bytes (what the file type and a text encoding are told from)."""
+    try:
+        with open_regular(path) as handle:
+            return handle.read(size)
+    except OSError as exc:
+        raise UnreadablePath(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+#: Byte-order marks of the encodings read as text. A UTF-8 mark stays in the text (as U+FEFF), so
+#: that ``open(path, encoding="utf-8")`` and rlmpipe agree on offsets; UTF-16/32 decoders drop theirs.
+_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+         (b"\xfe\xff", "utf-16"))
+
+
+def bom_encoding(head: bytes) -> str | None:
+    """UTF-16 or UTF-32 when the file starts with their byte-order mark, else None."""
+    for mark, encoding in _BOMS:
+        if head.startswith(mark):
+            return encoding
+    return None
 
 
 def hash_file(path: Path, limits: ReadLimits) -> tuple[str, int]:
@@ -102,34 +170,38 @@ def scan_text_file(path: Path, limits: ReadLimits, encoding: str = "utf-8") -> t
 
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    wide = encoding in ("utf-16", "utf-32")  # NUL bytes are part of every character: check characters
     size = 0
-    line_run = 0  # bytes since the last line break
+    line_run = 0  # bytes (characters, for UTF-16/32) since the last line break
     has_text = False
     for chunk in read_windows(path, limits.window_bytes):
         digest.update(chunk)
-        if b"\x00" in chunk:
+        if not wide and b"\x00" in chunk:
             offset = size + chunk.index(b"\x00")
             raise BinaryDocument(path, f"binary file (NUL byte at byte {offset}), not text")
         try:
-            decoder.decode(chunk)
+            text = decoder.decode(chunk)
         except UnicodeDecodeError as exc:
             raise InvalidEncoding(
                 path, f"invalid {encoding.upper()} at byte {size + exc.start} (is it {_guess_kind(chunk)}?)"
             ) from None
-        first_break = chunk.find(b"\n")
+        if wide and "\x00" in text:
+            raise BinaryDocument(path, f"binary file (NUL character in {encoding.upper()} text), not text")
+        unit = text if wide else chunk
+        first_break = unit.find("\n" if wide else b"\n")
         if first_break == -1:
-            line_run += len(chunk)
+            line_run += len(unit)
         else:
             line_run += first_break
             if line_run <= limits.max_line_bytes:
-                line_run = len(chunk) - chunk.rfind(b"\n") - 1
+                line_run = len(unit) - unit.rfind("\n" if wide else b"\n") - 1
         if line_run > limits.max_line_bytes:
             raise LineTooLong(
                 path,
-                f"a line is longer than {limits.max_line_bytes:,} bytes (no line breaks): "
-                "not a text document?",
+                f"a line is longer than {limits.max_line_bytes:,} {'characters' if wide else 'bytes'} "
+                "(no line breaks): not a text document?",
             )
-        if not has_text and chunk.strip():
+        if not has_text and (text.strip() if wide else chunk.strip()):
             has_text = True
         size += len(chunk)
     try:
@@ -144,11 +216,7 @@ def scan_text_file(path: Path, limits: ReadLimits, encoding: str = "utf-8") -> t
 
 
 def _guess_kind(chunk: bytes) -> str:
-    if chunk.startswith(b"%PDF"):
-        return "a PDF with the wrong extension"
-    if chunk.startswith(b"PK\x03\x04"):
-        return "a zip or Office file with the wrong extension"
-    return "a different encoding, e.g. Latin-1 or UTF-16"
+    return "a different encoding, e.g. Latin-1 or Windows-1252"
 
 
 def decoded_windows(path: Path, limits: ReadLimits, encoding: str = "utf-8") -> Iterator[str]:

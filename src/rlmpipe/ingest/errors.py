@@ -9,6 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``, ``\\x1b``...): always one line on a terminal.
+
+    A file name may contain a line break or an escape sequence; printed raw, it could split an
+    error line in two or forge a line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
+
+
 class DocumentError(Exception):
     """A document could not be read. ``str(err)`` is one line: ``<path>: <problem>``."""
 
@@ -17,7 +27,7 @@ class DocumentError(Exception):
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(printable(f"{self.path}: {problem}"))
 
 
 class UnreadablePath(DocumentError):

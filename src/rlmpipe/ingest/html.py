@@ -94,7 +94,7 @@ def read_html(document: Document) -> Iterator[Block]:
             offset += len(text)
         parser.ready.clear()
 
-    for window in decoded_windows(document.path, document.limits, encoding=html_encoding(document)):
+    for window in decoded_windows(document.path, document.limits, encoding=document.encoding):
         parser.feed(window)
         yield from drain()
     parser.close()
@@ -105,6 +105,10 @@ def sniff_charset(head: bytes) -> str:
     """The encoding an HTML file declares in its first bytes (BOM or <meta charset>), else UTF-8."""
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
+    from rlmpipe.ingest.document import bom_encoding
+
+    if bom_encoding(head):
+        return bom_encoding(head)
     match = re.search(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_\-:.]+)""", head, re.IGNORECASE)
     if match:
         name = match.group(1).decode("ascii").lower()
@@ -116,7 +120,3 @@ def sniff_charset(head: bytes) -> str:
             return "utf-8"
     return "utf-8"
 
-
-def html_encoding(document: Document) -> str:
-    with open(document.path, "rb") as handle:
-        return sniff_charset(handle.read(4096))

@@ -34,7 +34,7 @@ class HeadingPath:
 def read_markdown(document: Document) -> Iterator[Block]:
     headings = HeadingPath()
     in_fence = False
-    windows = decoded_windows(document.path, document.limits)
+    windows = decoded_windows(document.path, document.limits, document.encoding)
     for start, text in paragraphs(windows, document.limits.max_block_chars):
         lines = text.splitlines(keepends=True)
         run_start = 0  # offset in `text` of lines not yet emitted

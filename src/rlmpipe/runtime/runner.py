@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import dspy
 
-from rlmpipe.ingest import Document, DocumentError, SkippedFiles, open_documents
+from rlmpipe.ingest import Document, DocumentError, Notice, open_documents
 from rlmpipe.lm.context import call_context
 from rlmpipe.lm.errors import BudgetExceeded, classify
 from rlmpipe.lm.limits import Budget, RateLimiter
@@ -374,7 +374,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     pending: set[Future] = set()
     try:
         for item in open_documents(paths):
-            if isinstance(item, SkippedFiles):
+            if isinstance(item, Notice):
                 events.emit("note", run_id=run_id, message=str(item))
                 continue
             if isinstance(item, DocumentError):
