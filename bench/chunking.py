@@ -34,7 +34,9 @@ from array import array
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import rlmpipe  # noqa: F401  (first: points tiktoken at the bundled encodings, so nothing is downloaded)
+from rlmpipe.offline import configure_offline_defaults
+
+configure_offline_defaults()  # first: points tiktoken at the bundled encodings, so nothing is downloaded
 from _results import machine
 
 BENCH = Path(__file__).resolve().parent

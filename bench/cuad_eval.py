@@ -37,7 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rlmpipe  # noqa: E402  (sets the offline defaults before dspy/litellm load)
+import rlmpipe  # noqa: E402
+from rlmpipe.offline import configure_offline_defaults  # noqa: E402
+
+configure_offline_defaults()  # before dspy/litellm load
 from _results import write_section  # noqa: E402
 
 from tests.support.cuad import cuad_dir  # noqa: E402

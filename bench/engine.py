@@ -77,7 +77,9 @@ for _path in (str(REPO), str(BENCH)):  # tests.support.* (the loopback server, t
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-import rlmpipe  # noqa: E402,F401  (first: offline defaults for litellm/tiktoken)
+from rlmpipe.offline import configure_offline_defaults  # noqa: E402
+
+configure_offline_defaults()  # first: offline defaults for litellm/tiktoken
 from _results import cpu_model  # noqa: E402
 
 # --------------------------------------------------------------------------------------------

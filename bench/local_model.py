@@ -15,8 +15,10 @@ cores that collapses multi-threaded speed, so n_threads > 1 is also measured wit
 The load average is printed with the results: on a shared machine it matters more than anything.
 """
 
-# ruff: noqa: I001  (rlmpipe first: it sets LITELLM_LOCAL_MODEL_COST_MAP before litellm is imported)
-import rlmpipe  # noqa: F401
+# ruff: noqa: I001  (offline defaults first: before litellm is imported)
+from rlmpipe.offline import configure_offline_defaults
+
+configure_offline_defaults()  # a program: its whole process uses the bundled price map and BPE files
 
 import argparse
 import datetime

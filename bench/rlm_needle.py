@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rlmpipe  # noqa: E402,F401
+from rlmpipe.offline import configure_offline_defaults  # noqa: E402
+
+configure_offline_defaults()
 from _results import write_section  # noqa: E402
 
 NEEDLE = "The secret escrow account number is 88-4417-2093."

@@ -1,5 +1,7 @@
-# ruff: noqa: I001  (rlmpipe first: it sets LITELLM_LOCAL_MODEL_COST_MAP before anything imports litellm)
-import rlmpipe  # noqa: F401
+# ruff: noqa: I001  (offline defaults first: before anything imports litellm)
+from rlmpipe.offline import configure_offline_defaults
+
+configure_offline_defaults()  # the test process owns its environment
 import pytest
 
 from tests.support.openai_server import OpenAIServer

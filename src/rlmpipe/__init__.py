@@ -5,8 +5,4 @@ Layers, left to right (each imports only those to its left, and ``lm``)::
     ingest -> chunking -> runtime -> monitor      apps/ use everything; cli is a thin shell
 """
 
-from rlmpipe._offline import configure_offline_defaults
-
-configure_offline_defaults()
-
 __version__ = "0.1.0"

@@ -10,6 +10,10 @@ from typing import List, Optional
 
 import typer
 
+from rlmpipe.offline import configure_offline_defaults
+
+configure_offline_defaults()  # the command owns its process: litellm and tiktoken use their bundled files
+
 app = typer.Typer(
     name="rlmpipe",
     help="Run language-model programs over documents larger than a context window, reliably.",

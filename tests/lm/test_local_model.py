@@ -4,8 +4,10 @@ The model is tiny and weak: these tests check the contract (shapes, types, usage
 errors), never whether an answer is right.
 """
 
-# ruff: noqa: I001  (rlmpipe first: it sets LITELLM_LOCAL_MODEL_COST_MAP before litellm is imported)
-import rlmpipe  # noqa: F401
+# ruff: noqa: I001  (offline defaults first: before litellm is imported)
+from rlmpipe.offline import configure_offline_defaults
+
+configure_offline_defaults()
 
 import asyncio
 import threading

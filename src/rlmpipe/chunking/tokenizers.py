@@ -56,8 +56,11 @@ class OpenAIEncoding:
             raise ValueError(f"unknown encoding {name!r} (known: {', '.join(OPENAI_ENCODINGS)})")
         import tiktoken
 
+        from rlmpipe.offline import offline_imports
+
         self.name = name
-        self._tiktoken = tiktoken.get_encoding(name)
+        with offline_imports():  # tiktoken's BPE file: the copy bundled with litellm, not a download
+            self._tiktoken = tiktoken.get_encoding(name)
         try:
             import bpe_openai
 

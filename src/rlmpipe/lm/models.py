@@ -62,9 +62,9 @@ def choose_model(flag: str | None = None, api_base: str | None = None, model_pat
 
 def check_provider(model: str, api_base: str | None = None) -> None:
     """Fail fast, with what to set, when a hosted model cannot possibly work."""
-    import litellm
+    from rlmpipe.offline import import_litellm
 
-    litellm.suppress_debug_info = True  # its own hint about providers goes to stdout otherwise
+    litellm = import_litellm()  # quiet: its own hint about providers goes to stdout otherwise
     try:
         _, provider, _, _ = litellm.get_llm_provider(model=model, api_base=api_base)
     except Exception as exc:
