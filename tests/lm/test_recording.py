@@ -88,18 +88,23 @@ def test_fatal_errors_are_not_retried():
     assert recorder.totals.errors == 1 and len(scripted.calls) == 1
 
 
-def test_budget_is_checked_before_each_call():
-    scripted = ScriptedLM(default=chat_reply(answer="ok"), usage=(60, 40))
+def test_budget_admits_a_call_only_if_its_prompt_and_expected_completion_fit():
+    scripted = ScriptedLM(default=chat_reply(answer="ok"), usage=(60, 40), max_tokens=50)
     recorder = UsageRecorder()
-    budget = Budget(max_tokens=150)
+    budget = Budget(max_tokens=1000)
     recorder.subscribe(budget.charge)
     lm = RecordingLM(scripted, recorder, budget=budget)
+    predict = dspy.Predict("q -> answer")
     with dspy.context(lm=lm):
-        dspy.Predict("q -> answer")(q="1")
-        with pytest.raises(BudgetExceeded, match="token budget reached"):
-            for index in range(5):
-                dspy.Predict("q -> answer")(q=str(index + 2))
-    assert len(scripted.calls) == 2  # 100 tokens, then 200 >= 150: the third call never went out
+        with pytest.raises(BudgetExceeded, match="token budget reached") as caught:
+            for index in range(50):
+                predict(q=str(index))
+    # each call reserved its counted prompt + its max_tokens (50) and was billed 100: the refused
+    # call is the first whose reservation did not fit beside what was billed
+    billed = 100 * len(scripted.calls)
+    assert 0 < billed <= 1000 < billed + caught.value.needed
+    assert caught.value.used == billed and caught.value.needed > 50
+    assert budget.reserved_tokens == 0  # nothing is held once the calls are over
 
 
 def test_usage_is_correct_under_threads():

@@ -97,7 +97,7 @@ def test_traces_of_a_run_with_retries_and_a_resume(openai_server, tmp_path):
     workspace = tmp_path / "ws"
 
     # --- session 1: stopped by its token budget ---------------------------------------------------
-    first, spans = traced_session(openai_server, paths, workspace, max_tokens=800)
+    first, spans = traced_session(openai_server, paths, workspace, max_tokens=1200)
     assert first.status == "stopped" and "budget" in first.reason
     assert sum(f.fired for f in faults) > 0, "the faults fired: there were retries"
     lm, steps, documents, runs = by_kind(spans)

@@ -78,7 +78,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(openai_server, documents, tmp_
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 3, stderr
-    assert "stopping: finishing calls in flight" in stderr
+    assert "stopping: nothing new starts" in stderr
     assert "resume with: rlmpipe resume" in stderr and "Traceback" not in stderr
     store = Store(workspace)
     run = store.list_runs()[0]
@@ -90,7 +90,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(openai_server, documents, tmp_
     process = start(command(openai_server, documents, workspace, out))
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr
-    replies = {summary_reply(call.body) for call in openai_server.chat_calls[before:]}
+    replies = {summary_reply(call.body) for call in openai_server.chat_calls[before:] if isinstance(call.body, dict)}
     assert not replies & {stored_reply(result) for result in done.values()}
     assert len(out.read_text().splitlines()) == 3
 
@@ -123,7 +123,8 @@ def test_sigkill_at_random_points_loses_nothing_and_repeats_nothing(openai_serve
         resumed = start(command(openai_server, documents, workspace, out))
         _, stderr = resumed.communicate(timeout=180)
         assert resumed.returncode == 0, f"trial {trial}: {stderr}"
-        replies = {summary_reply(call.body) for call in openai_server.chat_calls[before:]}
+        # a request cut off by the SIGKILL has no body (the server logged it half-read): not an answer
+        replies = {summary_reply(call.body) for call in openai_server.chat_calls[before:] if isinstance(call.body, dict)}
         repeated = replies & {stored_reply(result) for result in done.values()}
         assert not repeated, f"trial {trial}: {len(repeated)} committed steps were asked again"
         store = Store(workspace)

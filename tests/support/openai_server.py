@@ -116,6 +116,11 @@ def count_words(text: str) -> int:
     return len(text.split())
 
 
+def count_chars4(text: str) -> int:
+    """Four characters a token (rounded up), roughly what providers count for English text."""
+    return -(-len(text) // 4)
+
+
 @dataclass
 class Rule:
     pattern: re.Pattern[str]
@@ -173,6 +178,8 @@ class Call:
     rule: str | None = None  # pattern of the rule that answered, "queue", or "default"
     stream: bool = False
     finished: float | None = None  # time.time() when the handler finished
+    prompt_tokens: int = 0  # tokens this server counted for the request (reported or not)
+    completion_tokens: int = 0
 
     @property
     def model(self) -> str | None:
@@ -328,6 +335,8 @@ class OpenAIServer:
         self._default: Reply = default_reply
         self._latency = float(latency)
         self._usage: tuple[int | None, int | None] = (None, None)
+        self._count = "words"
+        self._omit_usage = False
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -425,10 +434,20 @@ class OpenAIServer:
         with self._lock:
             self._latency = float(seconds)
 
-    def set_usage(self, prompt_tokens: int | None = None, completion_tokens: int | None = None) -> None:
-        """Fix the usage numbers reported; ``None`` means the default count (whitespace-split words)."""
+    def set_usage(self, prompt_tokens: int | None = None, completion_tokens: int | None = None, *,
+                  count: str | None = None, omit: bool | None = None) -> None:
+        """Fix the usage numbers reported; ``None`` means the default count. ``count``: how the default
+        counts tokens, ``"words"`` (whitespace-split words, the default) or ``"chars/4"`` (4 characters a
+        token, as providers roughly do for English). ``omit=True``: answer without a ``usage`` object at all,
+        as some OpenAI-compatible servers do."""
         with self._lock:
             self._usage = (prompt_tokens, completion_tokens)
+            if count is not None:
+                if count not in ("words", "chars/4"):
+                    raise ValueError("count must be 'words' or 'chars/4'")
+                self._count = count
+            if omit is not None:
+                self._omit_usage = omit
 
     def fail(self, kind: str, *, times: int | None = None, pattern: str | None = None,
              probability: float | None = None, seed: int = 0, retry_after: float | str | None = None,
@@ -460,6 +479,8 @@ class OpenAIServer:
             self._calls.clear()
             self._latency = 0.0
             self._usage = (None, None)
+            self._count = "words"
+            self._omit_usage = False
 
     # -- request log --------------------------------------------------------------------------------------
     @property
@@ -580,10 +601,13 @@ class OpenAIServer:
         elif kind == "schema_violation":
             text = fault.content if fault.content is not None else SCHEMA_VIOLATION_TEXT
         p_fixed, c_fixed = usage
-        prompt_tokens = p_fixed if p_fixed is not None else count_words(prompt)
-        completion_tokens = c_fixed if c_fixed is not None else count_words(text)
-        usage_obj = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                     "total_tokens": prompt_tokens + completion_tokens}
+        counter = count_words if self._count == "words" else count_chars4
+        prompt_tokens = p_fixed if p_fixed is not None else counter(prompt)
+        completion_tokens = c_fixed if c_fixed is not None else counter(text)
+        usage_obj = None if self._omit_usage else {
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+        self._finish(call, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         model = body.get("model") or self.models[0]
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
@@ -630,7 +654,7 @@ def _completion(completion_id: str, created: int, model: str, text: str, finish_
              "finish_reason": finish_reason}
             for i in range(max(1, int(n)))
         ],
-        "usage": usage,
+        **({"usage": usage} if usage is not None else {}),
     }
 
 

@@ -23,11 +23,19 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
 
 class BudgetExceeded(RuntimeError):
-    """A run-wide budget (tokens, cost or time) is used up. Not an LM error: the run stops cleanly."""
+    """A run-wide budget (tokens, cost or time) is used up. Not an LM error: the run stops cleanly.
 
-    def __init__(self, what: str, used: float, limit: float):
-        self.what, self.used, self.limit = what, used, limit
-        super().__init__(f"{what} budget reached ({_fmt(used)} of {_fmt(limit)})")
+    ``used`` is what was billed when the next call was refused; ``needed`` what that call would
+    have reserved (its counted prompt and expected completion)."""
+
+    def __init__(self, what: str, used: float, limit: float, needed: float | None = None):
+        self.what, self.used, self.limit, self.needed = what, used, limit, needed
+        unit = {"token": " tokens", "cost": " USD", "time": " s", "sub-call": " sub-calls"}.get(what, "")
+        detail = f"{_fmt(used)}{unit} billed of {_fmt(limit)}" if what in ("token", "cost") else \
+            f"{_fmt(used)} of {_fmt(limit)}{unit}"
+        if needed:
+            detail += f"; the next call needed ~{_fmt(needed)}"
+        super().__init__(f"{what} budget reached ({detail})")
 
 
 class FatalLMError(RuntimeError):

@@ -1,15 +1,17 @@
-"""Run-wide limits on LM calls: provider rate limits and the run's budget.
+"""Run-wide limits on LM calls: provider rate limits, the run's budget, and a circuit breaker.
 
 Rate limits use the ``limits`` library's moving-window limiter (requests per minute and tokens per
-minute, shared by all workers). The budget is checked before every attempt and charged by every
-recorded call, so it holds across threads, retries and recursion depths.
+minute, shared by all workers). The budget is an admission control: a call starts only if what
+it is expected to spend (its counted prompt plus its expected completion) fits beside what has
+been billed and what the calls in flight have reserved, so a budget is a cap even with many calls
+at once. The circuit breaker stops a run whose provider fails call after call.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rlmpipe.lm.errors import BudgetExceeded
 from rlmpipe.lm.usage import LMCall
@@ -57,12 +59,22 @@ class RateLimiter:
         return 0.0
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """What one admitted call is expected to spend, held against the budget until it is billed."""
+
+    tokens: int
+    cost: float
+
+
 @dataclass
 class Budget:
-    """Tokens, USD and seconds the whole run may spend (None: unlimited).
+    """Tokens, USD and seconds the whole run may spend (None: unlimited), as caps.
 
-    Cost of calls whose price is unknown counts as 0 against ``max_cost`` (and ``runs show`` says
-    the total is a lower bound).
+    ``admit`` is asked before every attempt with the attempt's expected spend; it refuses
+    (:class:`BudgetExceeded`) when that would not fit beside what was billed and what calls in
+    flight have reserved. ``charge`` adds what a call was billed. A cost cap needs the model's
+    price: the run refuses to start without one (see ``rlmpipe.lm.models.check_budget``).
     """
 
     max_tokens: int | None = None
@@ -73,9 +85,12 @@ class Budget:
     cost: float = 0.0
     sub_calls: int = 0
     started: float = 0.0
+    reserved_tokens: int = 0
+    reserved_cost: float = 0.0
+    largest_completion: int = 0  # the longest completion billed so far: the expected one, without a cap
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()
         self.started = self.started or time.monotonic()
 
     def carry_over(self, tokens: int, cost: float, seconds: float = 0.0) -> None:
@@ -85,12 +100,32 @@ class Budget:
             self.cost += cost
             self.started -= seconds
 
+    def expected_completion(self, max_tokens: int | None) -> int:
+        """Completion tokens to reserve for a call: its cap when it has one, else the longest seen."""
+        return int(max_tokens) if max_tokens else self.largest_completion
+
+    def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation:
+        """Reserve ``tokens`` / ``cost`` for a call about to start, or raise BudgetExceeded."""
+        with self._lock:
+            problem = self._exceeded(depth, tokens, cost or 0.0)
+            if problem is not None:
+                raise problem
+            self.reserved_tokens += tokens
+            self.reserved_cost += cost or 0.0
+            return Reservation(tokens, cost or 0.0)
+
+    def release(self, reservation: Reservation) -> None:
+        with self._lock:
+            self.reserved_tokens -= reservation.tokens
+            self.reserved_cost -= reservation.cost
+
     def charge(self, call: LMCall) -> None:
         if call.outcome == "cached":
             return
         with self._lock:
             self.tokens += call.prompt_tokens + call.completion_tokens
             self.cost += call.cost or 0.0
+            self.largest_completion = max(self.largest_completion, call.completion_tokens)
             if call.depth > 0 and call.attempt == 1:
                 self.sub_calls += 1
 
@@ -98,18 +133,59 @@ class Budget:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def exceeded(self, depth: int = 0) -> BudgetExceeded | None:
+    def _exceeded(self, depth: int, tokens: int = 0, cost: float = 0.0) -> BudgetExceeded | None:
         if self.max_sub_calls is not None and depth > 0 and self.sub_calls >= self.max_sub_calls:
             return BudgetExceeded("sub-call", self.sub_calls, self.max_sub_calls)
-        if self.max_tokens is not None and self.tokens >= self.max_tokens:
-            return BudgetExceeded("token", self.tokens, self.max_tokens)
-        if self.max_cost is not None and self.cost >= self.max_cost:
-            return BudgetExceeded("cost", round(self.cost, 6), self.max_cost)
+        if self.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_tokens:
+            return BudgetExceeded("token", self.tokens, self.max_tokens, needed=tokens)
+        if self.max_cost is not None and self.cost + self.reserved_cost + cost > self.max_cost:
+            return BudgetExceeded("cost", round(self.cost, 6), self.max_cost, needed=round(cost, 6))
         if self.max_seconds is not None and self.elapsed >= self.max_seconds:
             return BudgetExceeded("time", round(self.elapsed, 1), self.max_seconds)
         return None
+
+    def exceeded(self, depth: int = 0) -> BudgetExceeded | None:
+        """Whether the budget is used up already (nothing more could be admitted)."""
+        with self._lock:
+            return self._exceeded(depth)
 
     def check(self, depth: int = 0) -> None:
         problem = self.exceeded(depth)
         if problem is not None:
             raise problem
+
+
+class ProviderDown(RuntimeError):
+    """The circuit breaker opened: the provider failed every attempt for a while."""
+
+
+@dataclass
+class CircuitBreaker:
+    """Stops a run whose provider keeps failing: ``failures`` attempts in a row that failed for
+    the provider's sake (connection, timeout, server error), over at least ``seconds`` with no
+    success in between. A rate limit (429) is throttling, not an outage: it does not count."""
+
+    failures: int = 8
+    seconds: float = 30.0
+    _streak: int = 0
+    _since: float | None = None
+    _last_error: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    COUNTED = frozenset({"connection", "timeout", "server", "malformed_response"})
+
+    def record(self, error_type: str | None, error: str = "") -> str | None:
+        """Note one attempt's outcome; returns why the breaker opened, when it just did."""
+        if error_type == "rate_limit":
+            return None
+        with self._lock:
+            if error_type not in self.COUNTED:
+                self._streak, self._since = 0, None
+                return None
+            self._streak += 1
+            self._since = self._since if self._since is not None else time.monotonic()
+            self._last_error = error
+            if self._streak >= self.failures and time.monotonic() - self._since >= self.seconds:
+                return (f"the provider failed {self._streak} attempts in a row over "
+                        f"{time.monotonic() - self._since:.0f}s (last: {self._last_error[:200]})")
+            return None

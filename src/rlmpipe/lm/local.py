@@ -289,6 +289,10 @@ class LocalLM(dspy.BaseLM):
     ``"length"``); raise ``max_tokens`` if a signature needs long outputs.
     """
 
+    #: one llama.cpp context answers one call at a time: callers queue for it (RecordingLM counts
+    #: that wait as queueing, not as the model's latency)
+    parallel_calls = 1
+
     def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,

@@ -1,18 +1,24 @@
-"""``RecordingLM``: any DSPy LM, with every call retried, rate-limited, budgeted and recorded.
+"""``RecordingLM``: any DSPy LM, with every call admitted, retried, rate-limited and recorded.
 
 It wraps the LM a pipeline uses (``dspy.LM``, the embedded local model, a test LM) and is what
-DSPy modules see. Around each call it
+DSPy modules see. Around each attempt it
 
-1. checks the run's budget (raising :class:`BudgetExceeded` before spending more),
-2. waits for the rate limiter,
+1. asks the run's budget to admit it: the prompt is counted with the model's tokenizer and the
+   expected completion reserved (its ``max_tokens``, else the longest completion so far), so the
+   attempt starts only if it fits beside what was billed and what other calls hold
+   (:class:`BudgetExceeded` otherwise),
+2. waits for the rate limiter and for one of the model's own slots (the embedded model answers one
+   call at a time): time spent there is *queued*, not the model's latency,
 3. calls the inner LM with DSPy's own usage tracker swapped for a capture (so the exact usage the
-   provider reported is seen, per call and per thread; an outer tracker still gets it too),
+   provider reported is seen, per call and per thread; an outer tracker still gets it too); a
+   reply without usage is counted here with the tokenizer and marked estimated,
 4. records one :class:`LMCall` per attempt (a cache hit is recorded as ``cached``, costing nothing),
 5. retries retryable failures with exponential backoff and jitter (tenacity's schedule),
-   honouring ``Retry-After`` up to a cap.
+   honouring ``Retry-After`` up to a cap, and opens the circuit breaker (stopping the run) when the
+   provider fails attempt after attempt.
 
-DSPy's own retries should be off on the inner LM (``num_retries=0``; :func:`rlmpipe.lm.models.make_lm`
-does this) so that every attempt is seen and counted here.
+DSPy's own retries are turned off on the inner LM (``num_retries=0``: a copy is made when the LM
+given has its own), so that every attempt is seen and counted here, once.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ import dspy
 import tenacity
 
 from rlmpipe.lm.context import current
+from rlmpipe.lm.control import RunControl
 from rlmpipe.lm.errors import Classified, classify
-from rlmpipe.lm.limits import Budget, RateLimiter
-from rlmpipe.lm.usage import LMCall, UsageRecorder, price
+from rlmpipe.lm.limits import Budget, CircuitBreaker, RateLimiter, Reservation
+from rlmpipe.lm.tokens import count_outputs, count_prompt
+from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 
 
 class _Attempt:
@@ -71,6 +79,11 @@ class _UsageCapture:
         completion = sum(int(entry.get("completion_tokens") or 0) for entry in self.entries)
         return prompt, completion
 
+    def reported(self) -> bool:
+        """Whether the provider reported any usage at all (some OpenAI-compatible servers do not)."""
+        return any(entry.get("prompt_tokens") or entry.get("completion_tokens") or entry.get("total_tokens")
+                   for entry in self.entries)
+
 
 class RecordingLM(dspy.BaseLM):
     def __init__(
@@ -81,9 +94,14 @@ class RecordingLM(dspy.BaseLM):
         retry: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
         budget: Budget | None = None,
-        stop: threading.Event | None = None,
+        control: RunControl | None = None,
+        breaker: CircuitBreaker | None = None,
+        pricing: Pricing | None = None,
+        parallel: int | None = None,
+        slots: threading.BoundedSemaphore | None = None,
     ):
         # Not BaseLM.__init__: identity and defaults are the inner LM's, shared, not copied.
+        inner = without_own_retries(inner)
         self.inner = inner
         self.model = inner.model
         self.model_type = getattr(inner, "model_type", "chat")
@@ -95,10 +113,19 @@ class RecordingLM(dspy.BaseLM):
         self.retry = retry or RetryPolicy()
         self.limiter = limiter
         self.budget = budget
-        self.stop = stop or threading.Event()
+        self.control = control or RunControl()
+        self.breaker = breaker
+        self.pricing = pricing or Pricing()
+        #: the model's own slots: how many calls it answers at once (None: as many as are made)
+        parallel = parallel if parallel is not None else getattr(inner, "parallel_calls", None)
+        self.slots = slots or (threading.BoundedSemaphore(parallel) if parallel else None)
         # tenacity's schedule, built once (a Retrying per call left a reference cycle per call)
         self._backoff = tenacity.wait_exponential_jitter(
             initial=self.retry.initial_wait, max=self.retry.max_wait, jitter=self.retry.jitter)
+
+    @property
+    def stop(self) -> threading.Event:
+        return self.control.event
 
     # --- DSPy's view of the LM: the inner LM's capabilities -------------------------------------
     @property
@@ -123,8 +150,9 @@ class RecordingLM(dspy.BaseLM):
         return getattr(self.inner, name)
 
     def copy(self, **kwargs) -> "RecordingLM":
-        return RecordingLM(self.inner.copy(**kwargs), self.recorder, retry=self.retry,
-                           limiter=self.limiter, budget=self.budget, stop=self.stop)
+        return RecordingLM(self.inner.copy(**kwargs), self.recorder, retry=self.retry, limiter=self.limiter,
+                           budget=self.budget, control=self.control, breaker=self.breaker, pricing=self.pricing,
+                           slots=self.slots)
 
     def dump_state(self) -> dict:
         return self.inner.dump_state()
@@ -137,47 +165,98 @@ class RecordingLM(dspy.BaseLM):
                 "Your previous reply could not be used: " + context.reask_feedback
                 + "\nReply again, following the required output format exactly.")}]
         call_id = uuid.uuid4().hex[:16]
+        prompt_tokens = count_prompt(self.model, prompt, messages)
         attempt = 0
         while True:
             attempt += 1
-            if self.stop.is_set():
-                raise RunStopping("the run is stopping")
-            if self.budget is not None:
-                self.budget.check(context.depth)
-            if self.limiter is not None:
-                self.limiter.acquire(_estimate_tokens(prompt, messages, kwargs), self.stop)
+            if self.control.stopping:
+                raise RunStopping(self.control.reason or "the run is stopping")
             try:
-                return self._attempt(prompt, messages, kwargs, context, call_id, attempt)
+                return self._attempt(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens)
             except Exception as error:
                 info = classify(error)
+                if self.breaker is not None:
+                    opened = self.breaker.record(info.type, _one_line(error))
+                    if opened:
+                        self.control.stop(f"provider unavailable: {opened}")
                 if info.kind != "retryable" or attempt >= self.retry.max_attempts:
                     raise
                 self._sleep(self._delay(info, attempt))
 
-    def _attempt(self, prompt, messages, kwargs, context, call_id: str, attempt: int):
+    def _admit(self, prompt_tokens: int, kwargs: dict, depth: int) -> Reservation | None:
+        """Reserve this attempt's expected spend in the budget (or raise BudgetExceeded)."""
+        if self.budget is None:
+            return None
+        cap = kwargs.get("max_tokens") or self.kwargs.get("max_tokens") or kwargs.get("max_completion_tokens") \
+            or self.kwargs.get("max_completion_tokens")
+        completion = self.budget.expected_completion(cap)
+        cost = self.pricing.cost(self.model, prompt_tokens, completion) if self.budget.max_cost is not None else None
+        return self.budget.admit(prompt_tokens + completion, cost, depth)
+
+    def _wait_for_the_model(self, prompt_tokens: int, kwargs: dict) -> float:
+        """Rate-limit window, then one of the model's slots; returns the seconds queued."""
+        started = time.perf_counter()
+        if self.limiter is not None:
+            self.limiter.acquire(prompt_tokens + int(kwargs.get("max_tokens") or self.kwargs.get("max_tokens") or 0),
+                                 self.control.event)
+        if self.slots is not None:
+            while not self.slots.acquire(timeout=0.25):
+                if self.control.stopping:
+                    raise RunStopping(self.control.reason or "the run is stopping")
+        return time.perf_counter() - started
+
+    def _attempt(self, prompt, messages, kwargs, context, call_id: str, attempt: int, prompt_tokens: int):
+        reservation = self._admit(prompt_tokens, kwargs, context.depth)
+        try:
+            queued = self._wait_for_the_model(prompt_tokens, kwargs)
+            if self.control.stopping:  # stopped while it waited: nothing was sent
+                if self.slots is not None:
+                    self.slots.release()
+                raise RunStopping(self.control.reason or "the run is stopping")
+            try:
+                return self._send(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens, queued)
+            finally:
+                if self.slots is not None:
+                    self.slots.release()
+        finally:
+            if reservation is not None:
+                self.budget.release(reservation)
+
+    def _send(self, prompt, messages, kwargs, context, call_id, attempt, counted_prompt, queued):
         capture = _UsageCapture(dspy.settings.usage_tracker)
+        self.recorder.started(call_id, attempt, queued, context)
         started, clock = time.time(), time.perf_counter()
         error: BaseException | None = None
+        outputs = None
         try:
             with dspy.context(usage_tracker=capture):
-                return self.inner(prompt, messages=messages, **kwargs)
+                outputs = self.inner(prompt, messages=messages, **kwargs)
+            return outputs
         except BaseException as exc:
             error = exc
             raise
         finally:
             latency = time.perf_counter() - clock
             prompt_tokens, completion_tokens = capture.tokens()
+            estimated = False
             if error is not None:
                 outcome, info = "error", classify(error)
-            elif capture.entries:
+            elif capture.entries or not self.cache:
+                # DSPy reports usage for every call that reached the model, none for a cache hit;
+                # with the cache off there are no hits: no usage means the provider sent none
                 outcome, info = "ok", None
-            else:  # DSPy reports usage for every call that reached the model, none for a cache hit
+                if not capture.reported():
+                    prompt_tokens, completion_tokens = counted_prompt, count_outputs(self.model, outputs)
+                    estimated = True
+            else:
                 outcome, info = "cached", None
+            if self.breaker is not None and error is None:
+                self.breaker.record(None)
             self.recorder.record(LMCall(
                 model=self.model,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
-                cost=0.0 if outcome == "cached" else price(self.model, prompt_tokens, completion_tokens),
+                cost=0.0 if outcome == "cached" else self.pricing.cost(self.model, prompt_tokens, completion_tokens),
                 latency=latency,
                 started=started,
                 outcome=outcome,
@@ -191,6 +270,8 @@ class RecordingLM(dspy.BaseLM):
                 error=_one_line(error) if error is not None else None,
                 worker=threading.current_thread().name,
                 call_id=call_id,
+                queued=round(queued, 6),
+                estimated=estimated,
             ))
 
     def _delay(self, info: Classified, attempt: int) -> float:
@@ -200,8 +281,8 @@ class RecordingLM(dspy.BaseLM):
         return self._backoff(_Attempt(attempt))
 
     def _sleep(self, seconds: float) -> None:
-        if self.stop.wait(seconds):
-            raise RunStopping("the run is stopping")
+        if self.control.wait(seconds):
+            raise RunStopping(self.control.reason or "the run is stopping")
 
     async def acall(self, prompt=None, messages=None, **kwargs):
         import asyncio
@@ -209,10 +290,17 @@ class RecordingLM(dspy.BaseLM):
         return await asyncio.to_thread(self.__call__, prompt, messages=messages, **kwargs)
 
 
-def _estimate_tokens(prompt, messages, kwargs) -> int:
-    """A cheap upper-ish estimate for tokens-per-minute limits: 1 token per 4 characters + max_tokens."""
-    chars = len(prompt or "") + sum(len(str(m.get("content", ""))) for m in messages or [])
-    return chars // 4 + int(kwargs.get("max_tokens") or 0)
+def without_own_retries(lm: dspy.BaseLM) -> dspy.BaseLM:
+    """``lm`` with DSPy's retry loop off (a copy when it had one): attempts are retried, and
+    counted, by RecordingLM alone, never twice over."""
+    if isinstance(lm, RecordingLM):
+        return lm.inner
+    retries = getattr(lm, "num_retries", 0)
+    if retries and hasattr(lm, "copy"):
+        copy = lm.copy()
+        copy.num_retries = 0
+        return copy
+    return lm
 
 
 def _one_line(error: BaseException) -> str:

@@ -34,6 +34,11 @@ class LMCall:
     error: str | None = None
     worker: str = ""
     call_id: str = ""
+    #: seconds this attempt waited before it reached the model (a rate-limit window, the local
+    #: model's one slot): queueing, which ``latency`` (the model's own time) does not include
+    queued: float = 0.0
+    #: the provider reported no usage: the tokens were counted here with the model's tokenizer
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -96,6 +101,7 @@ class UsageRecorder:
     by_depth: dict[int, Totals] = field(default_factory=lambda: defaultdict(Totals))
     by_model: dict[str, Totals] = field(default_factory=lambda: defaultdict(Totals))
     _listeners: list[Callable[[LMCall], None]] = field(default_factory=list)
+    _start_listeners: list[Callable[[dict], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def subscribe(self, listener: Callable[[LMCall], None]) -> Callable[[], None]:
@@ -108,6 +114,26 @@ class UsageRecorder:
                 self._listeners = [item for item in self._listeners if item is not listener]
 
         return unsubscribe
+
+    def subscribe_starts(self, listener: Callable[[dict], None]) -> Callable[[], None]:
+        """Call ``listener`` when an attempt reaches the model (after any queueing)."""
+        with self._lock:
+            self._start_listeners = [*self._start_listeners, listener]
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._start_listeners = [item for item in self._start_listeners if item is not listener]
+
+        return unsubscribe
+
+    def started(self, call_id: str, attempt: int, queued: float, context) -> None:
+        """An attempt has its slot at the model and is being sent (it is *in flight* from now on)."""
+        listeners = self._start_listeners
+        if listeners:
+            start = {"call_id": call_id, "attempt": attempt, "queued": round(queued, 6), "run_id": context.run_id,
+                     "step_key": context.step_key, "doc_id": context.doc_id, "depth": context.depth}
+            for listener in listeners:
+                listener(start)
 
     def record(self, call: LMCall) -> None:
         with self._lock:
@@ -127,15 +153,39 @@ class UsageRecorder:
             }
 
 
+class Pricing:
+    """USD per token for each model: litellm's price list, overridden by prices the user gives
+    (``--price``) for models it does not know (or knows wrongly)."""
+
+    def __init__(self, overrides: dict[str, tuple[float, float]] | None = None):
+        #: model -> (input, output) USD per million tokens
+        self.overrides = dict(overrides or {})
+
+    def per_token(self, model: str) -> tuple[float, float] | None:
+        if model in self.overrides:
+            prompt, completion = self.overrides[model]
+            return prompt / 1e6, completion / 1e6
+        return _prices(model)
+
+    def known(self, model: str) -> bool:
+        return self.per_token(model) is not None
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        prices = self.per_token(model)
+        if prices is None:
+            return None
+        return prompt_tokens * prices[0] + completion_tokens * prices[1]
+
+
 @functools.lru_cache(maxsize=256)
 def _prices(model: str) -> tuple[float, float] | None:
     """(input, output) USD per token if litellm knows the model, else None."""
     if model.startswith("local/") or model == "local":
         return (0.0, 0.0)  # the embedded model runs here: it costs nothing
     try:
-        import litellm
+        from rlmpipe.offline import import_litellm
 
-        litellm.suppress_debug_info = True  # else it prints "Provider List: ..." to stdout for unknown models
+        litellm = import_litellm()  # quiet: else it prints "Provider List: ..." to stdout for unknown models
         prompt_cost, completion_cost = litellm.cost_per_token(model=model, prompt_tokens=1, completion_tokens=1)
     except Exception:  # litellm raises a plain Exception for unmapped models
         return None

@@ -129,11 +129,10 @@ def rlm_step(run, name: str, signature, inputs: dict, *, key_inputs: list[str], 
         module = dspy.RLM(signature, max_iters=max_iters, max_llm_calls=max_llm_calls, interpreter_factory=factory)
         try:
             prediction = module(**inputs)
-        except BudgetExceeded as exc:
-            exc.partial = {"status": f"stopped: {exc}", "partial_answer": trajectory.last_output(),
-                           "iterations": sum(1 for e in trajectory.entries if e["depth"] == 0)}
-            exc.extra = {"trajectory": trajectory.entries}
-            raise
+        except BudgetExceeded as exc:  # the best partial answer, kept as a step that is not done
+            partial = {"status": f"stopped: {exc}", "partial_answer": trajectory.last_output(),
+                       "iterations": sum(1 for e in trajectory.entries if e["depth"] == 0)}
+            return StepOutput(partial, {"trajectory": trajectory.entries}, stopped=f"budget: {exc}")
         outputs = {key: _jsonable(prediction[key]) for key in module.signature.output_fields}
         result = {**outputs, "status": "done", "iterations": sum(1 for e in trajectory.entries if e["depth"] == 0)}
         return StepOutput(result, {"trajectory": trajectory.entries,

@@ -19,8 +19,9 @@ import os
 import signal
 import threading
 import time
-from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor, wait, FIRST_COMPLETED
+import traceback
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
@@ -29,13 +30,15 @@ import dspy
 
 from rlmpipe.ingest import Document, DocumentError, Notice, open_documents
 from rlmpipe.lm.context import call_context
+from rlmpipe.lm.control import RunControl
 from rlmpipe.lm.errors import BudgetExceeded, classify
-from rlmpipe.lm.limits import Budget, RateLimiter
-from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping
-from rlmpipe.lm.usage import LMCall, UsageRecorder, price
+from rlmpipe.lm.limits import Budget, CircuitBreaker, RateLimiter
+from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping, without_own_retries
+from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 from rlmpipe.runtime.eventlog import EventLogWriter
 from rlmpipe.runtime.events import EventBus
-from rlmpipe.runtime.fingerprint import digest, run_fingerprint, step_key
+from rlmpipe.runtime.fingerprint import FingerprintChange, digest, fingerprint_parts, step_key
+from rlmpipe.runtime.jsonable import NotStorable, json_roundtrip, to_json_value
 from rlmpipe.runtime.store import StepRow, Store
 
 
@@ -51,7 +54,7 @@ class Pipeline(Protocol):
         """Its DSPy modules by name (their signatures go into the fingerprint)."""
 
     def process(self, run: "Run", document: Document) -> Any:
-        """Run one document through the steps; return its JSON-able result."""
+        """Run one document through the steps; return its JSON-able result (or a :class:`Partial`)."""
 
     # Optional: ``finish(run, results) -> Any`` runs once all documents are done, for work over the
     # whole corpus (``rlmpipe ask``); its result is the run's ``final``.
@@ -59,10 +62,24 @@ class Pipeline(Protocol):
 
 @dataclass(frozen=True)
 class StepOutput:
-    """What a step function may return to store detail next to its result (e.g. an RLM trajectory)."""
+    """What a step function may return to store detail next to its result (e.g. an RLM trajectory).
+
+    ``stopped``: the step had to stop part-way (a budget ran out) with a partial result worth
+    keeping; it is stored as a step that is *not* done (a resume runs it again), and the run stops
+    for this reason."""
 
     result: Any
     extra: Any = None
+    stopped: str | None = None
+
+
+@dataclass(frozen=True)
+class Partial:
+    """What ``process`` returns for a document it could only partly do (e.g. some chunks failed):
+    its result is kept, and the document is counted, reported and exited on as *partial*."""
+
+    result: Any
+    problem: str
 
 
 class StepFailed(RuntimeError):
@@ -75,9 +92,9 @@ class StepFailed(RuntimeError):
 class RunOptions:
     concurrency: int = 8
     documents_in_flight: int | None = None  # default: concurrency
-    max_tokens: int | None = None
-    max_cost: float | None = None
-    max_seconds: float | None = None
+    max_tokens: int | None = None  # the run's token budget (prompt + completion, all calls)
+    max_cost: float | None = None  # the run's USD budget
+    max_seconds: float | None = None  # this session's time budget
     max_sub_calls: int | None = None  # RLM sub-queries, all recursion depths together
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -88,10 +105,17 @@ class RunOptions:
     dspy_history: bool = False  # keep DSPy's trace and LM history during steps (memory grows with the run)
     force_resume: bool = False  # reuse an earlier run's finished steps although its fingerprint differs
     fresh: bool = False  # ignore earlier runs: new fingerprint, everything computed again
+    resume_run_id: str | None = None  # continue exactly this run (``rlmpipe resume``)
+    #: USD per million (input, output) tokens, by model: for models litellm has no price for
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: the circuit breaker: this many failed attempts in a row, over at least this many seconds
+    breaker_failures: int = 8
+    breaker_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {self.concurrency})")
+        self.workspace = Path(self.workspace)
 
 
 @dataclass
@@ -99,11 +123,11 @@ class RunSummary:
     run_id: str
     status: str  # done | stopped | failed
     reason: str | None
-    documents: dict[str, int]
+    documents: dict[str, int]  # done, partial, failed, stopped
     steps: dict[str, int]
     usage: dict
     session: int
-    results: list[dict]
+    results: list[dict]  # {doc_id, path, status, result, problem?} of every document with a result
     notes: list[str]
     final: Any = None
 
@@ -116,7 +140,7 @@ class Run:
     """One session of a run, as pipelines see it."""
 
     def __init__(self, *, run_id: str, fingerprint: str, session: int, store: Store, lm: RecordingLM,
-                 recorder: UsageRecorder, events: EventBus, options: RunOptions, stop: threading.Event):
+                 recorder: UsageRecorder, events: EventBus, options: RunOptions, control: RunControl):
         self.id = run_id
         self.fingerprint = fingerprint
         self.session = session
@@ -125,23 +149,24 @@ class Run:
         self.recorder = recorder
         self.events = events
         self.options = options
-        self._stop = stop
-        self.stop_reason: str | None = None
+        self.control = control
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="rlmpipe-step")
         self._slots = threading.BoundedSemaphore(options.concurrency)
-        self._calls: dict[str | None, list[LMCall]] = defaultdict(list)
+        self._calls: dict[str | None, list[LMCall]] = {}
         self._calls_lock = threading.Lock()
         self._unsubscribe = recorder.subscribe(self._collect)
 
     # --- stopping -------------------------------------------------------------------------------
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self.control.stopping
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.control.reason
 
     def request_stop(self, reason: str) -> None:
-        if not self._stop.is_set():
-            self.stop_reason = reason
-            self._stop.set()
+        if self.control.stop(reason):
             self.events.emit("run_stopping", run_id=self.id, reason=reason)
 
     # --- steps ----------------------------------------------------------------------------------
@@ -158,12 +183,18 @@ class Run:
                              chunk_id=chunk_id, depth=done.depth, prompt_tokens=done.prompt_tokens,
                              completion_tokens=done.completion_tokens, cost=done.cost)
             return done.result
+        self._check_running()
+        while not self._slots.acquire(timeout=0.25):  # queued: leave at once when the run stops
+            self._check_running()
+        try:
+            self._check_running()
+            return self._execute(name, fn, key, doc_id, chunk_id, depth)
+        finally:
+            self._slots.release()
+
+    def _check_running(self) -> None:
         if self.stopping:
             raise RunStopping(self.stop_reason or "stopping")
-        with self._slots:
-            if self.stopping:
-                raise RunStopping(self.stop_reason or "stopping")
-            return self._execute(name, fn, key, doc_id, chunk_id, depth)
 
     def submit(self, name: str, fn: Callable[[], Any], **kwargs) -> Future:
         """``step`` on the worker pool."""
@@ -199,40 +230,47 @@ class Run:
                         feedback = _one_line(exc)[:600]
                         self.events.emit("reask", run_id=self.id, step_key=key, name=name, doc_id=doc_id,
                                          error=feedback)
+            extra, stopped = None, None
+            if isinstance(result, StepOutput):
+                result, extra, stopped = result.result, result.extra, result.stopped
+            # JSON now, inside the step: a result that cannot be stored fails this step, with its calls
+            result = to_json_value(result, f"the result of step {name!r}")
+            extra = to_json_value(extra, f"the detail of step {name!r}")
         except BaseException as exc:
             calls = self._take_calls(key)
             if isinstance(exc, (RunStopping, BudgetExceeded, KeyboardInterrupt)):
-                partial = getattr(exc, "partial", None)
-                if partial is not None:  # keep the best partial answer, as a step that is not done
-                    row = self._row(key, name, doc_id, chunk_id, depth, "stopped", partial, calls, reasks, started,
-                                    worker, _one_line(exc))
-                    row.extra = getattr(exc, "extra", None)
-                    self.store.commit_step(row, calls, self.session)
-                else:
-                    self.store.record_calls(calls, self.session)
+                self.store.record_calls(calls, self.session)
                 if isinstance(exc, BudgetExceeded):
                     self.request_stop(f"budget: {exc}")
                 self.events.emit("step_stopped", run_id=self.id, step_key=key, name=name, doc_id=doc_id)
                 raise RunStopping(self.stop_reason or str(exc)) from exc
             info = classify(exc)
-            self.store.commit_step(self._row(key, name, doc_id, chunk_id, depth, "failed", None, calls, reasks,
-                                             started, worker, _one_line(exc)), calls, self.session)
+            detail = None if info.type != "unexpected" and not isinstance(exc, NotStorable) else _traceback(exc)
+            row = self._row(key, name, doc_id, chunk_id, depth, "failed", None, calls, reasks, started, worker,
+                            _one_line(exc))
+            row.detail = detail
+            self.store.commit_step(row, calls, self.session)
             if info.stops_run:
                 self.request_stop(f"failed: {_one_line(exc)}" + (f" ({info.hint})" if info.hint else ""))
             self.events.emit("step_failed", run_id=self.id, step_key=key, name=name, doc_id=doc_id,
-                             error=_one_line(exc), error_type=info.type, fatal=info.stops_run)
+                             error=_one_line(exc), error_type=info.type, fatal=info.stops_run, traceback=detail)
             raise StepFailed(name, doc_id, exc) from exc
         calls = self._take_calls(key)
-        extra = None
-        if isinstance(result, StepOutput):
-            result, extra = result.result, result.extra
+        if stopped is not None:  # keep the best partial answer, as a step that is not done
+            row = self._row(key, name, doc_id, chunk_id, depth, "stopped", result, calls, reasks, started, worker,
+                            stopped)
+            row.extra = extra
+            self.store.commit_step(row, calls, self.session)
+            self.request_stop(stopped)
+            self.events.emit("step_stopped", run_id=self.id, step_key=key, name=name, doc_id=doc_id)
+            raise RunStopping(self.stop_reason or stopped)
         row = self._row(key, name, doc_id, chunk_id, depth, "done", result, calls, reasks, started, worker, None)
         row.extra = extra
         self.store.commit_step(row, calls, self.session)
         self.events.emit("step_done", run_id=self.id, step_key=key, name=name, doc_id=doc_id, chunk_id=chunk_id,
                          depth=depth, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
                          cost=row.cost, seconds=row.finished - started, worker=worker)
-        return result
+        return json_roundtrip(result)  # exactly what a resume will read back from the store
 
     def _row(self, key, name, doc_id, chunk_id, depth, status, result, calls, reasks, started, worker, error) -> StepRow:
         reached = [c for c in calls if c.outcome != "cached"]
@@ -251,9 +289,9 @@ class Run:
         if call.run_id not in (None, self.id):
             return
         with self._calls_lock:
-            self._calls[call.step_key].append(call)
+            self._calls.setdefault(call.step_key, []).append(call)
 
-    def _take_calls(self, key: str) -> list[LMCall]:
+    def _take_calls(self, key: str | None) -> list[LMCall]:
         with self._calls_lock:
             return self._calls.pop(key, [])
 
@@ -268,124 +306,227 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:400]}" if text else type(error).__name__
 
 
+def _traceback(error: BaseException) -> str:
+    """The traceback of an error that is a bug somewhere (kept in the store and the event log)."""
+    return "".join(traceback.format_exception(type(error), error, error.__traceback__))[-8000:]
+
+
 def _inputs_identity(paths: Iterable[str | os.PathLike]) -> list[str]:
-    return sorted(str(Path(p).resolve()) for p in paths)
+    return sorted({str(Path(p).resolve()) for p in paths})
 
 
-def plan_run(store: Store, pipeline: Pipeline, paths: list, model: str, lm_kwargs: dict,
-             options: RunOptions) -> tuple[str, str, list[str]]:
-    """(run_id, fingerprint, notes): the same command and configuration always name the same run."""
-    adapter = type(options.adapter).__name__ if options.adapter is not None else "default"
-    fingerprint = run_fingerprint(pipeline.name, {**pipeline.config(), "adapter": adapter}, pipeline.programs(),
-                                  model, lm_kwargs)
+@dataclass
+class RunPlan:
+    run_id: str
+    fingerprint: str
+    parts: dict  # the fingerprint's parts, each digested (to say what changed later)
+    described: dict  # the parts a person reads: model, api_base, versions
+    notes: list[str]
+
+
+class ConfigurationChanged(RuntimeError):
+    """Resuming a run whose configuration changed, without ``force_resume``: the message says what changed."""
+
+
+def plan_run(store: Store, pipeline: Pipeline, paths: list, lm, options: RunOptions) -> RunPlan:
+    """The run's id, fingerprint and notes: the same command and configuration always name the
+    same run; a changed configuration never reuses stale results unless told to (and says so)."""
+    parts, described = fingerprint_parts(pipeline, lm, options.adapter)
+    fingerprint = digest(parts)
+    part_digests = {key: digest(value) for key, value in parts.items()}
     inputs = _inputs_identity(paths)
     notes: list[str] = []
     if options.fresh:
         fingerprint = digest([fingerprint, time.time_ns()])
     run_id = digest([pipeline.name, inputs, fingerprint], 12)
-    if options.fresh or store.get_run(run_id) is not None:
-        return run_id, fingerprint, notes
+
+    def earlier_plan(earlier: dict, how: str) -> RunPlan:
+        change = FingerprintChange(earlier["config"].get("fingerprint_parts") or {}, part_digests,
+                                   earlier["config"].get("described") or {}, described)
+        if not options.force_resume:
+            raise ConfigurationChanged(
+                f"run {earlier['run_id']} was made with another configuration ({change}); its finished steps "
+                "would not be what this configuration computes: pass --force-resume to reuse them anyway, "
+                "or --fresh to start over")
+        notes.append(f"{how} run {earlier['run_id']} although its configuration changed ({change}) "
+                     "(--force-resume): its finished steps are reused")
+        return RunPlan(earlier["run_id"], earlier["fingerprint"], part_digests, described, notes)
+
+    if options.resume_run_id:
+        earlier = store.get_run(options.resume_run_id)
+        if earlier is None:
+            raise ConfigurationChanged(f"no run {options.resume_run_id} in {store.workspace}")
+        if earlier["fingerprint"] == fingerprint:
+            notes.append(f"resuming run {earlier['run_id']}: same configuration, its finished steps are reused")
+            return RunPlan(earlier["run_id"], fingerprint, part_digests, described, notes)
+        return earlier_plan(earlier, "resuming")
+    if options.fresh:
+        return RunPlan(run_id, fingerprint, part_digests, described, notes)
+    existing = store.get_run(run_id)
+    if existing is not None:
+        if existing["status"] != "done":
+            notes.append(f"resuming run {run_id} ({existing['status']}): its finished steps are reused")
+        return RunPlan(run_id, fingerprint, part_digests, described, notes)
     # a run of the same pipeline over the same inputs with another configuration?
     for earlier in store.list_runs(limit=200):
         if earlier["pipeline"] == pipeline.name and earlier["config"].get("inputs") == inputs:
             if options.force_resume:
-                notes.append(f"configuration changed since run {earlier['run_id']}; resuming it anyway "
-                             "(--force-resume): its finished steps are reused")
-                return earlier["run_id"], earlier["fingerprint"], notes
-            notes.append(f"configuration changed since run {earlier['run_id']}: starting a new run "
+                return earlier_plan(earlier, "continuing")
+            change = FingerprintChange(earlier["config"].get("fingerprint_parts") or {}, part_digests,
+                                       earlier["config"].get("described") or {}, described)
+            notes.append(f"configuration changed since run {earlier['run_id']} ({change}): starting a new run "
                          f"{run_id} (pass --force-resume to reuse the earlier run's finished steps)")
             break
-    return run_id, fingerprint, notes
+    return RunPlan(run_id, fingerprint, part_digests, described, notes)
+
+
+def check_prices(options: RunOptions, model: str, pricing: Pricing) -> None:
+    """A cost cap is only a cap if every call can be priced: refuse to start otherwise."""
+    if options.max_cost is not None and not pricing.known(model):
+        raise ValueError(
+            f"--max-cost needs the price of {model}, which litellm does not know: give it with "
+            "--price INPUT,OUTPUT (USD per million tokens), or cap tokens with --max-run-tokens instead")
 
 
 def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None = None,
             store: Store | None = None, recorder: UsageRecorder | None = None,
             events: EventBus | None = None, run_config: dict | None = None,
             on_start: Callable[[Run], None] | None = None) -> RunSummary:
-    """Run ``pipeline`` over the documents under ``paths`` with the DSPy LM ``lm``."""
+    """Run ``pipeline`` over the documents under ``paths`` with the DSPy LM ``lm``.
+
+    Raises before anything runs when the run cannot start: ``ValueError`` (a cost cap without a
+    price), :class:`~rlmpipe.runtime.store.WorkspaceBusy` (another run holds the workspace),
+    :class:`ConfigurationChanged` (resuming a run whose configuration changed, unforced).
+    """
     options = options or RunOptions()
+    own_store = store is None
     store = store or Store(options.workspace)
     recorder = recorder or UsageRecorder()
     events = events or EventBus()
-    inner_lm = lm.inner if isinstance(lm, RecordingLM) else lm
-    run_id, fingerprint, notes = plan_run(store, pipeline, paths, inner_lm.model, inner_lm.kwargs, options)
+    inner_lm = without_own_retries(lm.inner if isinstance(lm, RecordingLM) else lm)
+    pricing = Pricing(options.prices)
+    check_prices(options, inner_lm.model, pricing)
+    holder = {"command": (run_config or {}).get("command", {}).get("name") or pipeline.name}
+    try:
+        with store.run_lock(holder):
+            return _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events, run_config,
+                                   on_start, pricing)
+    finally:
+        if own_store:
+            store.close()
+
+
+def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events, run_config, on_start,
+                    pricing) -> RunSummary:
+    plan = plan_run(store, pipeline, paths, inner_lm, options)
+    run_id, fingerprint = plan.run_id, plan.fingerprint
+    earlier = store.get_run(run_id)
+    models = list(dict.fromkeys([*((earlier or {}).get("config", {}).get("models") or []), inner_lm.model]))
     config = {**(run_config or {}), "pipeline_config": pipeline.config(), "inputs": _inputs_identity(paths),
               "options": {"concurrency": options.concurrency, "max_tokens": options.max_tokens,
-                          "max_cost": options.max_cost, "max_seconds": options.max_seconds}}
-    session = store.start_run(run_id, pipeline.name, fingerprint, inner_lm.model, config, os.getpid())
-    price(inner_lm.model, 0, 0)  # look the price up (importing litellm) now, not in the first worker
+                          "max_cost": options.max_cost, "max_seconds": options.max_seconds,
+                          "prices": options.prices},
+              "fingerprint_parts": plan.parts, "described": plan.described, "models": models}
+    session = store.start_run(run_id, pipeline.name, fingerprint, ", ".join(models), config, os.getpid())
+    pricing.cost(inner_lm.model, 0, 0)  # look the price up (importing litellm) now, not in the first worker
     budget = Budget(options.max_tokens, options.max_cost, options.max_seconds, options.max_sub_calls)
     previous = store.usage_totals(run_id)
     budget.carry_over(previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
     unsubscribe = [recorder.subscribe(lambda call: budget.charge(call) if call.run_id in (None, run_id) else None)]
-    stop = threading.Event()
+    control = RunControl()
     limiter = (RateLimiter(options.requests_per_minute, options.tokens_per_minute)
                if options.requests_per_minute or options.tokens_per_minute else None)
-    recording = RecordingLM(inner_lm, recorder, retry=options.retry, limiter=limiter, budget=budget, stop=stop)
+    breaker = CircuitBreaker(options.breaker_failures, options.breaker_seconds)
+    recording = RecordingLM(inner_lm, recorder, retry=options.retry, limiter=limiter, budget=budget,
+                            control=control, breaker=breaker, pricing=pricing)
     event_log = EventLogWriter(options.workspace)
     stop_event_log = events.subscribe(event_log)
     run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
-              recorder=recorder, events=events, options=options, stop=stop)
+              recorder=recorder, events=events, options=options, control=control)
     unsubscribe.append(recorder.subscribe(
         lambda call: events.emit("lm_call", **call.to_dict()) if call.run_id in (None, run_id) else None))
-    for note in notes:
-        events.emit("note", run_id=run_id, message=note)
+    unsubscribe.append(recorder.subscribe_starts(
+        lambda start: events.emit("lm_call_start", **start) if start["run_id"] in (None, run_id) else None))
     events.emit("run_start", run_id=run_id, session=session, pipeline=pipeline.name, model=inner_lm.model,
-                fingerprint=fingerprint, concurrency=options.concurrency)
+                fingerprint=fingerprint, concurrency=options.concurrency, executor="threads")
+    for note in plan.notes:
+        events.emit("note", run_id=run_id, message=note)
     if on_start is not None:
         on_start(run)
-    counts: dict[str, int] = defaultdict(int)
+    counts: Counter[str] = Counter()
     results: list[dict] = []
     results_lock = threading.Lock()
 
-    def drive(document: Document) -> None:
+    def count(status: str, result: dict | None = None) -> None:
+        with results_lock:
+            counts[status] += 1
+            if result is not None:
+                results.append(result)
+
+    def drive(document: Document, first: Future | None = None) -> None:
         path = str(document.path)
+        if first is not None:  # the same bytes as a document already running: its steps, once
+            wait([first])
         if run.stopping:
             store.set_document(run_id, document.doc_id, path, "stopped")
-            with results_lock:
-                counts["stopped"] += 1
+            count("stopped")
             return
         store.set_document(run_id, document.doc_id, path, "running")
         events.emit("document_start", run_id=run_id, doc_id=document.doc_id, path=path, size=document.size_bytes)
         try:
             with dspy.context(lm=recording):
-                result = pipeline.process(run, document)
+                outcome = pipeline.process(run, document)
+            partial = outcome if isinstance(outcome, Partial) else None
+            result = to_json_value(partial.result if partial else outcome, f"the result of {path}")
         except RunStopping:
             store.set_document(run_id, document.doc_id, path, "stopped")
             events.emit("document_stopped", run_id=run_id, doc_id=document.doc_id, path=path)
-            with results_lock:
-                counts["stopped"] += 1
+            count("stopped")
             return
         except Exception as exc:  # StepFailed, a DocumentError found while streaming, a pipeline bug
             message = str(exc) if isinstance(exc, DocumentError) else f"{path}: {_one_line(exc)}"
-            store.set_document(run_id, document.doc_id, path, "failed", error=message)
-            events.emit("document_failed", run_id=run_id, doc_id=document.doc_id, path=path, error=message)
-            with results_lock:
-                counts["failed"] += 1
+            detail = None if isinstance(exc, (DocumentError, StepFailed)) else _traceback(exc)
+            store.set_document(run_id, document.doc_id, path, "failed", error=message, detail=detail)
+            events.emit("document_failed", run_id=run_id, doc_id=document.doc_id, path=path, error=message,
+                        traceback=detail)
+            count("failed")
             return
-        store.set_document(run_id, document.doc_id, path, "done", result=result)
-        events.emit("document_done", run_id=run_id, doc_id=document.doc_id, path=path)
-        with results_lock:
-            counts["done"] += 1
-            results.append({"doc_id": document.doc_id, "path": path, "result": result})
+        status = "partial" if partial else "done"
+        problem = partial.problem if partial else None
+        store.set_document(run_id, document.doc_id, path, status, result=result, error=problem)
+        events.emit(f"document_{status}", run_id=run_id, doc_id=document.doc_id, path=path,
+                    **({"error": f"{path}: {problem}"} if problem else {}))
+        count(status, {"doc_id": document.doc_id, "path": path, "status": status, "result": result,
+                       **({"problem": problem} if problem else {})})
 
     in_flight_limit = options.documents_in_flight or options.concurrency
-    drivers = ThreadPoolExecutor(in_flight_limit, thread_name_prefix="rlmpipe-doc")
+    drivers = ThreadPoolExecutor(in_flight_limit + 1, thread_name_prefix="rlmpipe-doc")
     pending: set[Future] = set()
+    by_content: dict[str, tuple[Future, str]] = {}
+    unread = False  # stopped before every input was looked at
     try:
         for item in open_documents(paths):
+            if run.stopping:
+                unread = True
+                break
             if isinstance(item, Notice):
                 events.emit("note", run_id=run_id, message=str(item))
                 continue
             if isinstance(item, DocumentError):
                 store.set_document(run_id, "", item.path, "failed", error=str(item))
                 events.emit("document_failed", run_id=run_id, doc_id=None, path=item.path, error=str(item))
-                counts["failed"] += 1
+                count("failed")
                 continue
             events.emit("document_queued", run_id=run_id, doc_id=item.doc_id, path=str(item.path), size=item.size_bytes)
             while len(pending) >= in_flight_limit:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            pending.add(drivers.submit(drive, item))
+                _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            first = by_content.get(item.doc_id)
+            if first is not None:
+                events.emit("note", run_id=run_id, message=f"{item.path}: the same content as {first[1]}: "
+                                                            "analysed once (its steps are shared)")
+            future = drivers.submit(drive, item, first[0] if first else None)
+            by_content.setdefault(item.doc_id, (future, str(item.path)))
+            pending.add(future)
         while pending:  # short waits: the main thread must stay free for Ctrl-C
             _, pending = wait(pending, timeout=0.5)
     finally:
@@ -394,42 +535,61 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     results.sort(key=lambda item: item["path"])
     final = None
     finish = getattr(pipeline, "finish", None)
+    finished_corpus = finish is None
     try:
         if finish is not None and not run.stopping and results:
             run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
-                      recorder=recorder, events=events, options=options, stop=stop)
+                      recorder=recorder, events=events, options=options, control=control)
             try:
                 with dspy.context(lm=recording):
-                    final = finish(run, results)
+                    final = to_json_value(finish(run, [r for r in results if r["status"] == "done"]),
+                                          "the run's final result")
+                finished_corpus = True
             except RunStopping:
                 pass
             except Exception as exc:  # the corpus-level step failed: say so, keep the documents' results
                 run.request_stop(f"failed: {_one_line(exc)}")
             finally:
                 run.close()
+        elif finish is not None and not results:
+            finished_corpus = True
     finally:
         for stop_listening in unsubscribe:
             stop_listening()
     totals = store.step_counts(run_id)
     usage = store.usage_totals(run_id)
-    if run.stopping and run.stop_reason and run.stop_reason.startswith("failed"):
+    reason = run.stop_reason
+    if reason and reason.startswith("failed"):
         status = "failed"
-    elif run.stopping or counts["stopped"]:
+    elif counts["stopped"] or unread or not finished_corpus:
         status = "stopped"
     else:
-        status = "done"
-    reason = run.stop_reason if status != "done" else None
+        status = "done"  # every document finished (a stop that came after the last one changed nothing)
+        reason = None
+    if status == "stopped" and reason and reason.startswith("budget"):
+        reason = _billed(reason, budget, usage)
     store.finish_run(run_id, status, reason, {"documents": dict(counts), "steps": totals})
     events.emit("run_end", run_id=run_id, status=status, reason=reason, documents=dict(counts), steps=totals)
     stop_event_log()
     event_log.close()
-    return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, notes, final)
+    return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, plan.notes, final)
+
+
+def _billed(reason: str, budget: Budget, usage: dict) -> str:
+    """A budget stop, told with what was billed by the end (calls in flight finish after the stop)."""
+    tokens = usage["prompt_tokens"] + usage["completion_tokens"]
+    if "token budget" in reason and budget.max_tokens is not None:
+        return f"budget: token budget reached ({tokens:,} tokens billed of {budget.max_tokens:,})"
+    if "cost budget" in reason and budget.max_cost is not None:
+        return f"budget: cost budget reached (${usage['cost'] or 0:.6f} billed of ${budget.max_cost:g})"
+    return reason
 
 
 @contextlib.contextmanager
 def interrupt_handling(get_run: Callable[[], Run | None]):
-    """First Ctrl-C: stop starting work, let in-flight calls finish, persist, exit resumable.
-    Second Ctrl-C: exit now (committed steps are safe in the store; in-flight calls are lost)."""
+    """First Ctrl-C: nothing new starts (queued steps and calls leave at once), calls already at
+    the model finish and are saved, the run ends resumable. Second Ctrl-C: exit now (committed
+    steps are safe in the store; calls at the model are lost)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -441,7 +601,8 @@ def interrupt_handling(get_run: Callable[[], Run | None]):
         run = get_run()
         if presses == 1 and run is not None:
             run.request_stop("interrupted")
-            os.write(2, b"\nstopping: finishing calls in flight (Ctrl-C again to quit now)\n")
+            os.write(2, b"\nstopping: nothing new starts; waiting for the calls at the model to finish "
+                        b"(Ctrl-C again to quit now)\n")
         else:
             os.write(2, b"\nquitting now; finished steps are saved, resume to go on\n")
             os._exit(130)

@@ -2,12 +2,18 @@
 
 What it holds: runs (configuration, fingerprint, status), documents of a run, steps (result,
 usage, attempts, timings, error) and LM calls. A step is *done* only once its row is committed;
-resume reads this table and nothing else. One connection per thread (SQLite's rule); writes are
-short transactions, and WAL lets readers (``runs watch``) read while a run writes.
+resume reads this table and nothing else. One connection per thread (SQLite's rule), all closed
+by :meth:`Store.close`; writes are short transactions, and WAL lets readers (``runs watch``) read
+while a run writes. The schema is versioned (``PRAGMA user_version``): a workspace made by an
+older rlmpipe is migrated forward in place, one made by a newer one is refused.
+
+A workspace holds one running run at a time (:meth:`Store.run_lock`): two identical runs at once
+would each pay for every call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -92,6 +98,25 @@ CREATE TABLE IF NOT EXISTS lm_calls (
 CREATE INDEX IF NOT EXISTS calls_by_run ON lm_calls(run_id);
 """
 
+#: The schema's version now, and the statements that bring a workspace of version ``n - 1`` to ``n``.
+SCHEMA_VERSION = 2
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE lm_calls ADD COLUMN queued REAL NOT NULL DEFAULT 0",       # seconds before the model
+        "ALTER TABLE lm_calls ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",  # tokens counted here
+        "ALTER TABLE documents ADD COLUMN detail TEXT",                         # a failure's traceback
+        "ALTER TABLE steps ADD COLUMN detail TEXT",
+    ],
+}
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another run holds the workspace; the message names it."""
+
+
+class WorkspaceTooNew(RuntimeError):
+    """The workspace was written by a newer rlmpipe."""
+
 
 @dataclass
 class StepRow:
@@ -114,6 +139,7 @@ class StepRow:
     finished: float | None
     worker: str | None
     extra: Any
+    detail: str | None = None  # a failed step's traceback
 
 
 class Store:
@@ -125,9 +151,33 @@ class Store:
         self.path = self.workspace / "runs.sqlite"
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         with self._write_lock:
-            connection = self._connection()
-            connection.executescript(SCHEMA)
+            self._migrate(self._connection())
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            fresh = not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
+            if version > SCHEMA_VERSION:
+                raise WorkspaceTooNew(
+                    f"{self.workspace} was written by a newer rlmpipe (store schema {version}, this one "
+                    f"knows {SCHEMA_VERSION}): upgrade rlmpipe, or use another --workspace")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            if fresh:
+                version = 1
+            for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -138,13 +188,59 @@ class Store:
             connection.execute("PRAGMA busy_timeout=30000")
             connection.row_factory = sqlite3.Row
             self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
         return connection
 
     def close(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        if connection is not None:
-            connection.close()
-            self._local.connection = None
+        """Close every thread's connection (a thread that uses the store again gets a new one)."""
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            try:
+                connection.close()
+            except sqlite3.ProgrammingError:  # pragma: no cover - closed already
+                pass
+        self._local = threading.local()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def run_lock(self, holder: dict):
+        """Hold the workspace for one run; :class:`WorkspaceBusy` (naming the holder) if another has it.
+
+        An advisory ``flock`` on ``<workspace>/run.lock``: the system releases it when the holding
+        process ends, however it ends (a SIGKILL leaves no stale lock behind)."""
+        import fcntl
+        import os
+
+        path = self.workspace / "run.lock"
+        handle = open(path, "a+", encoding="utf-8")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                try:
+                    other = json.loads(handle.read() or "{}")
+                except ValueError:
+                    other = {}
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other.get("since", 0))) if other else "?"
+                raise WorkspaceBusy(
+                    f"workspace {self.workspace} is in use by run {other.get('run_id', '?')} (pid {other.get('pid', '?')}, "
+                    f"since {since}: {other.get('command', '?')}); wait for it to end, or use another --workspace"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({**holder, "pid": os.getpid(), "since": time.time()}))
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing the descriptor releases the lock
 
     def _write(self, statements: Iterable[tuple[str, tuple]]) -> None:
         connection = self._connection()
@@ -192,23 +288,20 @@ class Store:
             (status, reason, time.time(), json.dumps(totals) if totals is not None else None, run_id),
         )])
 
-    def touch_run(self, run_id: str, totals: dict) -> None:
-        self._write([("UPDATE runs SET updated = ?, totals = ? WHERE run_id = ?",
-                      (time.time(), json.dumps(totals), run_id))])
-
     # --- documents ------------------------------------------------------------------------------
     def set_document(self, run_id: str, doc_id: str, path: str, status: str, *, error: str | None = None,
-                     chunks: int | None = None, result: Any = None, steps_total: int | None = None) -> None:
+                     chunks: int | None = None, result: Any = None, steps_total: int | None = None,
+                     detail: str | None = None) -> None:
         now = time.time()
         self._write([(
-            "INSERT INTO documents (run_id, doc_id, path, status, error, chunks, steps_total, started, finished, result)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO documents (run_id, doc_id, path, status, error, chunks, steps_total, started, finished, result,"
+            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(run_id, doc_id, path) DO UPDATE SET status=excluded.status, error=excluded.error,"
             " chunks=COALESCE(excluded.chunks, chunks), steps_total=COALESCE(excluded.steps_total, steps_total),"
-            " finished=excluded.finished, result=COALESCE(excluded.result, result)",
+            " finished=excluded.finished, result=COALESCE(excluded.result, result), detail=excluded.detail",
             (run_id, doc_id, path, status, error, chunks, steps_total, now,
-             now if status in ("done", "failed", "stopped") else None,
-             json.dumps(result) if result is not None else None),
+             now if status in ("done", "partial", "failed", "stopped") else None,
+             json.dumps(result) if result is not None else None, detail),
         )])
 
     def documents(self, run_id: str) -> list[dict]:
@@ -224,12 +317,12 @@ class Store:
         """The step's result and the LM calls it made, in one transaction: done means stored."""
         statements = [(
             "INSERT OR REPLACE INTO steps (step_key, run_id, doc_id, chunk_id, name, depth, status, result,"
-            " prompt_tokens, completion_tokens, cost, calls, attempts, reasks, error, started, finished, worker, extra)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " prompt_tokens, completion_tokens, cost, calls, attempts, reasks, error, started, finished, worker, extra,"
+            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.step_key, row.run_id, row.doc_id, row.chunk_id, row.name, row.depth, row.status,
              json.dumps(row.result) if row.result is not None else None, row.prompt_tokens,
              row.completion_tokens, row.cost, row.calls, row.attempts, row.reasks, row.error, row.started,
-             row.finished, row.worker, json.dumps(row.extra) if row.extra is not None else None),
+             row.finished, row.worker, json.dumps(row.extra) if row.extra is not None else None, row.detail),
         )]
         statements.extend(_call_insert(call, session) for call in calls)
         self._write(statements)
@@ -258,7 +351,8 @@ class Store:
             " THEN 1 ELSE 0 END) AS unpriced,"
             " SUM(CASE WHEN outcome = 'cached' THEN 1 ELSE 0 END) AS cached,"
             " SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS errors,"
-            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END) AS retries"
+            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END) AS retries,"
+            " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
             " FROM lm_calls WHERE run_id = ?", (run_id,))[0]
         return dict(row)
 
@@ -266,11 +360,11 @@ class Store:
 def _call_insert(call: LMCall, session: int) -> tuple[str, tuple]:
     return (
         "INSERT INTO lm_calls (run_id, step_key, step_name, doc_id, depth, model, prompt_tokens, completion_tokens,"
-        " cost, latency, started, outcome, attempt, error_type, error, worker, call_id, session)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " cost, latency, started, outcome, attempt, error_type, error, worker, call_id, session, queued, estimated)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (call.run_id, call.step_key, call.step_name, call.doc_id, call.depth, call.model, call.prompt_tokens,
          call.completion_tokens, call.cost, call.latency, call.started, call.outcome, call.attempt,
-         call.error_type, call.error, call.worker, call.call_id, session),
+         call.error_type, call.error, call.worker, call.call_id, session, call.queued, int(call.estimated)),
     )
 
 
