@@ -24,7 +24,16 @@ def analyze(paths: list, lm, out: str | Path, *, options: RunOptions | None = No
     summary = execute(ContractsPipeline(chunking), paths, lm, options=options, store=store, events=events,
                       run_config=run_config, on_start=on_start)
     records = [item["result"] for item in summary.results]
-    failures = [{"path": row["path"], "error": row["error"] or row["status"]}
-                for row in store.documents(summary.run_id) if row["status"] == "failed"]
-    written = write_outputs(records, failures, Path(out), run=store.get_run(summary.run_id))
+    written = write_outputs(records, unfinished(store, summary), Path(out), run=store.get_run(summary.run_id))
     return summary, written
+
+
+def unfinished(store: Store, summary: RunSummary) -> list[dict]:
+    """Every input of the run that is not fully analysed, and why (for failed.jsonl and the report)."""
+    why = {"stopped": f"not analysed: the run stopped ({summary.reason}); resume it to finish"}
+    rows = []
+    for row in store.documents(summary.run_id):
+        if row["status"] in ("failed", "partial", "stopped"):
+            rows.append({"path": row["path"], "status": row["status"],
+                         "error": row["error"] or why.get(row["status"], row["status"])})
+    return rows

@@ -1,4 +1,9 @@
-"""The analyzer's files: contracts.jsonl (+ its JSON Schema), clauses.csv, failed.jsonl, report.html."""
+"""The analyzer's files: contracts.jsonl (+ its JSON Schema), clauses.csv, failed.jsonl, report.html.
+
+Each file is replaced whole (:mod:`rlmpipe.atomic`): a crash while outputs are rewritten leaves the
+previous complete version, never a truncated one. ``failed.jsonl`` lists every input that is not
+fully analysed: failed, partial (some chunks failed: its record is in contracts.jsonl too, marked
+``partial``) or not analysed because the run stopped."""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ from pathlib import Path
 
 from rlmpipe.apps.contracts.categories import NAMES
 from rlmpipe.apps.contracts.schema import ContractRecord
+from rlmpipe.atomic import open_atomic, write_text_atomic
 
 
 def write_outputs(records: list[dict], failures: list[dict], out: Path, *, run: dict | None = None) -> dict[str, Path]:
-    """Write every output for a corpus; ``records`` are ContractRecord dicts, ``failures`` {path, error}."""
+    """Write every output for a corpus; ``records`` are ContractRecord dicts, ``failures`` {path, status,
+    error} (status: failed, partial or stopped)."""
     out.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: r["path"])
     paths = {
@@ -20,11 +27,11 @@ def write_outputs(records: list[dict], failures: list[dict], out: Path, *, run: 
         "clauses": out / "clauses.csv",
         "failed": out / "failed.jsonl",
     }
-    with open(paths["contracts"], "w", encoding="utf-8") as handle:
+    with open_atomic(paths["contracts"]) as handle:
         for record in records:
             handle.write(json.dumps(ContractRecord.model_validate(record).model_dump(), ensure_ascii=False) + "\n")
-    paths["schema"].write_text(json.dumps(ContractRecord.model_json_schema(), indent=2) + "\n", encoding="utf-8")
-    with open(paths["clauses"], "w", encoding="utf-8", newline="") as handle:
+    write_text_atomic(paths["schema"], json.dumps(ContractRecord.model_json_schema(), indent=2) + "\n")
+    with open_atomic(paths["clauses"], newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "doc_id", "category", "present", "clauses", "quotes", "offsets"])
         for record in records:
@@ -38,7 +45,7 @@ def write_outputs(records: list[dict], failures: list[dict], out: Path, *, run: 
                     " | ".join(" ".join(e["quote"].split()) for e in found),
                     ";".join(f"{e['char_start']}-{e['char_end']}" for e in found),
                 ])
-    with open(paths["failed"], "w", encoding="utf-8") as handle:
+    with open_atomic(paths["failed"]) as handle:
         for failure in sorted(failures, key=lambda f: f["path"]):
             handle.write(json.dumps(failure, ensure_ascii=False) + "\n")
     from rlmpipe.apps.contracts.report import write_corpus_report

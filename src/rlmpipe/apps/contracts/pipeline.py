@@ -21,7 +21,7 @@ from rlmpipe.chunking import ChunkingConfig, chunk_document
 from rlmpipe.ingest import Document
 from rlmpipe.patterns import map_chunks
 from rlmpipe.runtime.fingerprint import digest
-from rlmpipe.runtime.runner import StepFailed
+from rlmpipe.runtime.runner import Partial, StepFailed
 
 DEFAULT_CHUNKING = ChunkingConfig(strategy="structure", max_tokens=1024, overlap=128)
 MAX_FINDING_LINES = 60
@@ -43,7 +43,7 @@ class ContractsPipeline:
 
     def process(self, run, document: Document) -> dict:
         verified = Verified()
-        chunks, failed = 0, []
+        chunks, failed, last_error = 0, [], ""
         for chunk, _key, result in map_chunks(
             run, document.doc_id, chunk_document(document, self.chunking), "extract",
             lambda chunk: self.extractor.findings(chunk.text), failures="yield",
@@ -51,10 +51,11 @@ class ContractsPipeline:
             chunks += 1
             if isinstance(result, StepFailed):
                 failed.append(chunk.chunk_id)
+                last_error = _clip(str(result.cause), 160)
                 continue
             verify_chunk(result, chunk.text, chunk.char_start, verified)
         if chunks and len(failed) == chunks:
-            raise RuntimeError(f"extraction failed on all {chunks} chunks (last error: see runs show)")
+            raise RuntimeError(f"extraction failed on all {chunks} chunks (last: {last_error})")
         text = document.text()
         clauses, risks, obligations = merge_findings(verified, lambda start, end: text[start:end])
         score, breakdown = risk_score(clauses, risks)
@@ -85,7 +86,11 @@ class ContractsPipeline:
             risk_breakdown=breakdown,
             evidence=verified.stats,
             failed_chunks=failed,
+            status="partial" if failed else "complete",
         )
+        if failed:
+            return Partial(record.model_dump(), f"extraction failed on {len(failed)} of {chunks} chunks "
+                                                f"(last: {last_error}): findings there are missing")
         return record.model_dump()
 
 

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from rlmpipe.apps.contracts.categories import NAMES
+from rlmpipe.atomic import write_text_atomic
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -110,6 +111,13 @@ def score_histogram(scores: list[int], width: int = 640, height: int = 220) -> s
     return "".join(parts)
 
 
+def _partial_pill(record: dict) -> str:
+    if record.get("status") != "partial":
+        return ""
+    return (f' <span class="pill medium" title="extraction failed on {len(record["failed_chunks"])} chunk(s): '
+            'findings there are missing">partial</span>')
+
+
 def _severity_counts(record: dict) -> str:
     counts = {level: sum(1 for r in record["risks"] if r["severity"] == level) for level in ("high", "medium", "low")}
     return " ".join(f'<span class="pill {level}">{n} {level}</span>' for level, n in counts.items() if n) or "none"
@@ -119,7 +127,11 @@ def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> 
     scores = [r["risk_score"] for r in records]
     verified = sum(r["evidence"]["verified"] for r in records)
     rejected = sum(r["evidence"]["rejected"] for r in records)
-    cards = [("contracts analysed", len(records)), ("failed", len(failures)),
+    partial = [f for f in failures if f.get("status") == "partial"]
+    failed_only = [f for f in failures if f.get("status", "failed") == "failed"]
+    stopped = [f for f in failures if f.get("status") == "stopped"]
+    cards = [("contracts analysed", len(records) - len(partial)), ("partial (some chunks failed)", len(partial)),
+             ("failed", len(failed_only)), ("not analysed (run stopped)", len(stopped)),
              ("mean risk score", f"{sum(scores) / len(scores):.0f}" if scores else "-"),
              ("verified quotes", verified), ("quotes rejected (not in the contract)", rejected)]
     rows = []
@@ -128,18 +140,25 @@ def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> 
         page = f"contracts/{slug(record['path'], record['doc_id'])}.html"
         rows.append(
             f'<tr data-categories="{e("|".join(present))}"><td><a href="{e(page)}">{e(record["title"] or Path(record["path"]).name)}'
-            f'</a><div class="muted">{e(Path(record["path"]).name)}</div></td>'
+            f'</a>{_partial_pill(record)}<div class="muted">{e(Path(record["path"]).name)}</div></td>'
             f'<td class="num score" data-value="{record["risk_score"]}">{record["risk_score"]}</td>'
             f'<td class="num" data-value="{len(present)}">{len(present)}</td>'
             f'<td data-value="{len(record["risks"])}">{_severity_counts(record)}</td>'
             f'<td class="num">{len(record["obligations"])}</td>'
             f'<td class="num">{record["evidence"]["rejected"]}</td></tr>')
     options = "".join(f'<option value="{e(name)}">{e(name)}</option>' for name in NAMES)
-    failed = "".join(f"<li><b>{e(Path(f['path']).name)}</b>: {e(f['error'])}</li>" for f in failures)
+    failed = "".join(f"<li><b>{e(Path(f['path']).name)}</b> ({e(f.get('status', 'failed'))}): {e(f['error'])}</li>"
+                     for f in failures)
     model = f" · model {e(run['model'])} · run {e(run['run_id'])}" if run else ""
+    banner = ""
+    if run and run.get("status") not in (None, "done"):
+        banner = (f'<p class="warning" role="alert" id="run-status">This run {e(run["status"])} before it finished '
+                  f'({e(run.get("stop_reason") or "")}): these outputs are partial and hold what was done. Resume it '
+                  f'with <code>rlmpipe resume {e(run["run_id"])}</code>.</p>')
     body = (
         f"<h1>Contract review: {len(records)} contract(s)</h1><p class=\"muted\">rlmpipe contracts analyze{model}</p>"
-        f"<div class=\"cards\">" + "".join(f"<div class=\"card\"><b>{e(str(v))}</b>{e(k)}</div>" for k, v in cards)
+        + banner
+        + "<div class=\"cards\">" + "".join(f"<div class=\"card\"><b>{e(str(v))}</b>{e(k)}</div>" for k, v in cards)
         + "</div><h2>Risk scores</h2>" + score_histogram(scores)
         + "<p class=\"muted\">The score (0-100) is computed from the verified findings by the rubric in README.md.</p>"
         + _nothing_verified_note(records)
@@ -150,7 +169,7 @@ def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> 
         "<table id=\"corpus\" class=\"sortable\"><thead><tr><th>contract</th><th class=\"num\">risk score</th>"
         "<th class=\"num\">categories present</th><th>risks</th><th class=\"num\">obligations</th>"
         "<th class=\"num\">rejected quotes</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
-        + (f"<h2>Could not be analysed</h2><ul>{failed}</ul>" if failures else "")
+        + (f"<h2>Not fully analysed</h2><ul id=\"unfinished\">{failed}</ul>" if failures else "")
     )
     return _page("Contract review", body, script=True)
 
@@ -261,7 +280,6 @@ def write_corpus_report(records: list[dict], failures: list[dict], out: Path, ru
             text = document.text() if document.doc_id == record["doc_id"] else None
         except DocumentError:
             text = None
-        (pages / f"{slug(record['path'], record['doc_id'])}.html").write_text(contract_page(record, text), encoding="utf-8")
-    report = out / "report.html"
-    report.write_text(corpus_page(records, failures, run), encoding="utf-8")
+        write_text_atomic(pages / f"{slug(record['path'], record['doc_id'])}.html", contract_page(record, text))
+    report = write_text_atomic(out / "report.html", corpus_page(records, failures, run))
     return report

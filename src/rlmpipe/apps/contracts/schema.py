@@ -95,3 +95,5 @@ class ContractRecord(BaseModel):
     risk_breakdown: list[ScoreItem] = Field(description="the rubric lines behind the score")
     evidence: EvidenceStats
     failed_chunks: list[str] = Field(default_factory=list, description="chunks whose extraction failed")
+    status: Literal["complete", "partial"] = Field(
+        "complete", description="partial: some chunks could not be analysed (see failed_chunks): findings may be missing")
