@@ -274,7 +274,7 @@ def rlmpipe_config(name: str, max_tokens: int):
     from rlmpipe.chunking import ChunkingConfig
 
     strategy = name.split("-", 1)[1]
-    return ChunkingConfig(strategy=strategy, max_tokens=max_tokens, overlap=0, tokenizer=ENCODING)
+    return ChunkingConfig(strategy=strategy, chunk_tokens=max_tokens, overlap=0, tokenizer=ENCODING)
 
 
 def locate(text: str, reported: list[tuple[int | None, int | None, str]]) -> tuple[list[tuple[int, int]], Counter]:

@@ -99,7 +99,7 @@ def _chunker(variant: str, path: Path) -> float:
     from rlmpipe.ingest import open_document
 
     mode, strategy = variant.rsplit("-", 1)
-    config = ChunkingConfig(strategy=strategy, max_tokens=512, overlap=0)
+    config = ChunkingConfig(strategy=strategy, chunk_tokens=512, overlap=0)
     get_tokenizer(config.tokenizer).token_byte_lengths()
     pool = None
     if mode == "no-tokenize":

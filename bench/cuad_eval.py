@@ -161,15 +161,15 @@ def oracle_main(args) -> str:
 
     contracts, annotations, _ = load_cuad(40 if args.quick else None)
     settings = [DEFAULT_CHUNKING] + ([] if args.quick else [
-        ChunkingConfig(strategy="structure", max_tokens=512), ChunkingConfig(strategy="structure", max_tokens=1024),
-        ChunkingConfig(strategy="structure", max_tokens=2048),
-        ChunkingConfig(strategy="fixed", max_tokens=512), ChunkingConfig(strategy="fixed", max_tokens=1024),
-        ChunkingConfig(strategy="fixed", max_tokens=2048)])
+        ChunkingConfig(strategy="structure", chunk_tokens=512), ChunkingConfig(strategy="structure", chunk_tokens=1024),
+        ChunkingConfig(strategy="structure", chunk_tokens=2048),
+        ChunkingConfig(strategy="fixed", chunk_tokens=512), ChunkingConfig(strategy="fixed", chunk_tokens=1024),
+        ChunkingConfig(strategy="fixed", chunk_tokens=2048)])
     results = []
     for chunking in settings:
         with tempfile.TemporaryDirectory() as workspace:
             result = run_oracle(contracts, annotations, chunking, Path(workspace))
-        label = f"{chunking.strategy} {chunking.max_tokens}" + (f" overlap {chunking.overlap}" if chunking.overlap else "")
+        label = f"{chunking.strategy} {chunking.chunk_tokens}" + (f" overlap {chunking.overlap}" if chunking.overlap else "")
         if chunking == DEFAULT_CHUNKING:
             label += " (default)"
         results.append((label, chunking, result))

@@ -10,8 +10,8 @@ by side in one run (interleaved repetitions, medians) and reported as a ratio; a
 are only context.
 
 1. **Throughput vs workers.** N=200 independent LM calls, one per chunk of
-   ``numbered_document(200)`` (``ChunkingConfig("structure", max_tokens=32)``: exactly 200 chunks;
-   note that ``max_tokens=30`` gives 220, because 20 of the paragraphs are 31 tokens with their
+   ``numbered_document(200)`` (``ChunkingConfig("structure", chunk_tokens=32)``: exactly 200 chunks;
+   note that ``chunk_tokens=30`` gives 220, because 20 of the paragraphs are 31 tokens with their
    separator), each answered by the loopback ``OpenAIServer`` after 200 ms, through the real client
    path (``make_lm(ModelChoice("openai/test-model", ...))`` -> dspy.LM -> HTTP). Runners: the
    engine (``execute`` of a map-only pipeline: exactly N calls, no merge) at 1/4/16/64 workers; the
@@ -267,7 +267,7 @@ class ThroughputBench:
         from tests.support.replies import numbered_document
 
         self.n, self.server, self.workdir = n, server, workdir
-        self.chunking = ChunkingConfig(strategy="structure", max_tokens=32)
+        self.chunking = ChunkingConfig(strategy="structure", chunk_tokens=32)
         self.document = workdir / f"numbered-{n}.txt"
         self.document.write_text(numbered_document(n), encoding="utf-8")
         self.chunks = [c.text for c in chunk_text(self.document.read_text(encoding="utf-8"), self.chunking)]
@@ -740,7 +740,7 @@ def memory_child(path: str, workspace: str, variant: str, snapshot: str | None) 
 
     bus = EventBus()
     bus.subscribe(on_event)
-    summary = execute(SummarizePipeline(ChunkingConfig(strategy="structure", max_tokens=1024)), [path], lm,
+    summary = execute(SummarizePipeline(ChunkingConfig(strategy="structure", chunk_tokens=1024)), [path], lm,
                       options=RunOptions(workspace=Path(workspace), concurrency=8, **options), events=bus)
     wall = time.perf_counter() - started
     end = proc_status()
@@ -925,7 +925,7 @@ def bench_memory(quick: bool, keep_files: bool) -> tuple[str, dict]:
         + (f" In the largest run, RSS rose {slope:+.1f} MB per 10,000 steps after the first 12,000 steps "
            "(a plateau, not a leak: see below)." if slope is not None else "")
         + "\n\n"
-        "SummarizePipeline, `ChunkingConfig(strategy=\"structure\", max_tokens=1024)`, default merge budget "
+        "SummarizePipeline, `ChunkingConfig(strategy=\"structure\", chunk_tokens=1024)`, default merge budget "
         "(3000 tokens), `RunOptions(concurrency=8)`, a ScriptedLM answering `chat_reply(summary=\"s\")` at once "
         "(its request log bounded), each size in a fresh process; inputs are the CUAD contracts in name order, "
         "each followed by a blank line, repeated. \"MB/s steady\" leaves out the first 20% of steps. "

@@ -1,10 +1,20 @@
-"""The ``rlmpipe`` command: thin commands over library calls."""
+"""The ``rlmpipe`` command: each command parses its flags, makes one library call, prints.
+
+The library calls are :mod:`rlmpipe.api` (runs), :mod:`rlmpipe.chunking` (``chunk``) and
+:mod:`rlmpipe.monitor` (``runs``). What is here: flags (the same flag for the same idea on every
+command; old names kept as hidden aliases with a one-line notice), the live display, Ctrl-C,
+messages and exit codes (0 done, 1 some documents failed or are partial, 2 the run could not start
+or failed, 3 stopped and resumable).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,48 +34,71 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One line on stderr, no traceback."""
-    typer.echo(f"error: {message}", err=True)
+    """One line on stderr (control characters escaped), no traceback."""
+    from rlmpipe.ingest import printable
+
+    typer.echo(printable(f"error: {message}"), err=True)
     raise typer.Exit(code)
 
 
-@app.callback()
-def main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    if version:
+def note(message: str) -> None:
+    from rlmpipe.ingest import printable
+
+    typer.echo(printable(f"note: {message}"), err=True)
+
+
+def _version(value: bool) -> None:
+    if value:
         from rlmpipe import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"rlmpipe {__version__}")
         raise typer.Exit()
 
 
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """rlmpipe: language-model programs over documents of any size, with checkpoints, budgets and reports."""
+
+
+def deprecated(old: str, new: str) -> None:
+    note(f"{old} is deprecated and will go away: use {new}")
+
+
+# --- chunk ---------------------------------------------------------------------------------------------
 @app.command()
 def chunk(
     paths: List[Path] = typer.Argument(..., help="Files or folders (.txt .md .html .pdf .docx)."),
     strategy: str = typer.Option("structure", help="fixed | structure"),
-    max_tokens: int = typer.Option(512, "--max-tokens", help="Hard limit of tokens per chunk."),
+    chunk_tokens: int = typer.Option(512, "--chunk-tokens", help="The most tokens a chunk may have."),
     overlap: int = typer.Option(0, help="Tokens shared by consecutive chunks."),
     tokenizer: str = typer.Option(
         "cl100k_base", help="cl100k_base, o200k_base, an OpenAI model name, 'local' or gguf:PATH."
     ),
     out: Optional[Path] = typer.Option(None, help="Write JSON Lines here instead of stdout."),
-    stats: bool = typer.Option(False, "--stats", help="Print counts and the token distribution (stderr)."),
+    stats: bool = typer.Option(False, "--stats", help="Print only counts and the token distribution (no chunks)."),
+    old_max_tokens: Optional[int] = typer.Option(None, "--max-tokens", hidden=True),
 ) -> None:
     """Cut documents into token-exact chunks, as JSON Lines (one chunk per line)."""
     from rlmpipe.chunking import Chunk, ChunkingConfig, chunk_paths, get_tokenizer
     from rlmpipe.chunking.stats import ChunkStats
     from rlmpipe.ingest import Document, DocumentError
 
+    if old_max_tokens is not None:
+        deprecated("--max-tokens", "--chunk-tokens")
+        chunk_tokens = old_max_tokens
     try:
-        config = ChunkingConfig(strategy=strategy, max_tokens=max_tokens, overlap=overlap, tokenizer=tokenizer)
+        config = ChunkingConfig(strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap, tokenizer=tokenizer)
         get_tokenizer(config.tokenizer)
     except ValueError as exc:
         fail(str(exc))
     totals = ChunkStats()
-    sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    sink = open(out, "w", encoding="utf-8") if out else (None if stats else sys.stdout)
     try:
         for item in chunk_paths(paths, config):
             if isinstance(item, Chunk):
-                sink.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
+                if sink is not None:
+                    sink.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
                 totals.add(item.token_count, item.char_end - item.char_start)
             elif isinstance(item, Document):
                 totals.documents += 1
@@ -78,7 +111,7 @@ def chunk(
         sys.stderr.close()
         raise typer.Exit(0)
     finally:
-        if out:
+        if out and sink is not None:
             sink.close()
     if stats:
         _print_stats(totals)
@@ -100,9 +133,158 @@ def _print_stats(totals) -> None:
     typer.echo("\n".join(lines), err=True)
 
 
-# --- commands that run LM pipelines ---------------------------------------------------------------
+# --- the flags every run command shares ------------------------------------------------------------------
+LM_HELP = ("Model: a litellm model string (openai/gpt-4o-mini, ollama_chat/llama3.1, openai/NAME with --api-base), "
+           "'local' (the embedded model) or 'none'.")
 
-LM_HELP = "Model: a litellm model string (openai/gpt-4o-mini, ollama_chat/llama3.1, ...) or 'local'."
+
+@dataclass
+class RunFlags:
+    """What every run command takes: the model, limits, where runs live, display and observability."""
+
+    lm: Optional[str]
+    api_base: Optional[str]
+    model_path: Optional[str]
+    max_output_tokens: Optional[int]
+    concurrency: int
+    max_run_tokens: Optional[int]
+    max_cost: Optional[float]
+    max_time: Optional[float]
+    price: Optional[str]
+    rpm: Optional[int]
+    tpm: Optional[int]
+    workspace: Optional[Path]
+    force_resume: bool
+    fresh: bool
+    quiet: bool
+    executor: str
+    ray_address: Optional[str]
+    otel: Optional[str]
+    otlp_endpoint: Optional[str]
+    metrics_port: Optional[int]
+
+    def model(self) -> dict:
+        return {"lm": self.lm, "api_base": self.api_base, "model_path": self.model_path,
+                "max_output_tokens": self.max_output_tokens}
+
+    def run_options(self) -> dict:
+        prices = {}
+        if self.price:
+            prices = {"*": _parse_price(self.price)}
+        return {"concurrency": self.concurrency, "max_run_tokens": self.max_run_tokens, "max_cost": self.max_cost,
+                "max_seconds": self.max_time, "requests_per_minute": self.rpm, "tokens_per_minute": self.tpm,
+                "workspace": self.workspace, "force_resume": self.force_resume, "fresh": self.fresh,
+                "prices": prices, "executor": self.executor, "ray_address": self.ray_address}
+
+
+def _parse_price(text: str) -> tuple[float, float]:
+    try:
+        prompt, completion = (float(part) for part in text.split(","))
+    except ValueError:
+        fail(f"--price {text!r}: give INPUT,OUTPUT in USD per million tokens, e.g. --price 0.15,0.60")
+    return prompt, completion
+
+
+#: (name, type, typer.Option) of every shared flag, in the order --help lists them
+RUN_FLAGS = [
+    ("lm", Optional[str], typer.Option(None, "--lm", help=LM_HELP, rich_help_panel="Model")),
+    ("api_base", Optional[str], typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server.",
+                                             rich_help_panel="Model")),
+    ("model_path", Optional[str], typer.Option(None, "--model-path", help="A GGUF file for the local model.",
+                                               rich_help_panel="Model")),
+    ("max_output_tokens", Optional[int], typer.Option(None, "--max-output-tokens",
+                                                      help="The most tokens one answer may have.",
+                                                      rich_help_panel="Model")),
+    ("concurrency", int, typer.Option(8, "--concurrency", help="LM calls at once.", rich_help_panel="Limits")),
+    ("max_run_tokens", Optional[int], typer.Option(None, "--max-run-tokens", help="Token budget for the whole run "
+                                                   "(a cap: a call starts only if it fits).", rich_help_panel="Limits")),
+    ("max_cost", Optional[float], typer.Option(None, "--max-cost", help="USD budget for the whole run (a cap).",
+                                               rich_help_panel="Limits")),
+    ("max_time", Optional[float], typer.Option(None, "--max-time", help="Seconds this session may run.",
+                                               rich_help_panel="Limits")),
+    ("price", Optional[str], typer.Option(None, "--price", help="USD per million INPUT,OUTPUT tokens, for a model "
+                                          "litellm has no price for (needed by --max-cost).", rich_help_panel="Limits")),
+    ("rpm", Optional[int], typer.Option(None, "--rpm", help="Requests per minute the provider allows.",
+                                        rich_help_panel="Limits")),
+    ("tpm", Optional[int], typer.Option(None, "--tpm", help="Tokens per minute the provider allows.",
+                                        rich_help_panel="Limits")),
+    ("workspace", Optional[Path], typer.Option(None, "--workspace", help="Where runs live (default: the nearest "
+                                               ".rlmpipe folder here or above, else ./.rlmpipe).",
+                                               rich_help_panel="Runs")),
+    ("force_resume", bool, typer.Option(False, "--force-resume", help="Reuse the finished steps of an earlier run "
+                                        "over these inputs even though its configuration changed.",
+                                        rich_help_panel="Runs")),
+    ("fresh", bool, typer.Option(False, "--fresh", help="Ignore earlier runs and compute everything again.",
+                                 rich_help_panel="Runs")),
+    ("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress display (errors are still printed).",
+                                 rich_help_panel="Runs")),
+    ("executor", str, typer.Option("threads", "--executor", help="threads | ray", rich_help_panel="Runs")),
+    ("ray_address", Optional[str], typer.Option(None, "--ray-address", help="A Ray cluster to run on (default: "
+                                                "start a local one).", rich_help_panel="Runs")),
+    ("otel", Optional[str], typer.Option(None, "--otel", help="Export OpenTelemetry traces (run > document > step > "
+                                         "LM call): console (stderr) or otlp (OTLP/HTTP; the OTEL_EXPORTER_OTLP_* "
+                                         "variables are honoured). Needs the 'otel' extra.",
+                                         rich_help_panel="Observability")),
+    ("otlp_endpoint", Optional[str], typer.Option(None, "--otlp-endpoint", help="OTLP/HTTP endpoint, e.g. "
+                                                  "http://localhost:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT).",
+                                                  rich_help_panel="Observability")),
+    ("metrics_port", Optional[int], typer.Option(None, "--metrics-port", help="Serve Prometheus metrics at "
+                                                 "http://127.0.0.1:PORT/metrics while the run goes (0: any free port, "
+                                                 "printed on stderr). Needs the 'metrics' extra.",
+                                                 rich_help_panel="Observability")),
+]
+#: old flag -> (new flag, the RunFlags field it sets)
+ALIASES = {"--max-tokens": ("--max-run-tokens", "max_run_tokens")}
+
+
+def run_command(function):
+    """A command taking :class:`RunFlags` as ``flags``: the shared flags are added to its signature
+    (typer reads ``__signature__``), with the old names as hidden aliases."""
+    own = [p for p in inspect.signature(function).parameters.values() if p.name != "flags"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+              for name, annotation, option in RUN_FLAGS]
+    hidden = [inspect.Parameter(f"alias_{field}", inspect.Parameter.KEYWORD_ONLY,
+                                default=typer.Option(None, old, hidden=True), annotation=Optional[int])
+              for old, (_, field) in ALIASES.items()]
+
+    @functools.wraps(function)
+    def command(**kwargs):
+        for old, (new, field) in ALIASES.items():
+            value = kwargs.pop(f"alias_{field}")
+            if value is not None:
+                deprecated(old, new)
+                kwargs[field] = value
+        flags = RunFlags(**{name: kwargs.pop(name) for name, _, _ in RUN_FLAGS})
+        return function(flags=flags, **kwargs)
+
+    command.__signature__ = inspect.Signature(own + shared + hidden)
+    return command
+
+
+@contextlib.contextmanager
+def session(flags: RunFlags):
+    """Events with the live display, observability and Ctrl-C handling around one run; yields
+    ``(events, on_start)`` for the library call. Errors that stop a run before it starts become
+    one line on stderr and exit code 2."""
+    from rlmpipe.lm.errors import FatalLMError
+    from rlmpipe.lm.local import LocalModelMissing
+    from rlmpipe.monitor.progress import attach_progress
+    from rlmpipe.runtime.events import EventBus
+    from rlmpipe.runtime.runner import ConfigurationChanged, interrupt_handling
+    from rlmpipe.runtime.store import WorkspaceBusy, WorkspaceTooNew
+
+    if flags.otel not in (None, "console", "otlp"):
+        fail(f"--otel must be console or otlp (got {flags.otel!r})")
+    events = EventBus()
+    display = attach_progress(events, quiet=flags.quiet)
+    current = {}
+    try:
+        with interrupt_handling(lambda: current.get("run")), display, \
+                _observability(events, flags.otel, flags.otlp_endpoint, flags.metrics_port):
+            yield events, lambda run: current.update(run=run)
+    except (FatalLMError, LocalModelMissing, ValueError, WorkspaceBusy, WorkspaceTooNew, ConfigurationChanged,
+            LookupError) as exc:
+        fail(str(exc))
 
 
 @contextlib.contextmanager
@@ -137,268 +319,216 @@ def _observability(events, otel: Optional[str], otlp_endpoint: Optional[str], me
             close()
 
 
-def _run_pipeline(pipeline, paths, *, lm, api_base, model_path, concurrency, max_tokens, max_cost, max_time,
-                  rpm, tpm, workspace, force_resume, fresh, quiet, out, command: dict, contracts_out=None,
-                  max_sub_calls=None, print_results=True,
-                  otel=None, otlp_endpoint=None, metrics_port=None):
-    """Choose the model, run the pipeline with live progress, print the outcome, exit with its code."""
-    from rlmpipe.lm.errors import FatalLMError
-    from rlmpipe.lm.local import LocalModelMissing
-    from rlmpipe.lm.models import choose_model, make_lm
-    from rlmpipe.monitor.progress import attach_progress
-    from rlmpipe.runtime.events import EventBus
-    from rlmpipe.runtime.runner import RunOptions, execute, interrupt_handling
-    from rlmpipe.runtime.store import Store
-
-    try:
-        choice = choose_model(lm, api_base, model_path)
-        model = make_lm(choice, max_tokens=1024 if choice.is_local else None)
-        adapter = None
-        if choice.is_local:  # the small local model only answers reliably under a JSON-schema grammar
-            import dspy
-
-            adapter = dspy.JSONAdapter()
-        options = RunOptions(concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost,
-                             max_seconds=max_time, requests_per_minute=rpm, tokens_per_minute=tpm,
-                             workspace=Path(workspace), force_resume=force_resume, fresh=fresh, adapter=adapter,
-                             max_sub_calls=max_sub_calls)
-        if otel not in (None, "console", "otlp"):
-            raise ValueError(f"--otel must be console or otlp (got {otel!r})")
-    except (FatalLMError, LocalModelMissing, ValueError) as exc:
-        fail(str(exc))
-    events = EventBus()
-    progress = attach_progress(events, quiet=quiet)
-    current = {}
-    config = {"command": command, "model_source": choice.source}
-    with interrupt_handling(lambda: current.get("run")), progress, \
-            _observability(events, otel, otlp_endpoint, metrics_port):
-        if contracts_out is not None:
-            from rlmpipe.apps.contracts import analyze
-
-            summary, written = analyze(list(paths), model, contracts_out, options=options, chunking=pipeline.chunking,
-                                       store=Store(options.workspace), events=events, run_config=config,
-                                       on_start=lambda run: current.update(run=run))
-            typer.echo(f"wrote {', '.join(str(p) for p in written.values())}", err=True)
-            return summary
-        summary = execute(pipeline, list(paths), model, options=options, store=Store(options.workspace),
-                          events=events, run_config=config, on_start=lambda run: current.update(run=run))
-    if out:
-        with open(out, "w", encoding="utf-8") as handle:
-            for item in summary.results:
-                handle.write(json.dumps(item, ensure_ascii=False) + "\n")
-    elif summary.results and not quiet and print_results:
-        for item in summary.results:
-            typer.echo(json.dumps(item, ensure_ascii=False))
-    return summary
-
-
-def _exit_for(summary) -> None:
-    if summary.status == "failed":
-        typer.echo(f"error: run {summary.run_id} failed: {summary.reason}", err=True)
+def finish(result, *, wrote: dict | None = None) -> None:
+    """After the display has ended: what was written, then the outcome and the exit code."""
+    for path in (wrote or {}).values():
+        typer.echo(f"wrote {path}", err=True)
+    if result.status == "failed":
+        typer.echo(f"error: run {result.run_id} failed: {result.reason}", err=True)
         raise typer.Exit(2)
-    if summary.status == "stopped":
-        typer.echo(f"run {summary.run_id} stopped ({summary.reason}); resume with: rlmpipe resume {summary.run_id}",
+    if result.status == "stopped":
+        typer.echo(f"run {result.run_id} stopped ({result.reason}); resume with: rlmpipe resume {result.run_id}",
                    err=True)
         raise typer.Exit(3)
-    if summary.documents.get("failed"):
+    bad = result.failed
+    if bad:
+        partial = sum(1 for d in bad if d.status == "partial")
+        typer.echo(f"run {result.run_id}: {len(bad) - partial} document(s) failed, {partial} partial; "
+                   f"details: rlmpipe runs show {result.run_id}", err=True)
         raise typer.Exit(1)
 
 
-OTEL_OPTION = typer.Option(
-    None, "--otel", help="Export OpenTelemetry traces (run > document > step > LM call): console (stderr) or "
-    "otlp (OTLP/HTTP; the OTEL_EXPORTER_OTLP_* variables are honoured). Needs the 'otel' extra.")
-OTLP_ENDPOINT_OPTION = typer.Option(
-    None, "--otlp-endpoint",
-    help="OTLP/HTTP endpoint, e.g. http://localhost:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT).")
-METRICS_PORT_OPTION = typer.Option(
-    None, "--metrics-port", help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics while the run goes "
-    "(0: any free port, printed on stderr). Needs the 'metrics' extra.")
-
-
+# --- summarize, ask, contracts ------------------------------------------------------------------------------
 @app.command()
+@run_command
 def summarize(
     paths: List[Path] = typer.Argument(..., help="Files or folders."),
-    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
-    api_base: Optional[str] = typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server."),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="A GGUF file for the local model."),
+    pattern: str = typer.Option("map-reduce", "--pattern", help="map-reduce (chunks in parallel, then merged) | "
+                                "window (chunks in order, each with the summary so far)."),
     chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="Tokens per chunk."),
+    overlap: int = typer.Option(0, "--overlap", help="Tokens shared by consecutive chunks."),
     strategy: str = typer.Option("structure", help="fixed | structure"),
-    concurrency: int = typer.Option(8, help="LM calls at once."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget for the whole run."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD budget for the whole run."),
-    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
-    rpm: Optional[int] = typer.Option(None, "--rpm", help="Requests per minute allowed by the provider."),
-    tpm: Optional[int] = typer.Option(None, "--tpm", help="Tokens per minute allowed by the provider."),
-    workspace: Path = typer.Option(Path(".rlmpipe"), help="Where runs are stored."),
-    force_resume: bool = typer.Option(False, "--force-resume", help="Reuse finished steps of a run whose configuration changed."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier runs and compute everything again."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-    out: Optional[Path] = typer.Option(None, help="Write one JSON line per document here."),
-    otel: Optional[str] = OTEL_OPTION,
-    otlp_endpoint: Optional[str] = OTLP_ENDPOINT_OPTION,
-    metrics_port: Optional[int] = METRICS_PORT_OPTION,
+    window_tokens: int = typer.Option(1024, "--window-tokens", help="window: the most tokens of running summary "
+                                      "carried to the next chunk."),
+    out: Optional[Path] = typer.Option(None, help="Write one JSON line per document here (else stdout)."),
+    *, flags: RunFlags,
 ) -> None:
-    """Summarize documents of any size: map over chunks, then merge the summaries as a tree."""
-    from rlmpipe.apps.summarize import SummarizePipeline
-    from rlmpipe.chunking import ChunkingConfig
+    """Summarize documents of any size: map over chunks then merge as a tree, or a sliding window."""
+    from rlmpipe import api
 
-    try:
-        pipeline = SummarizePipeline(ChunkingConfig(strategy=strategy, max_tokens=chunk_tokens))
-    except ValueError as exc:
-        fail(str(exc))
-    command = {"name": "summarize", "paths": [str(p.resolve()) for p in paths], "lm": lm, "api_base": api_base,
-               "model_path": model_path, "chunk_tokens": chunk_tokens, "strategy": strategy,
-               "concurrency": concurrency, "rpm": rpm, "tpm": tpm, "out": str(out.resolve()) if out else None}
-    summary = _run_pipeline(pipeline, paths, lm=lm, api_base=api_base, model_path=model_path,
-                            concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
-                            rpm=rpm, tpm=tpm, workspace=workspace, force_resume=force_resume, fresh=fresh,
-                            quiet=quiet, out=out, command=command, otel=otel, otlp_endpoint=otlp_endpoint,
-                            metrics_port=metrics_port)
-    _exit_for(summary)
+    with session(flags) as (events, on_start):
+        result = api.summarize(paths, pattern=pattern, strategy=strategy, chunk_tokens=chunk_tokens,
+                               overlap=overlap, window_tokens=window_tokens, out=out, events=events,
+                               on_start=on_start, **flags.model(), **flags.run_options())
+    if not out and not flags.quiet:
+        _print_summaries(result)
+    finish(result, wrote=result.outputs)
 
 
-# --- ask -------------------------------------------------------------------------------------------
+def _print_summaries(result) -> None:
+    for document in result:
+        if document.result is not None:
+            typer.echo(json.dumps({"doc_id": document.doc_id, "path": document.path, "status": document.status,
+                                   "result": document.result}, ensure_ascii=False))
+
 
 @app.command()
+@run_command
 def ask(
     args: List[str] = typer.Argument(..., metavar="PATH... QUESTION", help="Files or folders, then the question."),
-    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
-    api_base: Optional[str] = typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server."),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="A GGUF file for the local model."),
     max_depth: int = typer.Option(2, "--max-depth", help="Deepest recursion level of sub-model calls."),
     max_iters: int = typer.Option(12, "--max-iters", help="REPL rounds of the top-level model."),
     max_sub_calls: Optional[int] = typer.Option(None, "--max-sub-calls", help="Sub-model calls, all depths together."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget, all depths together."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD budget, all depths together."),
-    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
     timeout: float = typer.Option(120.0, "--exec-timeout", help="Seconds one code execution may take."),
-    workspace: Path = typer.Option(Path(".rlmpipe"), help="Where runs are stored."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    *, flags: RunFlags,
 ) -> None:
     """Answer a question over documents of any size with a Recursive Language Model (dspy.RLM) in an
     offline sandbox: the documents stay out of the prompt, the model reads them with code."""
-    from rlmpipe.apps.ask import AskPipeline
+    from rlmpipe import api
 
     if len(args) < 2:
         fail("give one or more files or folders, then the question")
     *paths, question = args
-    try:
-        pipeline = AskPipeline(question, max_depth=max_depth, max_iters=max_iters, sandbox={"timeout": timeout})
-    except ValueError as exc:
-        fail(str(exc))
-    command = {"name": "ask", "paths": [str(Path(p).resolve()) for p in paths], "question": question}
-    summary = _run_pipeline(pipeline, [Path(p) for p in paths], lm=lm, api_base=api_base, model_path=model_path,
-                            concurrency=4, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
-                            rpm=None, tpm=None, workspace=workspace, force_resume=False, fresh=False, quiet=quiet,
-                            out=None, command=command, max_sub_calls=max_sub_calls, print_results=False)
-    answer = summary.final
-    if answer is None:
-        from rlmpipe.runtime.store import Store
+    if not question.strip():
+        fail("the question is empty")
+    options = flags.run_options()
+    if flags.concurrency == 8:  # the default: fewer in parallel for one question
+        options["concurrency"] = 4
+    with session(flags) as (events, on_start):
+        result = api.ask(paths, question, max_depth=max_depth, max_iters=max_iters, exec_timeout=timeout,
+                         max_sub_calls=max_sub_calls, events=events, on_start=on_start, **flags.model(), **options)
+    _print_answer(result, flags.quiet)
+    finish(result)
 
-        stopped = [s for s in Store(workspace).steps(summary.run_id) if s.name == "ask" and s.status == "stopped"]
+
+def _print_answer(result, quiet: bool) -> None:
+    from rlmpipe.runtime.store import Store
+
+    answer = result.final
+    if answer is None:
+        with Store(result.workspace) as store:
+            stopped = [s for s in store.steps(result.run_id) if s.name == "ask" and s.status == "stopped"]
         if stopped:
             partial = stopped[-1].result or {}
             typer.echo(f"partial answer ({partial.get('status')}):\n{partial.get('partial_answer') or '(none)'}")
-    else:
-        typer.echo(answer.get("answer", ""))
-        if answer.get("sources"):
-            typer.echo("sources: " + ", ".join(map(str, answer["sources"])))
-        if not quiet:
-            typer.echo(f"[run {summary.run_id}: {answer.get('iterations')} REPL rounds; "
-                       f"details: rlmpipe runs show {summary.run_id}]", err=True)
-    _exit_for(summary)
+        return
+    typer.echo(answer.get("answer", ""))
+    if answer.get("sources"):
+        typer.echo("sources: " + ", ".join(map(str, answer["sources"])))
+    if not quiet:
+        typer.echo(f"[run {result.run_id}: {answer.get('iterations')} REPL rounds; "
+                   f"details: rlmpipe runs show {result.run_id}]", err=True)
 
-
-# --- contracts --------------------------------------------------------------------------------------
 
 contracts_app = typer.Typer(help="The contract corpus analyzer.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 
 
 @contracts_app.command("analyze")
+@run_command
 def contracts_analyze(
     paths: List[Path] = typer.Argument(..., help="Contracts, or folders of them (.txt .md .pdf .docx .html)."),
-    lm: Optional[str] = typer.Option(None, "--lm", help=LM_HELP),
-    api_base: Optional[str] = typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server."),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="A GGUF file for the local model."),
     out: Path = typer.Option(Path("contracts-out"), help="Folder for contracts.jsonl, clauses.csv, report.html."),
-    concurrency: int = typer.Option(8, help="LM calls at once."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD budget for the whole run."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Token budget for the whole run."),
-    max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
     chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="Tokens per chunk."),
-    overlap: int = typer.Option(128, help="Tokens shared by consecutive chunks."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the earlier run over these inputs even if the configuration changed."),
-    fresh: bool = typer.Option(False, "--fresh", help="Ignore earlier runs and analyse everything again."),
-    workspace: Path = typer.Option(Path(".rlmpipe"), help="Where runs are stored."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-    otel: Optional[str] = OTEL_OPTION,
-    otlp_endpoint: Optional[str] = OTLP_ENDPOINT_OPTION,
-    metrics_port: Optional[int] = METRICS_PORT_OPTION,
+    overlap: int = typer.Option(128, "--overlap", help="Tokens shared by consecutive chunks."),
+    old_resume: bool = typer.Option(False, "--resume", hidden=True),
+    *, flags: RunFlags,
 ) -> None:
     """Clauses, risks, obligations, summary and risk score for every contract, with verified evidence.
 
     Re-running the same command resumes it: finished contracts and chunks are not analysed again."""
-    from rlmpipe.apps.contracts import ContractsPipeline
-    from rlmpipe.chunking import ChunkingConfig
+    from rlmpipe import api
 
-    try:
-        pipeline = ContractsPipeline(ChunkingConfig(strategy="structure", max_tokens=chunk_tokens, overlap=overlap))
-    except ValueError as exc:
-        fail(str(exc))
-    command = {"name": "contracts", "paths": [str(p.resolve()) for p in paths], "lm": lm, "api_base": api_base,
-               "model_path": model_path, "out": str(out.resolve()), "concurrency": concurrency,
-               "chunk_tokens": chunk_tokens, "overlap": overlap}
-    summary = _run_pipeline(pipeline, paths, lm=lm, api_base=api_base, model_path=model_path,
-                            concurrency=concurrency, max_tokens=max_tokens, max_cost=max_cost, max_time=max_time,
-                            rpm=None, tpm=None, workspace=workspace, force_resume=resume, fresh=fresh, quiet=quiet,
-                            out=None, command=command, contracts_out=out, otel=otel, otlp_endpoint=otlp_endpoint,
-                            metrics_port=metrics_port)
-    _exit_for(summary)
+    if old_resume:
+        deprecated("--resume", "--force-resume")
+        flags.force_resume = True
+    with session(flags) as (events, on_start):
+        result = api.analyze_contracts(paths, out, chunk_tokens=chunk_tokens, overlap=overlap, events=events,
+                                       on_start=on_start, **flags.model(), **flags.run_options())
+    finish(result, wrote=result.outputs)
+
+
+# --- resume ---------------------------------------------------------------------------------------------------
+@app.command()
+def resume(run_id: str,
+           workspace: Optional[Path] = typer.Option(None, "--workspace", help="Where runs live (default: found)."),
+           max_run_tokens: Optional[int] = typer.Option(None, "--max-run-tokens", help="New token budget."),
+           max_cost: Optional[float] = typer.Option(None, "--max-cost", help="New USD budget."),
+           max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
+           force_resume: bool = typer.Option(False, "--force-resume", help="Resume although the configuration "
+                                             "(rlmpipe, DSPy or litellm version, ...) changed since the run."),
+           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+           otel: Optional[str] = RUN_FLAGS[-3][2], otlp_endpoint: Optional[str] = RUN_FLAGS[-2][2],
+           metrics_port: Optional[int] = RUN_FLAGS[-1][2],
+           old_max_tokens: Optional[int] = typer.Option(None, "--max-tokens", hidden=True)) -> None:
+    """Continue a stopped or failed run where it stopped (finished steps are not run again)."""
+    from rlmpipe import api
+
+    if old_max_tokens is not None:
+        deprecated("--max-tokens", "--max-run-tokens")
+        max_run_tokens = old_max_tokens
+    flags = RunFlags(lm=None, api_base=None, model_path=None, max_output_tokens=None, concurrency=8,
+                     max_run_tokens=max_run_tokens, max_cost=max_cost, max_time=max_time, price=None, rpm=None,
+                     tpm=None, workspace=workspace, force_resume=force_resume, fresh=False, quiet=quiet,
+                     executor="threads", ray_address=None, otel=otel, otlp_endpoint=otlp_endpoint,
+                     metrics_port=metrics_port)
+    with session(flags) as (events, on_start):
+        result = api.resume(run_id, workspace=workspace, max_run_tokens=max_run_tokens, max_cost=max_cost,
+                            max_seconds=max_time, force_resume=force_resume, events=events, on_start=on_start)
+    if result.command == "ask":
+        _print_answer(result, quiet)
+    elif result.command == "summarize" and not result.outputs and not quiet:
+        _print_summaries(result)
+    finish(result, wrote=result.outputs)
 
 
 # --- runs: what happened, live or afterwards -------------------------------------------------------
-
 runs_app = typer.Typer(help="Inspect runs: list, show, watch, report.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-WORKSPACE_OPTION = typer.Option(Path(".rlmpipe"), "--workspace", help="Where runs are stored.")
+WORKSPACE_OPTION = typer.Option(None, "--workspace", help="Where runs live (default: the nearest .rlmpipe folder "
+                                "here or above).")
 
 
-def _open_run(workspace: Path, run_id: str):
-    from rlmpipe.runtime.store import Store
+def _open_run(workspace: Optional[Path], run_id: str):
+    from rlmpipe.runtime.store import Store, find_workspace
 
-    if not (workspace / "runs.sqlite").exists():
-        fail(f"no runs in {workspace} (use --workspace)")
-    store = Store(workspace)
+    folder = find_workspace(workspace)
+    if not (folder / "runs.sqlite").exists():
+        fail(f"no runs in {folder}: runs live in the nearest .rlmpipe folder here or above "
+             "(or pass --workspace DIR)")
+    store = Store(folder)
     matches = store.find_runs(run_id)
     if not matches:
-        fail(f"no run {run_id!r} in {workspace}")
+        fail(f"no run {run_id!r} in {folder} (rlmpipe runs list shows the runs there)")
     if len(matches) > 1:
         fail(f"{run_id!r} is ambiguous: " + ", ".join(m["run_id"] for m in matches))
     return store, matches[0]
 
 
 @runs_app.command("list")
-def runs_list(workspace: Path = WORKSPACE_OPTION) -> None:
+def runs_list(workspace: Optional[Path] = WORKSPACE_OPTION) -> None:
     """Runs in the workspace, most recent first."""
     from rlmpipe.monitor.render import print_run_list
-    from rlmpipe.runtime.store import Store
+    from rlmpipe.runtime.store import Store, find_workspace
 
-    if not (workspace / "runs.sqlite").exists():
-        typer.echo(f"no runs in {workspace}")
+    folder = find_workspace(workspace)
+    if not (folder / "runs.sqlite").exists():
+        typer.echo(f"no runs in {folder} (runs live in the nearest .rlmpipe folder here or above)")
         return
-    print_run_list(Store(workspace))
+    with Store(folder) as store:
+        print_run_list(store)
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, workspace: Path = WORKSPACE_OPTION,
+def runs_show(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Totals and tables by step, by document and by recursion depth."""
+    """Totals and tables by step, by document and by recursion depth; failures with their reasons."""
     from rlmpipe.monitor.metrics import run_tables
     from rlmpipe.monitor.render import print_run_tables
 
     store, run = _open_run(workspace, run_id)
-    tables = run_tables(store, run["run_id"])
+    with store:
+        tables = run_tables(store, run["run_id"])
     if as_json:
         tables.pop("calls")
         typer.echo(json.dumps(tables, indent=2, default=str))
@@ -407,67 +537,26 @@ def runs_show(run_id: str, workspace: Path = WORKSPACE_OPTION,
 
 
 @runs_app.command("watch")
-def runs_watch(run_id: str, workspace: Path = WORKSPACE_OPTION,
+def runs_watch(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
                interval: float = typer.Option(1.0, help="Seconds between refreshes.")) -> None:
     """Follow a run started elsewhere (from its event log) until it ends."""
     from rlmpipe.monitor.watch import watch_run
 
     store, run = _open_run(workspace, run_id)
-    watch_run(workspace, run["run_id"], store, interval=interval)
+    with store:
+        watch_run(store.workspace, run["run_id"], store, interval=interval)
 
 
 @runs_app.command("report")
-def runs_report(run_id: str, workspace: Path = WORKSPACE_OPTION,
+def runs_report(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
                 out: Optional[Path] = typer.Option(None, help="HTML file to write (default: in the run's folder).")) -> None:
     """Write one self-contained HTML report of a run (opens offline)."""
     from rlmpipe.monitor.report import write_report
 
     store, run = _open_run(workspace, run_id)
-    path = write_report(store, run["run_id"], out or workspace / "runs" / run["run_id"] / "report.html")
+    with store:
+        path = write_report(store, run["run_id"], out or store.workspace / "runs" / run["run_id"] / "report.html")
     typer.echo(str(path))
-
-
-@app.command()
-def resume(run_id: str, workspace: Path = WORKSPACE_OPTION,
-           max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New token budget."),
-           max_cost: Optional[float] = typer.Option(None, "--max-cost", help="New USD budget."),
-           max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
-           quiet: bool = typer.Option(False, "--quiet", "-q"),
-           otel: Optional[str] = OTEL_OPTION,
-           otlp_endpoint: Optional[str] = OTLP_ENDPOINT_OPTION,
-           metrics_port: Optional[int] = METRICS_PORT_OPTION) -> None:
-    """Continue a stopped or failed run where it stopped (finished steps are not run again)."""
-    _, run = _open_run(workspace, run_id)
-    command = dict(run["config"].get("command") or {})
-    name = command.pop("name", None)
-    if name not in RESUMABLE:
-        fail(f"run {run['run_id']} was not started by a command that can be resumed here ({name})")
-    options = run["config"].get("options") or {}
-    budgets = {"max_tokens": max_tokens if max_tokens is not None else options.get("max_tokens"),
-               "max_cost": max_cost if max_cost is not None else options.get("max_cost"),
-               "max_time": max_time if max_time is not None else options.get("max_seconds")}
-    observe = {"otel": otel, "otlp_endpoint": otlp_endpoint, "metrics_port": metrics_port}
-    RESUMABLE[name](command, workspace=workspace, quiet=quiet, force_resume=True, **budgets, **observe)
-
-
-def _resume_summarize(command: dict, **overrides) -> None:
-    summarize(paths=[Path(p) for p in command["paths"]], lm=command.get("lm"), api_base=command.get("api_base"),
-              model_path=command.get("model_path"), chunk_tokens=command.get("chunk_tokens", 1024),
-              strategy=command.get("strategy", "structure"), concurrency=command.get("concurrency", 8),
-              rpm=command.get("rpm"), tpm=command.get("tpm"), fresh=False, out=command.get("out"),
-              **overrides)
-
-
-def _resume_contracts(command: dict, **overrides) -> None:
-    overrides.pop("force_resume", None)  # contracts analyze says it as --resume
-    contracts_analyze(paths=[Path(p) for p in command["paths"]], lm=command.get("lm"),
-                      api_base=command.get("api_base"), model_path=command.get("model_path"),
-                      out=Path(command["out"]), concurrency=command.get("concurrency", 8),
-                      chunk_tokens=command.get("chunk_tokens", 1024), overlap=command.get("overlap", 128),
-                      resume=True, fresh=False, **overrides)
-
-
-RESUMABLE = {"summarize": _resume_summarize, "contracts": _resume_contracts}
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ def text_cost(tmp_path_factory) -> dict[int, float]:
     for size in (SMALL, LARGE):
         path = folder / f"text-{size}.txt"
         path.write_text(_repeat(contracts, size), encoding="utf-8")
-        _cost(path, ChunkingConfig(strategy="structure", max_tokens=512))  # warm up (tokenizer load)
-        costs[size] = _cost(path, ChunkingConfig(strategy="structure", max_tokens=512))
+        _cost(path, ChunkingConfig(strategy="structure", chunk_tokens=512))  # warm up (tokenizer load)
+        costs[size] = _cost(path, ChunkingConfig(strategy="structure", chunk_tokens=512))
     return costs
 
 
@@ -83,7 +83,7 @@ def text_cost(tmp_path_factory) -> dict[int, float]:
 @pytest.mark.parametrize(("strategy", "suffix"), [("structure", ".txt"), ("structure", ".md"), ("fixed", ".txt")])
 @pytest.mark.parametrize("shape", sorted(_shapes(16)))
 def test_no_shape_is_superlinear(shape, strategy, suffix, tmp_path, text_cost):
-    config = ChunkingConfig(strategy=strategy, max_tokens=512)
+    config = ChunkingConfig(strategy=strategy, chunk_tokens=512)
     costs = {}
     for size in (SMALL, LARGE):
         path = tmp_path / f"shape-{size}{suffix}"
@@ -102,7 +102,7 @@ def test_a_huge_run_of_spaces_in_one_string_is_chunked():
     from rlmpipe.chunking import chunk_text, get_tokenizer
 
     source = "x\n" + " " * 1_500_000 + "a\n"
-    chunks = chunk_text(source, ChunkingConfig(strategy="structure", max_tokens=512))
+    chunks = chunk_text(source, ChunkingConfig(strategy="structure", chunk_tokens=512))
     assert "".join(c.text for c in chunks) == source
     tokenizer = get_tokenizer("cl100k_base")
     assert all(c.token_count == tokenizer.count(c.text) <= 512 for c in chunks)

@@ -1,7 +1,7 @@
 """The chunking contract, on arbitrary text and on real contracts, for both strategies:
 
 * ``text == source[char_start:char_end]``;
-* ``token_count == len(encode(text)) <= max_tokens`` (exact, with the tokenizer in use);
+* ``token_count == len(encode(text)) <= chunk_tokens`` (exact, with the tokenizer in use);
 * chunks cover the source in order: no gap, overlap only when asked and never more than asked;
 * same input and configuration -> same chunks and ids (also in a fresh process).
 """
@@ -41,7 +41,7 @@ def check_contract(source: str, chunks, config: ChunkingConfig) -> None:
         assert chunk.text == source[chunk.char_start : chunk.char_end]
         assert chunk.char_end > chunk.char_start
         assert chunk.token_count == tokenizer.count(chunk.text), (chunk.text, chunk.token_count)
-        assert chunk.token_count <= config.max_tokens
+        assert chunk.token_count <= config.chunk_tokens
     for before, after in zip(chunks, chunks[1:]):
         assert after.char_start <= before.char_end, "no gap between consecutive chunks"
         assert after.char_start > before.char_start and after.char_end > before.char_end
@@ -76,7 +76,7 @@ any_text = st.text(min_size=0, max_size=600)
 )
 def test_contract_holds_on_arbitrary_text(source, strategy, max_tokens, overlap_share, tokenizer):
     overlap = int(max_tokens * overlap_share) if overlap_share > 0.3 else 0
-    config = ChunkingConfig(strategy=strategy, max_tokens=max_tokens, overlap=overlap, tokenizer=tokenizer)
+    config = ChunkingConfig(strategy=strategy, chunk_tokens=max_tokens, overlap=overlap, tokenizer=tokenizer)
     check_contract(source, chunk_text(source, config), config)
 
 
@@ -90,7 +90,7 @@ def test_contract_holds_on_arbitrary_text(source, strategy, max_tokens, overlap_
 )
 def test_contract_holds_across_section_boundaries(source, strategy, max_tokens, overlap, monkeypatch_sections):
     """Tiny sections force every carry-over and uncut-run path of the streaming engine."""
-    config = ChunkingConfig(strategy=strategy, max_tokens=max_tokens, overlap=overlap)
+    config = ChunkingConfig(strategy=strategy, chunk_tokens=max_tokens, overlap=overlap)
     blocks, position, sizes = [], 0, itertools.cycle((37, 5, 111, 64))  # uneven block sizes
     while position < len(source):
         size = next(sizes)
@@ -109,7 +109,7 @@ def monkeypatch_sections():
 
 def test_fixed_chunks_do_not_depend_on_block_or_section_sizes(monkeypatch):
     source = (EXAMPLES / "ip_agreement_msci.txt").open(encoding="utf-8", newline="").read()
-    config = ChunkingConfig(strategy="fixed", max_tokens=100, overlap=20)
+    config = ChunkingConfig(strategy="fixed", chunk_tokens=100, overlap=20)
     whole = chunk_text(source, config, doc_id="d")
     monkeypatch.setattr(engine, "SECTION_CHARS", 1000)
     blocks = [Block(source[i : i + 77], i) for i in range(0, len(source), 77)]
@@ -120,20 +120,20 @@ def test_fixed_chunks_do_not_depend_on_block_or_section_sizes(monkeypatch):
 def test_long_run_without_spaces_is_cut_between_tokens_and_stays_exact():
     source = "x" * 5000 + " tail words here. " + "αβγδ" * 3000 + "😀" * 700
     for strategy in ("fixed", "structure"):
-        config = ChunkingConfig(strategy=strategy, max_tokens=50)
+        config = ChunkingConfig(strategy=strategy, chunk_tokens=50)
         check_contract(source, chunk_text(source, config), config)
 
 
 def test_special_token_text_is_counted_as_ordinary_text():
     source = "Before <|endoftext|> after <|im_start|>system\n" * 50
-    config = ChunkingConfig(max_tokens=40)
+    config = ChunkingConfig(chunk_tokens=40)
     chunks = chunk_text(source, config)
     check_contract(source, chunks, config)
 
 
-def test_overlap_not_smaller_than_max_tokens_is_rejected():
-    with pytest.raises(ValueError, match="overlap \\(512\\) must be smaller than max_tokens \\(512\\)"):
-        ChunkingConfig(strategy="fixed", max_tokens=512, overlap=512)
+def test_overlap_not_smaller_than_chunk_tokens_is_rejected():
+    with pytest.raises(ValueError, match="overlap \\(512\\) must be smaller than chunk_tokens \\(512\\)"):
+        ChunkingConfig(strategy="fixed", chunk_tokens=512, overlap=512)
     with pytest.raises(ValueError, match="unknown strategy"):
         ChunkingConfig(strategy="semantic")
 
@@ -147,7 +147,7 @@ REAL = sorted(CUAD.glob("cuad_*.txt"))[::25] if CUAD.is_dir() else sorted(EXAMPL
 ])
 def test_contract_holds_on_real_contracts(path, strategy, max_tokens, overlap):
     source = path.open(encoding="utf-8", newline="").read()
-    config = ChunkingConfig(strategy=strategy, max_tokens=max_tokens, overlap=overlap)
+    config = ChunkingConfig(strategy=strategy, chunk_tokens=max_tokens, overlap=overlap)
     chunks = chunk_text(source, config)
     check_contract(source, chunks, config)
     if overlap == 0:
@@ -162,7 +162,7 @@ def test_same_chunks_and_ids_in_a_new_process():
         "from rlmpipe.ingest import open_document\n"
         "from rlmpipe.chunking import ChunkingConfig, chunk_document\n"
         "for s in ('structure', 'fixed'):\n"
-        "    for c in chunk_document(open_document(sys.argv[1]), ChunkingConfig(strategy=s, max_tokens=200)):\n"
+        "    for c in chunk_document(open_document(sys.argv[1]), ChunkingConfig(strategy=s, chunk_tokens=200)):\n"
         "        print(json.dumps(c.to_dict()))\n"
     )
     runs = [
@@ -177,18 +177,18 @@ def test_same_chunks_and_ids_in_a_new_process():
     here = [
         json.dumps(c.to_dict())
         for s in ("structure", "fixed")
-        for c in chunk_document(open_document(path), ChunkingConfig(strategy=s, max_tokens=200))
+        for c in chunk_document(open_document(path), ChunkingConfig(strategy=s, chunk_tokens=200))
     ]
     assert runs[0].splitlines() == here
 
 
 def test_chunk_ids_change_with_configuration_and_document():
     source = "1. Term. This Agreement lasts one year.\n\n2. Fees. Fees are due monthly.\n"
-    base = chunk_text(source, ChunkingConfig(max_tokens=64), doc_id="a")[0].chunk_id
-    assert chunk_text(source, ChunkingConfig(max_tokens=64), doc_id="b")[0].chunk_id != base
-    assert chunk_text(source, ChunkingConfig(max_tokens=65), doc_id="a")[0].chunk_id != base
-    assert chunk_text(source, ChunkingConfig(max_tokens=64, strategy="fixed"), doc_id="a")[0].chunk_id != base
-    assert chunk_text(source, ChunkingConfig(max_tokens=64), doc_id="a")[0].chunk_id == base
+    base = chunk_text(source, ChunkingConfig(chunk_tokens=64), doc_id="a")[0].chunk_id
+    assert chunk_text(source, ChunkingConfig(chunk_tokens=64), doc_id="b")[0].chunk_id != base
+    assert chunk_text(source, ChunkingConfig(chunk_tokens=65), doc_id="a")[0].chunk_id != base
+    assert chunk_text(source, ChunkingConfig(chunk_tokens=64, strategy="fixed"), doc_id="a")[0].chunk_id != base
+    assert chunk_text(source, ChunkingConfig(chunk_tokens=64), doc_id="a")[0].chunk_id == base
 
 
 @pytest.mark.parametrize("source", [
@@ -199,7 +199,7 @@ def test_chunk_ids_change_with_configuration_and_document():
 @pytest.mark.parametrize("strategy", ["structure", "fixed"])
 def test_sections_beyond_the_fast_tokenizers_limits(source, strategy, tmp_path):
     """bpe-openai refuses inputs of 1M characters or 200k tokens: long texts are encoded in pieces."""
-    config = ChunkingConfig(strategy=strategy, max_tokens=512)
+    config = ChunkingConfig(strategy=strategy, chunk_tokens=512)
     check_contract(source, chunk_text(source, config), config)
     path = tmp_path / "doc.txt"
     path.write_text(source, encoding="utf-8")

@@ -35,15 +35,32 @@ def test_the_embedded_models_tokenizer_gives_exact_chunks():
     assert not tokenizer.additive  # every chunk is re-counted with it
     source = (EXAMPLES / "services_agreement_scoutcam.txt").read_text(encoding="utf-8")
     for strategy in ("structure", "fixed"):
-        config = ChunkingConfig(strategy=strategy, max_tokens=200, overlap=20, tokenizer="local")
+        config = ChunkingConfig(strategy=strategy, chunk_tokens=200, overlap=20, tokenizer="local")
         chunks = chunk_text(source, config)
         check_contract(source, chunks, config)
         assert max(c.token_count for c in chunks) > 150
 
 
-def test_importing_rlmpipe_points_litellm_and_tiktoken_at_their_bundled_files():
-    program = ("import os, rlmpipe; print(os.environ['LITELLM_LOCAL_MODEL_COST_MAP']); "
-               "print(os.path.isdir(os.environ['TIKTOKEN_CACHE_DIR']))")
+def test_importing_rlmpipe_changes_nothing_and_its_own_loads_stay_offline():
+    """``import rlmpipe`` leaves the environment as it was; when rlmpipe loads a tiktoken encoding or
+    looks up a price (importing litellm), the bundled files are used and the environment is restored."""
+    program = (
+        "import os, json\n"
+        "before = dict(os.environ)\n"
+        "import rlmpipe\n"
+        "assert dict(os.environ) == before, 'import rlmpipe changed the environment'\n"
+        "from rlmpipe.chunking import get_tokenizer\n"
+        "from rlmpipe.lm.usage import price\n"
+        "tokens = get_tokenizer('cl100k_base').count('hello world')\n"
+        "cost = price('openai/gpt-4o-mini', 1_000_000, 0)\n"
+        "from litellm.litellm_core_utils.get_model_cost_map import get_model_cost_map_source_info\n"
+        "print(json.dumps({'tokens': tokens, 'cost': cost, 'source': get_model_cost_map_source_info()['source'],\n"
+        "                  'cost_map_var': os.environ.get('LITELLM_LOCAL_MODEL_COST_MAP')}))\n"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("LITELLM_LOCAL_MODEL_COST_MAP", "TIKTOKEN_CACHE_DIR")}
-    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split() == ["True", "True"]
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    result = __import__("json").loads(out.stdout)
+    assert result["tokens"] == 2 and result["cost"] > 0
+    assert result["source"] == "local", "litellm read its bundled price map, not the network"
+    assert result["cost_map_var"] is None, "the variable rlmpipe set for litellm's import is gone again"

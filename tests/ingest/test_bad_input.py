@@ -100,7 +100,7 @@ def test_one_bad_file_never_stops_the_others(tmp_path):
     (tmp_path / "good.txt").write_text("1. Term. This Agreement lasts one year.\n", encoding="utf-8")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "also-good.md").write_text("# Fees\n\nPay monthly.\n", encoding="utf-8")
-    items = list(chunk_paths([tmp_path, tmp_path / "notes.rtf"], ChunkingConfig(max_tokens=64)))
+    items = list(chunk_paths([tmp_path, tmp_path / "notes.rtf"], ChunkingConfig(chunk_tokens=64)))
     errors = [i for i in items if isinstance(i, DocumentError)]
     documents = [i for i in items if isinstance(i, Document)]
     chunks = [i for i in items if isinstance(i, Chunk)]

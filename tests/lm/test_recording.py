@@ -91,7 +91,7 @@ def test_fatal_errors_are_not_retried():
 def test_budget_admits_a_call_only_if_its_prompt_and_expected_completion_fit():
     scripted = ScriptedLM(default=chat_reply(answer="ok"), usage=(60, 40), max_tokens=50)
     recorder = UsageRecorder()
-    budget = Budget(max_tokens=1000)
+    budget = Budget(max_run_tokens=1000)
     recorder.subscribe(budget.charge)
     lm = RecordingLM(scripted, recorder, budget=budget)
     predict = dspy.Predict("q -> answer")

@@ -67,7 +67,7 @@ def test_autolog_traces_a_run_without_double_counting(autolog, openai_server, tm
     events = EventBus()
     events.subscribe(TraceListener(provider))
     lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=openai_server.base_url), timeout=5.0)
-    pipeline = SummarizePipeline(ChunkingConfig(strategy="structure", max_tokens=30), merge_input_tokens=200)
+    pipeline = SummarizePipeline(ChunkingConfig(strategy="structure", chunk_tokens=30), merge_input_tokens=200)
     summary = execute(pipeline, [str(min(CONTRACTS.glob("*.txt")))], lm, events=events,
                       options=RunOptions(workspace=tmp_path / "ws", concurrency=4, retry=FAST_RETRY))
     provider.shutdown()

@@ -29,7 +29,7 @@ from rlmpipe.runtime.store import Store  # noqa: E402
 from tests.support.replies import summary_reply  # noqa: E402
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "examples" / "contracts"
-CHUNKING = ChunkingConfig(strategy="structure", max_tokens=30)
+CHUNKING = ChunkingConfig(strategy="structure", chunk_tokens=30)
 FAST_RETRY = RetryPolicy(max_attempts=12, initial_wait=0.01, max_wait=0.05, jitter=0.01, max_retry_after=0.05)
 PROMPT, COMPLETION = 7, 3
 
@@ -97,7 +97,7 @@ def test_traces_of_a_run_with_retries_and_a_resume(openai_server, tmp_path):
     workspace = tmp_path / "ws"
 
     # --- session 1: stopped by its token budget ---------------------------------------------------
-    first, spans = traced_session(openai_server, paths, workspace, max_tokens=1200)
+    first, spans = traced_session(openai_server, paths, workspace, max_run_tokens=1200)
     assert first.status == "stopped" and "budget" in first.reason
     assert sum(f.fired for f in faults) > 0, "the faults fired: there were retries"
     lm, steps, documents, runs = by_kind(spans)

@@ -57,7 +57,7 @@ def test_metrics_endpoint_counts_a_run_exactly(openai_server, tmp_path):
 
         paths = [str(p) for p in sorted(CONTRACTS.glob("*.txt"))[:2]]
         lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=openai_server.base_url), timeout=5.0)
-        chunking = ChunkingConfig(strategy="structure", max_tokens=30)
+        chunking = ChunkingConfig(strategy="structure", chunk_tokens=30)
         pipeline = SummarizePipeline(chunking, merge_input_tokens=200)
         summary = execute(pipeline, paths, lm, events=events,
                           options=RunOptions(workspace=tmp_path / "ws", concurrency=4, retry=FAST_RETRY))

@@ -42,7 +42,7 @@ needs_chromium = pytest.mark.skipif(browser.find_chromium() is None,
 
 def _summarize(server, paths, workspace, **options):
     lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=server.base_url), timeout=5.0)
-    pipeline = SummarizePipeline(ChunkingConfig(strategy="structure", max_tokens=30), merge_input_tokens=200)
+    pipeline = SummarizePipeline(ChunkingConfig(strategy="structure", chunk_tokens=30), merge_input_tokens=200)
     return execute(pipeline, [str(p) for p in paths], lm,
                    options=RunOptions(workspace=workspace, retry=FAST_RETRY, **options))
 
@@ -64,8 +64,8 @@ def resumed_run(tmp_path_factory):
         server.fail("server_error", probability=0.06, seed=2)
         server.fail("bad_request", pattern="POISONPILL")  # not retried: fails its step and its document
         paths = sorted(docs.iterdir())
-        first = _summarize(server, paths, workspace, max_tokens=300, concurrency=4)
-        second = _summarize(server, paths, workspace, max_tokens=10_000_000, concurrency=4)
+        first = _summarize(server, paths, workspace, max_run_tokens=300, concurrency=4)
+        second = _summarize(server, paths, workspace, max_run_tokens=10_000_000, concurrency=4)
         served = [(call.served, call.status) for call in server.chat_calls]
     assert first.status == "stopped" and first.reason.startswith("budget")
     assert second.run_id == first.run_id and second.session == 2 and second.status == "done"

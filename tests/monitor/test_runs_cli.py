@@ -93,7 +93,7 @@ def test_cache_hits_cost_nothing_and_every_view_agrees(openai_server, tmp_path):
     document = tmp_path / "doc.txt"
     document.write_text("".join(f"Clause {i} ({uuid.uuid4()}): the parties agree.\n\n" for i in range(12)))
     lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=openai_server.base_url), cache=True)
-    pipeline = SummarizePipeline(ChunkingConfig(max_tokens=40))
+    pipeline = SummarizePipeline(ChunkingConfig(chunk_tokens=40))
     first = execute(pipeline, [str(document)], lm, options=RunOptions(workspace=tmp_path / "ws", fresh=True))
     served = len(openai_server.chat_calls)
     second = execute(pipeline, [str(document)], lm, options=RunOptions(workspace=tmp_path / "ws", fresh=True))

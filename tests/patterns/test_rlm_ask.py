@@ -101,14 +101,14 @@ def test_sub_call_budget_across_depths(haystack, tmp_path, pyodide_cache):
 def test_token_budget_ends_with_the_best_partial_answer_and_resumes(haystack, tmp_path, pyodide_cache):
     lm = ScriptedLM(usage=(400, 50))
     needle_script(lm)
-    options = RunOptions(workspace=tmp_path / "ws", max_tokens=900)
+    options = RunOptions(workspace=tmp_path / "ws", max_run_tokens=900)
     summary = execute(AskPipeline("What is the termination fee?"), [str(haystack)], lm, options=options)
     assert summary.status == "stopped" and "token budget reached" in summary.reason
     step = next(s for s in Store(tmp_path / "ws").steps(summary.run_id) if s.name == "ask")
     assert step.status == "stopped"
     assert "4,250,000 dollars" in step.result["partial_answer"] and step.result["status"].startswith("stopped")
     resumed = execute(AskPipeline("What is the termination fee?"), [str(haystack)], lm,
-                      options=RunOptions(workspace=tmp_path / "ws", max_tokens=100_000))
+                      options=RunOptions(workspace=tmp_path / "ws", max_run_tokens=100_000))
     assert resumed.status == "done" and resumed.final["answer"] == "4,250,000 dollars"
 
 

@@ -16,7 +16,7 @@ from rlmpipe.runtime.store import Store
 from tests.support.replies import numbered_document, summary_reply
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "contracts"
-SMALL_CHUNKS = ChunkingConfig(strategy="structure", max_tokens=32)
+SMALL_CHUNKS = ChunkingConfig(strategy="structure", chunk_tokens=32)
 FAST_RETRY = RetryPolicy(max_attempts=12, initial_wait=0.01, max_wait=0.05, jitter=0.01, max_retry_after=0.1)
 
 
@@ -76,7 +76,7 @@ def test_budget_stops_gracefully_and_a_larger_budget_resumes_without_repeating(o
     openai_server.set_default(summary_reply)
     workspace = tmp_path / "ws"
     paths = sorted(EXAMPLES.glob("*.txt"))
-    first = summarize(openai_server, paths, workspace, max_tokens=3000, concurrency=2)
+    first = summarize(openai_server, paths, workspace, max_run_tokens=3000, concurrency=2)
     assert first.status == "stopped" and first.reason.startswith("budget: token budget reached")
     assert first.resumable
     store = Store(workspace)
@@ -84,7 +84,7 @@ def test_budget_stops_gracefully_and_a_larger_budget_resumes_without_repeating(o
     assert done_before, "work finished before the budget stop is saved"
     requests_before = len(openai_server.chat_calls)
 
-    second = summarize(openai_server, paths, workspace, max_tokens=10_000_000, concurrency=2)
+    second = summarize(openai_server, paths, workspace, max_run_tokens=10_000_000, concurrency=2)
     assert second.run_id == first.run_id and second.status == "done" and second.session == 2
     new_calls = [c for c in store.calls(second.run_id) if c["session"] == 2]
     assert not {c["step_key"] for c in new_calls} & set(done_before), "no LM call for a step already done"
@@ -125,6 +125,6 @@ def test_same_command_twice_reuses_everything(openai_server, tmp_path):
     assert second.run_id == first.run_id and second.status == "done"
     assert len(openai_server.chat_calls) == count
     assert sorted(map(str, second.results)) == sorted(map(str, first.results))
-    changed = summarize(openai_server, paths, tmp_path / "ws", chunking=ChunkingConfig(max_tokens=40))
+    changed = summarize(openai_server, paths, tmp_path / "ws", chunking=ChunkingConfig(chunk_tokens=40))
     assert changed.run_id != first.run_id and any("configuration changed" in n for n in changed.notes)
     assert len(openai_server.chat_calls) > count

@@ -9,7 +9,7 @@ from pathlib import Path
 import dspy
 
 from rlmpipe.ingest import Document, open_document
-from rlmpipe.patterns.rlm import rlm_step
+from rlmpipe.patterns.rlm import rlm_module, rlm_step
 from rlmpipe.runtime.fingerprint import digest
 
 
@@ -36,11 +36,23 @@ class AskPipeline:
         self.question = question
         self.max_depth, self.max_iters, self.max_llm_calls = max_depth, max_iters, max_llm_calls
         self.sandbox = sandbox or {}
-        self.program = dspy.RLM(AnswerFromDocuments, max_iters=max_iters, max_llm_calls=max_llm_calls)
+        # the very module rlm_step runs (its prompts include the sandbox's instructions): fingerprinted
+        self.program = rlm_module(AnswerFromDocuments, max_depth=max_depth, max_iters=max_iters,
+                                  max_llm_calls=max_llm_calls, sandbox=self.sandbox)
 
     def config(self) -> dict:
         return {"question": self.question, "max_depth": self.max_depth, "max_iters": self.max_iters,
-                "max_llm_calls": self.max_llm_calls}
+                "max_llm_calls": self.max_llm_calls, "sandbox": self.sandbox}
+
+    def settings(self) -> dict:
+        """What rebuilds this pipeline (``rlmpipe resume``)."""
+        return {"question": self.question, "max_depth": self.max_depth, "max_iters": self.max_iters,
+                "max_llm_calls": self.max_llm_calls, "sandbox": self.sandbox}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "AskPipeline":
+        return cls(settings["question"], max_depth=settings["max_depth"], max_iters=settings["max_iters"],
+                   max_llm_calls=settings["max_llm_calls"], sandbox=settings.get("sandbox"))
 
     def programs(self) -> dict:
         return {"rlm": self.program}

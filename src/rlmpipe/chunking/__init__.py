@@ -1,10 +1,10 @@
 """Chunking: token-exact chunks of a block stream, fixed windows or structure-aware.
 
     >>> from rlmpipe.chunking import ChunkingConfig, chunk_text
-    >>> chunks = chunk_text("1. Term. This Agreement ...", ChunkingConfig(max_tokens=512))
+    >>> chunks = chunk_text("1. Term. This Agreement ...", ChunkingConfig(chunk_tokens=512))
 
 Every chunk satisfies ``chunk.text == source[chunk.char_start:chunk.char_end]`` and
-``chunk.token_count == len(tokenizer.encode(chunk.text)) <= max_tokens``; together the chunks cover
+``chunk.token_count == len(tokenizer.encode(chunk.text)) <= chunk_tokens``; together the chunks cover
 the source in order, overlapping only by the requested overlap.
 """
 
@@ -20,13 +20,29 @@ from rlmpipe.ingest.document import Block, Document, doc_id_from_digest
 
 __all__ = [
     "ALGORITHM_VERSION", "STRATEGIES", "DEFAULT_TOKENIZER", "Chunk", "ChunkingConfig", "Tokenizer",
-    "chunk_blocks", "chunk_document", "chunk_text", "get_tokenizer", "make_chunk_id",
+    "chunk", "chunk_blocks", "chunk_document", "chunk_text", "chunk_paths", "get_tokenizer", "make_chunk_id",
 ]
 
 
 def chunk_document(document: Document, config: ChunkingConfig | None = None) -> Iterator[Chunk]:
     """Chunks of a validated document, streamed."""
     return chunk_blocks(document.blocks(), document.doc_id, config)
+
+
+def chunk(source, config: ChunkingConfig | None = None, **settings) -> Iterator[Chunk]:
+    """Chunks of a document, streamed: ``source`` is a :class:`~rlmpipe.ingest.Document` or the path
+    of a file (``str`` or ``Path``); ``settings`` are :class:`ChunkingConfig` fields
+    (``chunk_tokens=512, overlap=64, strategy="fixed"``). For a string of text, use :func:`chunk_text`."""
+    import os
+
+    from rlmpipe.ingest import Document, open_document
+
+    config = config or ChunkingConfig(**settings)
+    if isinstance(source, Document):
+        return chunk_document(source, config)
+    if isinstance(source, str) and not os.path.exists(source):
+        raise ValueError(f"no such file: {source[:80]!r} (to chunk a string of text, use rlmpipe.chunk_text)")
+    return chunk_document(open_document(source), config)
 
 
 def chunk_text(text: str, config: ChunkingConfig | None = None, doc_id: str | None = None) -> list[Chunk]:

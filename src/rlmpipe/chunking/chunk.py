@@ -39,10 +39,10 @@ class Chunk:
 @dataclass(frozen=True, slots=True)
 class ChunkingConfig:
     """How to cut. ``min_fill`` (structure only): a chunk is not closed at a natural boundary
-    before it holds this share of ``max_tokens``, unless there is no other boundary."""
+    before it holds this share of ``chunk_tokens``, unless there is no other boundary."""
 
     strategy: str = "structure"
-    max_tokens: int = 512
+    chunk_tokens: int = 512  # the most tokens a chunk may have
     overlap: int = 0
     tokenizer: str = DEFAULT_TOKENIZER
     min_fill: float = 0.4
@@ -50,13 +50,13 @@ class ChunkingConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r} (choose from: {', '.join(STRATEGIES)})")
-        if self.max_tokens < 8:
-            raise ValueError(f"max_tokens must be at least 8 (got {self.max_tokens})")
+        if self.chunk_tokens < 8:
+            raise ValueError(f"chunk_tokens must be at least 8 (got {self.chunk_tokens})")
         if self.overlap < 0:
             raise ValueError(f"overlap must not be negative (got {self.overlap})")
-        if self.overlap >= self.max_tokens:
+        if self.overlap >= self.chunk_tokens:
             raise ValueError(
-                f"overlap ({self.overlap}) must be smaller than max_tokens ({self.max_tokens}): "
+                f"overlap ({self.overlap}) must be smaller than chunk_tokens ({self.chunk_tokens}): "
                 "otherwise the window never advances"
             )
         if not 0.0 <= self.min_fill < 1.0:
@@ -67,7 +67,7 @@ class ChunkingConfig:
         fields = {
             "v": ALGORITHM_VERSION,
             "strategy": self.strategy,
-            "max_tokens": self.max_tokens,
+            "max_tokens": self.chunk_tokens,  # the key's own name: chunk ids stay what they were
             "overlap": self.overlap,
             "tokenizer": self.tokenizer,
         }

@@ -2,7 +2,7 @@
 
 Blocks are gathered into sections of about ``SECTION_CHARS`` characters. Each section is tokenized
 once (see :mod:`rlmpipe.chunking.cuts`); the strategy picks each chunk's end among the safe cuts that
-keep it within ``max_tokens``. A chunk is only emitted when everything it could have ended on lies
+keep it within ``chunk_tokens``. A chunk is only emitted when everything it could have ended on lies
 inside the section; the rest of the section is carried into the next one and tokenized again
 from its own start, which is itself a safe cut.
 """
@@ -64,8 +64,8 @@ class _Marks:
         return np.asarray(self.headings, dtype=np.int64) - base
 
 
-def hard_split(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[tuple[int, int, int]]:
-    """Cut ``text`` (no safe cut inside) between tokens into verified pieces of at most max_tokens.
+def hard_split(text: str, limit: int, tokenizer: Tokenizer) -> list[tuple[int, int, int]]:
+    """Cut ``text`` (no safe cut inside) between tokens into verified pieces of at most ``limit`` tokens.
 
     Each piece is re-counted on its own, so the limit holds even where cutting a word changes how
     its halves tokenize. Returns (start, end, token_count) relative to ``text``.
@@ -73,7 +73,7 @@ def hard_split(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[tuple[i
     lengths = tokenizer.token_byte_lengths()
     pieces: list[tuple[int, int, int]] = []
     position = 0
-    window_chars = max(max_tokens * 32, 1 << 16)
+    window_chars = max(limit * 32, 1 << 16)
     while position < len(text):
         # One tokenization per window serves every piece cut from it (not one per piece: a long
         # line of base64 or "1.1.1..." would be tokenized ~30 times over).
@@ -87,21 +87,21 @@ def hard_split(text: str, max_tokens: int, tokenizer: Tokenizer) -> list[tuple[i
         first_token, local = 0, 0
         while True:
             left = len(ids) - first_token
-            if last_window and left <= max_tokens:
+            if last_window and left <= limit:
                 count = tokenizer.count(rest[local:])
-                if count <= max_tokens:
+                if count <= limit:
                     pieces.append((position + local, len(text), count))
                     return pieces
-            elif not last_window and left <= 2 * max_tokens and local:
+            elif not last_window and left <= 2 * limit and local:
                 break  # near the window's end tokens may change with what follows: re-tokenize from here
-            take = min(max_tokens, left)
+            take = min(limit, left)
             while True:
                 cut = int(token_end_chars[first_token + take - 1])
                 if cut <= local:  # one character that needs more tokens than allowed: take it anyway
                     cut, count = local + 1, tokenizer.count(rest[local : local + 1])
                     break
                 count = tokenizer.count(rest[local:cut])
-                if count <= max_tokens or take == 1:
+                if count <= limit or take == 1:
                     break
                 take -= 1
             if "\ud800" <= rest[cut - 1] <= "\udbff" and cut < len(rest):  # never split a surrogate pair
@@ -278,7 +278,7 @@ class _Chunker:
         """Emit the chunks this section decides; return how many characters it consumed and the
         token ids of the rest (None when they must be computed again)."""
         cfg, tokenizer, strategy = self.config, self.tokenizer, self.strategy
-        limit_tokens = cfg.max_tokens
+        limit_tokens = cfg.chunk_tokens
         cuts = find_cuts(
             text, tokenizer, final=final, structure=strategy.structure,
             headings=self.marks.headings_in(base, len(text)) if strategy.structure else None, token_ids=ids,
@@ -327,21 +327,21 @@ class _Chunker:
             i = strategy.next_start(cuts, i, j, cfg.overlap)
 
     def _hard(self, text: str, base: int, start: int, end: int) -> Iterator[Chunk]:
-        for piece_start, piece_end, count in hard_split(text[start:end], self.config.max_tokens, self.tokenizer):
+        for piece_start, piece_end, count in hard_split(text[start:end], self.config.chunk_tokens, self.tokenizer):
             yield self._emit(text, base, start + piece_start, start + piece_end, count)
 
     def _verified(self, text: str, cuts: Cuts, i: int, j: int) -> tuple[int, int]:
         """For tokenizers whose counts are not additive: shrink the chunk until its own count fits."""
         while j > i:
             count = self.tokenizer.count(text[cuts.chars[i] : cuts.chars[j]])
-            if count <= self.config.max_tokens:
+            if count <= self.config.chunk_tokens:
                 return j, count
             j -= 1
         return i, 0
 
     def _uncut(self, text: str, base: int, start: int, stop: int):
         """A long run with no safe cut: hard-split it up to ``stop`` and go on from there."""
-        pieces = hard_split(text[start:stop], self.config.max_tokens, self.tokenizer)
+        pieces = hard_split(text[start:stop], self.config.chunk_tokens, self.tokenizer)
         for piece_start, piece_end, count in pieces[:-1]:
             yield self._emit(text, base, start + piece_start, start + piece_end, count)
         return start + pieces[-1][0]  # the last piece may grow with what follows: carry it

@@ -1,4 +1,4 @@
-"""Fixed token windows: each chunk is the longest run of whole words that fits in ``max_tokens``;
+"""Fixed token windows: each chunk is the longest run of whole words that fits in ``chunk_tokens``;
 the next one starts up to ``overlap`` tokens before it ends.
 
 Windows end on word or line boundaries (a word longer than a window is cut between tokens), which
@@ -16,7 +16,7 @@ class FixedStrategy:
     structure = False
     lookahead = 1
 
-    def end(self, cuts: Cuts, start: int, lo: int, hi: int, max_tokens: int = 0, horizon: int = -1,
+    def end(self, cuts: Cuts, start: int, lo: int, hi: int, chunk_tokens: int = 0, horizon: int = -1,
             floor: int = 0) -> int:
         return hi
 

@@ -4,7 +4,7 @@ Boundaries, strongest first: headings ("ARTICLE IV", "Section 5", all-caps title
 headings), numbered sections ("12."), numbered clauses ("12.3"), lettered items ("(a)", "(iv)"),
 paragraphs, lines, sentences, clause punctuation, words; a single unit larger than the limit is
 cut between tokens. Among the places where the chunk would hold between ``min_fill`` and all of
-``max_tokens``, the strongest boundary wins, the later one among equals: so small neighbours are
+``chunk_tokens``, the strongest boundary wins, the later one among equals: so small neighbours are
 merged up to the limit and oversize sections are split at their own inner structure.
 
 When only weak boundaries (inside a paragraph) are in reach, the paragraph is too long for one
@@ -27,11 +27,11 @@ class StructureStrategy:
     structure = True
     lookahead = LOOKAHEAD
 
-    def end(self, cuts: Cuts, start: int, lo: int, hi: int, max_tokens: int = 0, horizon: int = -1,
+    def end(self, cuts: Cuts, start: int, lo: int, hi: int, chunk_tokens: int = 0, horizon: int = -1,
             floor: int = 0) -> int:
         window = cuts.strength[lo : hi + 1]
         best = hi - int(np.argmax(window[::-1]))  # strongest; the latest among equals
-        if cuts.strength[best] >= PARAGRAPH or not max_tokens:
+        if cuts.strength[best] >= PARAGRAPH or not chunk_tokens:
             return best
         # Only weak boundaries in reach: find where this paragraph ends, and cut it evenly.
         stop = horizon if horizon >= 0 else len(cuts.tokens) - 1
@@ -40,17 +40,17 @@ class StructureStrategy:
             return best
         unit_end = hi + 1 + int(later[0])
         span = int(cuts.tokens[unit_end] - cuts.tokens[start])
-        parts = -(-span // max_tokens)
+        parts = -(-span // chunk_tokens)
         target = cuts.tokens[start] + span / parts
-        slack = max_tokens / 4
+        slack = chunk_tokens / 4
         first = int(np.searchsorted(cuts.tokens, target - slack, side="left"))
-        last = int(np.searchsorted(cuts.tokens, min(target + slack, cuts.tokens[start] + max_tokens), side="right")) - 1
+        last = int(np.searchsorted(cuts.tokens, min(target + slack, cuts.tokens[start] + chunk_tokens), side="right")) - 1
         first, last = max(first, start + 1, floor), min(last, hi)
         if first > last:
             return best
         candidates = np.arange(first, last + 1)
         strength = cuts.strength[first : last + 1].astype(np.float64)
-        distance = np.abs(cuts.tokens[first : last + 1] - target) / max_tokens
+        distance = np.abs(cuts.tokens[first : last + 1] - target) / chunk_tokens
         return int(candidates[np.argmax(strength - distance)])  # strongest; the nearest the target
 
     def next_start(self, cuts: Cuts, start: int, end: int, overlap: int) -> int:

@@ -77,7 +77,7 @@ class Budget:
     price: the run refuses to start without one (see ``rlmpipe.lm.models.check_budget``).
     """
 
-    max_tokens: int | None = None
+    max_run_tokens: int | None = None
     max_cost: float | None = None
     max_seconds: float | None = None
     max_sub_calls: int | None = None  # LM calls made below depth 0 (RLM sub-queries), all depths together
@@ -100,9 +100,9 @@ class Budget:
             self.cost += cost
             self.started -= seconds
 
-    def expected_completion(self, max_tokens: int | None) -> int:
+    def expected_completion(self, cap: int | None) -> int:
         """Completion tokens to reserve for a call: its cap when it has one, else the longest seen."""
-        return int(max_tokens) if max_tokens else self.largest_completion
+        return int(cap) if cap else self.largest_completion
 
     def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation:
         """Reserve ``tokens`` / ``cost`` for a call about to start, or raise BudgetExceeded."""
@@ -136,8 +136,8 @@ class Budget:
     def _exceeded(self, depth: int, tokens: int = 0, cost: float = 0.0) -> BudgetExceeded | None:
         if self.max_sub_calls is not None and depth > 0 and self.sub_calls >= self.max_sub_calls:
             return BudgetExceeded("sub-call", self.sub_calls, self.max_sub_calls)
-        if self.max_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_tokens:
-            return BudgetExceeded("token", self.tokens, self.max_tokens, needed=tokens)
+        if self.max_run_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_run_tokens:
+            return BudgetExceeded("token", self.tokens, self.max_run_tokens, needed=tokens)
         if self.max_cost is not None and self.cost + self.reserved_cost + cost > self.max_cost:
             return BudgetExceeded("cost", round(self.cost, 6), self.max_cost, needed=round(cost, 6))
         if self.max_seconds is not None and self.elapsed >= self.max_seconds:

@@ -158,12 +158,13 @@ class Pricing:
     (``--price``) for models it does not know (or knows wrongly)."""
 
     def __init__(self, overrides: dict[str, tuple[float, float]] | None = None):
-        #: model -> (input, output) USD per million tokens
+        #: model (or "*": the run's model, whatever it is) -> (input, output) USD per million tokens
         self.overrides = dict(overrides or {})
 
     def per_token(self, model: str) -> tuple[float, float] | None:
-        if model in self.overrides:
-            prompt, completion = self.overrides[model]
+        given = self.overrides.get(model) or self.overrides.get("*")
+        if given is not None:
+            prompt, completion = given
             return prompt / 1e6, completion / 1e6
         return _prices(model)
 

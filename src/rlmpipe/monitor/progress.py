@@ -1,17 +1,21 @@
 """Live progress of a run, from its events alone.
 
-``RunProgress`` folds events into counts (documents, steps, calls in flight, tokens, cost, calls
-per minute, retries, failures) and an ETA from *recent* throughput. Work is measured in steps;
-how many steps a document will need is not known until it has been chunked, so unfinished
-documents are estimated from their size at the steps-per-byte rate seen so far.
+``RunProgress`` folds events into counts (documents, steps, calls at the model and queued, tokens,
+cost, calls per minute, retries, failures) and an ETA from *recent* throughput. Work is measured
+in steps; how many steps a document will need is not known until it has been chunked, so
+unfinished documents are estimated from their size at the steps-per-byte rate seen so far.
+
+A step that is running is not necessarily at the model: it may wait for a rate-limit window or
+for the model's one slot (the embedded model answers one call at a time). Only calls that were
+sent count as *at the model*; the rest are *queued*.
 
 ``attach_progress`` shows it: a rich live panel on a terminal, a plain line every few seconds
-otherwise (CI logs, pipes), nothing with ``--quiet``.
+otherwise (CI logs, pipes), nothing with ``--quiet``. Whatever the display, every note and every
+document that fails gets one line on stderr (``note: ...``, ``error: <file>: <why>``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import threading
 import time
@@ -35,7 +39,10 @@ class RunProgress:
     steps_done: int = 0
     steps_reused: int = 0
     steps_failed: int = 0
-    in_flight: int = 0
+    steps_running: int = 0  # steps started and not ended (at the model, or queued for it)
+    at_model: int = 0  # calls sent and not answered yet
+    queued_seconds: float = 0.0  # summed time calls waited before they were sent
+    documents_partial: int = 0
     calls: int = 0
     cached: int = 0
     retries: int = 0
@@ -67,9 +74,12 @@ class RunProgress:
             self.documents_total += 1
             self.bytes_total += event.get("size") or 0
             self._sizes[event["doc_id"]] = event.get("size") or 0
-        elif kind in ("document_done", "document_failed", "document_stopped"):
+        elif kind in ("document_done", "document_partial", "document_failed", "document_stopped"):
             if kind == "document_done":
                 self.documents_done += 1
+            elif kind == "document_partial":
+                self.documents_partial += 1
+                self.errors.append(event.get("error", ""))
             elif kind == "document_failed":
                 self.documents_failed += 1
                 if event.get("doc_id") is None:  # failed before it could be queued (bad input)
@@ -79,10 +89,10 @@ class RunProgress:
                 self.documents_stopped += 1
             self.bytes_done += self._sizes.pop(event.get("doc_id"), 0)
         elif kind == "step_start":
-            self.in_flight += 1
+            self.steps_running += 1
             self._doc_steps[event.get("doc_id")] = self._doc_steps.get(event.get("doc_id"), 0) + 1
         elif kind in ("step_done", "step_failed", "step_stopped"):
-            self.in_flight = max(0, self.in_flight - 1)
+            self.steps_running = max(0, self.steps_running - 1)
             if kind == "step_done":
                 self.steps_done += 1
                 self._recent_steps.append(now)
@@ -94,7 +104,12 @@ class RunProgress:
             self.prompt_tokens += event.get("prompt_tokens") or 0
             self.completion_tokens += event.get("completion_tokens") or 0
             self.cost += event.get("cost") or 0.0
+        elif kind == "lm_call_start":
+            self.at_model += 1
+            self.queued_seconds += event.get("queued") or 0.0
         elif kind == "lm_call":
+            if event["outcome"] != "cached":
+                self.at_model = max(0, self.at_model - 1)
             if event["outcome"] == "cached":
                 self.cached += 1
                 return
@@ -143,7 +158,7 @@ class RunProgress:
             per_byte = (finished_steps / bytes_seen) if bytes_seen and finished_steps else None
             remaining_bytes = sum(self._sizes.values())
             if per_byte is None:  # no document finished yet: assume the current ones are half done
-                expected = max(steps_seen * 2, steps_seen + self.in_flight)
+                expected = max(steps_seen * 2, steps_seen + self.steps_running)
                 if self.documents_total > 1 and self._sizes:
                     expected = expected * self.bytes_total / max(1, sum(self._sizes.values()))
             else:
@@ -151,15 +166,25 @@ class RunProgress:
             remaining = max(0.0, expected - steps_seen)
             return remaining / rate
 
+    @property
+    def documents_finished(self) -> int:
+        return self.documents_done + self.documents_partial + self.documents_failed + self.documents_stopped
+
+    @property
+    def queued(self) -> int:
+        """Steps running but not at the model: waiting for a slot or a rate-limit window."""
+        return max(0, self.steps_running - self.at_model)
+
     def line(self) -> str:
         eta = self.eta_seconds()
         cost = f"${self.cost:.4f}" + ("+?" if self.unpriced else "")
+        partial = f", partial {self.documents_partial}" if self.documents_partial else ""
         return (
-            f"docs {self.documents_done + self.documents_failed + self.documents_stopped}/{self.documents_total}"
-            f" (failed {self.documents_failed}, stopped {self.documents_stopped})  steps {self.steps_done} (+{self.steps_reused} reused,"
-            f" {self.steps_failed} failed)  in flight {self.in_flight}  tokens {self.prompt_tokens:,} in /"
-            f" {self.completion_tokens:,} out  cost {cost}  {self.calls_per_minute:.0f} calls/min"
-            f"  retries {self.retries}  errors {self.call_errors}  ETA {format_seconds(eta)}"
+            f"docs {self.documents_finished}/{self.documents_total} (failed {self.documents_failed}{partial}, "
+            f"stopped {self.documents_stopped})  steps {self.steps_done} (+{self.steps_reused} reused,"
+            f" {self.steps_failed} failed)  at the model {self.at_model}, queued {self.queued}  tokens "
+            f"{self.prompt_tokens:,} in / {self.completion_tokens:,} out  cost {cost}  {self.calls_per_minute:.0f} "
+            f"calls/min  retries {self.retries}  errors {self.call_errors}  ETA {format_seconds(eta)}"
         )
 
 
@@ -174,7 +199,33 @@ def format_seconds(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-class _PlainReporter:
+def message_line(event: dict) -> str | None:
+    """The one stderr line an event deserves, if any: a note, or a document that failed (or was only
+    partly done), naming it and why. Control characters are escaped (a file name cannot forge a line)."""
+    from rlmpipe.ingest import printable
+
+    kind = event["type"]
+    if kind == "note":
+        return printable(f"note: {event['message']}")
+    if kind in ("document_failed", "document_partial"):
+        return printable(f"error: {event.get('error') or event.get('path')}")
+    return None
+
+
+class QuietReporter:
+    """No display; messages still go to stderr (``--quiet`` hides progress, never errors)."""
+
+    def say(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class PlainReporter(QuietReporter):
     """A line to stderr every ``every`` seconds, and at the end."""
 
     def __init__(self, progress: RunProgress, every: float = 10.0):
@@ -197,7 +248,7 @@ class _PlainReporter:
         return False
 
 
-class _LiveReporter:
+class LiveReporter:
     """A rich live panel on the terminal (stderr)."""
 
     def __init__(self, progress: RunProgress):
@@ -217,13 +268,14 @@ class _LiveReporter:
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold")
         table.add_column()
-        finished = p.documents_done + p.documents_failed + p.documents_stopped
+        finished = p.documents_finished
         bar = ProgressBar(total=max(1, p.documents_total), completed=finished, width=30)
         table.add_row("run", f"{p.run_id}  {p.model}")
         table.add_row("documents", bar)
-        table.add_row("", f"{finished}/{p.documents_total} ({p.documents_failed} failed)")
-        table.add_row("steps", f"{p.steps_done} done, {p.steps_reused} reused, {p.steps_failed} failed, "
-                               f"{p.in_flight} in flight")
+        table.add_row("", f"{finished}/{p.documents_total} ({p.documents_failed} failed"
+                          + (f", {p.documents_partial} partial" if p.documents_partial else "") + ")")
+        table.add_row("steps", f"{p.steps_done} done, {p.steps_reused} reused, {p.steps_failed} failed")
+        table.add_row("calls now", f"{p.at_model} at the model, {p.queued} queued")
         table.add_row("tokens", f"{p.prompt_tokens:,} in / {p.completion_tokens:,} out")
         table.add_row("cost", f"${p.cost:.4f}" + (f" (+{p.unpriced} calls of unknown price)" if p.unpriced else ""))
         table.add_row("calls", f"{p.calls} ({p.calls_per_minute:.0f}/min), {p.cached} cached, "
@@ -232,6 +284,11 @@ class _LiveReporter:
         if p.stop_reason:
             table.add_row("stopping", p.stop_reason)
         return table
+
+    def say(self, line: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(escape(line), highlight=False, soft_wrap=True)  # above the live panel
 
     def __enter__(self):
         self.live.__enter__()
@@ -247,10 +304,17 @@ def attach_progress(events, quiet: bool = False, every: float = 10.0, stream=Non
     events.subscribe(progress.update)
     stream = stream or sys.stderr
     if quiet:
-        reporter = contextlib.nullcontext()
+        reporter = QuietReporter()
     elif stream.isatty():
-        reporter = _LiveReporter(progress)
+        reporter = LiveReporter(progress)
     else:
-        reporter = _PlainReporter(progress, every)
+        reporter = PlainReporter(progress, every)
     reporter.progress = progress  # type: ignore[attr-defined]
+
+    def messages(event: dict) -> None:
+        line = message_line(event)
+        if line is not None:
+            reporter.say(line)
+
+    events.subscribe(messages)
     return reporter

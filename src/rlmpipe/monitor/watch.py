@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rlmpipe.monitor.progress import RunProgress, _LiveReporter, format_seconds
+from rlmpipe.monitor.progress import LiveReporter, RunProgress, format_seconds
 from rlmpipe.monitor.render import run_state
 from rlmpipe.runtime.eventlog import event_log_path
 from rlmpipe.runtime.store import Store
@@ -35,7 +35,7 @@ def watch_run(workspace: Path, run_id: str, store: Store, interval: float = 1.0,
     path = event_log_path(workspace, run_id)
     position = follow(path, progress, 0)
     live = stream.isatty()
-    reporter = _LiveReporter(progress) if live else None
+    reporter = LiveReporter(progress) if live else None
     if reporter:
         reporter.__enter__()
     try:

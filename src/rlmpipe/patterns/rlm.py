@@ -110,6 +110,19 @@ class DepthSandbox(DenoSandbox):
         return result
 
 
+def rlm_module(signature, *, max_depth: int = 2, max_iters: int = 12, max_llm_calls: int = 40,
+               sandbox: dict | None = None, trajectory: Trajectory | None = None) -> dspy.RLM:
+    """The ``dspy.RLM`` that :func:`rlm_step` runs, over this package's sandbox. Built one way for
+    running and for fingerprinting: its prompts include the sandbox's own instructions."""
+    trajectory = trajectory if trajectory is not None else Trajectory()
+
+    def factory():
+        return DepthSandbox(max_depth=max_depth, trajectory=trajectory, **(sandbox or {}))
+
+    factory.execution_instructions = DenoSandbox.execution_instructions  # RLM puts it in the prompt
+    return dspy.RLM(signature, max_iters=max_iters, max_llm_calls=max_llm_calls, interpreter_factory=factory)
+
+
 def rlm_step(run, name: str, signature, inputs: dict, *, key_inputs: list[str], doc_id: str | None = None,
              max_depth: int = 2, max_iters: int = 12, max_llm_calls: int = 40,
              sandbox: dict | None = None) -> dict:
@@ -120,13 +133,8 @@ def rlm_step(run, name: str, signature, inputs: dict, *, key_inputs: list[str], 
     """
     def work():
         trajectory = Trajectory()
-
-        def factory():
-            return DepthSandbox(max_depth=max_depth, trajectory=trajectory, **(sandbox or {}))
-
-        factory.execution_instructions = DenoSandbox.execution_instructions  # RLM puts it in the prompt
-
-        module = dspy.RLM(signature, max_iters=max_iters, max_llm_calls=max_llm_calls, interpreter_factory=factory)
+        module = rlm_module(signature, max_depth=max_depth, max_iters=max_iters, max_llm_calls=max_llm_calls,
+                            sandbox=sandbox, trajectory=trajectory)
         try:
             prediction = module(**inputs)
         except BudgetExceeded as exc:  # the best partial answer, kept as a step that is not done

@@ -13,29 +13,31 @@ from typing import Any, Callable, Iterable, Iterator
 from rlmpipe.chunking import Chunk, get_tokenizer
 
 
-def clip_tokens(text: str, max_tokens: int, tokenizer_name: str | None = None) -> str:
-    """The longest prefix of ``text`` within ``max_tokens`` tokens."""
+def clip_tokens(text: str, limit: int, tokenizer_name: str | None = None) -> str:
+    """The longest prefix of ``text`` within ``limit`` tokens."""
     tokenizer = get_tokenizer(tokenizer_name)
-    if tokenizer.count(text) <= max_tokens:
+    if tokenizer.count(text) <= limit:
         return text
     from rlmpipe.chunking.engine import hard_split
 
-    start, end, _ = hard_split(text, max_tokens, tokenizer)[0]
+    start, end, _ = hard_split(text, limit, tokenizer)[0]
     return text[start:end]
 
 
 def sliding_window(run, doc_id: str, chunks: Iterable[Chunk], name: str,
                    fn: Callable[[Chunk, str], dict], *, max_context_tokens: int = 512,
-                   initial_context: str = "", depth: int = 0) -> Iterator[tuple[Chunk, Any, str]]:
+                   initial_context: str = "", depth: int = 0,
+                   tokenizer: str | None = None) -> Iterator[tuple[Chunk, Any, str]]:
     """Yield ``(chunk, result, context_after)``; ``fn(chunk, context)`` returns
-    ``{"result": ..., "context": "..."}``."""
-    context = clip_tokens(initial_context, max_context_tokens)
+    ``{"result": ..., "context": "..."}``. The context a call sees is at most
+    ``max_context_tokens`` tokens (of ``tokenizer``, the chunking's), whatever the model returned."""
+    context = clip_tokens(initial_context, max_context_tokens, tokenizer)
     previous = ""
     for chunk in chunks:
         key = run.key(name, doc_id, chunk.chunk_id, inputs=[previous])
         seen = context
         output = run.step(name, lambda: fn(chunk, seen), doc_id=doc_id, chunk_id=chunk.chunk_id,
                           depth=depth, key=key)
-        context = clip_tokens(str(output.get("context") or ""), max_context_tokens)
+        context = clip_tokens(str(output.get("context") or ""), max_context_tokens, tokenizer)
         previous = key
         yield chunk, output.get("result"), context

@@ -92,7 +92,7 @@ class StepFailed(RuntimeError):
 class RunOptions:
     concurrency: int = 8
     documents_in_flight: int | None = None  # default: concurrency
-    max_tokens: int | None = None  # the run's token budget (prompt + completion, all calls)
+    max_run_tokens: int | None = None  # the run's token budget (prompt + completion, all calls)
     max_cost: float | None = None  # the run's USD budget
     max_seconds: float | None = None  # this session's time budget
     max_sub_calls: int | None = None  # RLM sub-queries, all recursion depths together
@@ -100,7 +100,7 @@ class RunOptions:
     tokens_per_minute: int | None = None
     max_reasks: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    workspace: Path = Path(".rlmpipe")
+    workspace: Path | None = None  # None: found as rlmpipe.runtime.store.find_workspace says
     adapter: Any = None  # a DSPy adapter for every step (None: DSPy's default, ChatAdapter)
     dspy_history: bool = False  # keep DSPy's trace and LM history during steps (memory grows with the run)
     force_resume: bool = False  # reuse an earlier run's finished steps although its fingerprint differs
@@ -111,11 +111,15 @@ class RunOptions:
     #: the circuit breaker: this many failed attempts in a row, over at least this many seconds
     breaker_failures: int = 8
     breaker_seconds: float = 30.0
+    executor: str = "threads"  # threads | ray
+    ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://HOST:10001"); None: start one
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {self.concurrency})")
-        self.workspace = Path(self.workspace)
+        from rlmpipe.runtime.store import find_workspace
+
+        self.workspace = find_workspace(self.workspace)
 
 
 @dataclass
@@ -399,6 +403,8 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     :class:`ConfigurationChanged` (resuming a run whose configuration changed, unforced).
     """
     options = options or RunOptions()
+    if options.executor != "threads":
+        raise ValueError(f"unknown executor {options.executor!r}: this build runs on threads")
     own_store = store is None
     store = store or Store(options.workspace)
     recorder = recorder or UsageRecorder()
@@ -423,13 +429,13 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     earlier = store.get_run(run_id)
     models = list(dict.fromkeys([*((earlier or {}).get("config", {}).get("models") or []), inner_lm.model]))
     config = {**(run_config or {}), "pipeline_config": pipeline.config(), "inputs": _inputs_identity(paths),
-              "options": {"concurrency": options.concurrency, "max_tokens": options.max_tokens,
+              "options": {"concurrency": options.concurrency, "max_run_tokens": options.max_run_tokens,
                           "max_cost": options.max_cost, "max_seconds": options.max_seconds,
                           "prices": options.prices},
               "fingerprint_parts": plan.parts, "described": plan.described, "models": models}
     session = store.start_run(run_id, pipeline.name, fingerprint, ", ".join(models), config, os.getpid())
     pricing.cost(inner_lm.model, 0, 0)  # look the price up (importing litellm) now, not in the first worker
-    budget = Budget(options.max_tokens, options.max_cost, options.max_seconds, options.max_sub_calls)
+    budget = Budget(options.max_run_tokens, options.max_cost, options.max_seconds, options.max_sub_calls)
     previous = store.usage_totals(run_id)
     budget.carry_over(previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
     unsubscribe = [recorder.subscribe(lambda call: budget.charge(call) if call.run_id in (None, run_id) else None)]
@@ -578,8 +584,8 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
 def _billed(reason: str, budget: Budget, usage: dict) -> str:
     """A budget stop, told with what was billed by the end (calls in flight finish after the stop)."""
     tokens = usage["prompt_tokens"] + usage["completion_tokens"]
-    if "token budget" in reason and budget.max_tokens is not None:
-        return f"budget: token budget reached ({tokens:,} tokens billed of {budget.max_tokens:,})"
+    if "token budget" in reason and budget.max_run_tokens is not None:
+        return f"budget: token budget reached ({tokens:,} tokens billed of {budget.max_run_tokens:,})"
     if "cost budget" in reason and budget.max_cost is not None:
         return f"budget: cost budget reached (${usage['cost'] or 0:.6f} billed of ${budget.max_cost:g})"
     return reason

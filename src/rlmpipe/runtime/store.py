@@ -110,6 +110,28 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 
+WORKSPACE_NAME = ".rlmpipe"
+
+
+def find_workspace(explicit: str | Path | None = None, start: str | Path | None = None) -> Path:
+    """Where runs live, found the way git finds ``.git``: ``explicit`` (``--workspace``), else
+    ``$RLMPIPE_WORKSPACE``, else the nearest ``.rlmpipe`` folder in the current folder or one of
+    its parents, else ``./.rlmpipe`` (made by the first run). So every command run anywhere in a
+    project sees the same runs, and projects do not share a lock or a database."""
+    import os
+
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("RLMPIPE_WORKSPACE"):
+        return Path(os.environ["RLMPIPE_WORKSPACE"])
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / WORKSPACE_NAME
+        if (candidate / "runs.sqlite").is_file():
+            return candidate if folder != here else Path(WORKSPACE_NAME)
+    return Path(WORKSPACE_NAME)
+
+
 class WorkspaceBusy(RuntimeError):
     """Another run holds the workspace; the message names it."""
 
@@ -145,7 +167,8 @@ class StepRow:
 class Store:
     """Thread-safe access to one workspace's database."""
 
-    def __init__(self, workspace: str | Path = ".rlmpipe"):
+    def __init__(self, workspace: str | Path | None = None):
+        workspace = find_workspace(workspace)
         self.workspace = Path(workspace)
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.path = self.workspace / "runs.sqlite"
@@ -355,6 +378,20 @@ class Store:
             " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
             " FROM lm_calls WHERE run_id = ?", (run_id,))[0]
         return dict(row)
+
+    def usage_by_document(self, run_id: str) -> dict[str, dict]:
+        """Per document of the run: its LM calls' totals (as ``usage_totals``)."""
+        rows = self._query(
+            "SELECT doc_id, COUNT(*) AS attempts, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost,"
+            " SUM(CASE WHEN cost IS NULL AND outcome != 'cached' AND prompt_tokens + completion_tokens > 0"
+            " THEN 1 ELSE 0 END) AS unpriced,"
+            " SUM(CASE WHEN outcome = 'cached' THEN 1 ELSE 0 END) AS cached,"
+            " SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS errors,"
+            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END) AS retries,"
+            " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
+            " FROM lm_calls WHERE run_id = ? GROUP BY doc_id", (run_id,))
+        return {row["doc_id"]: {key: row[key] for key in row.keys() if key != "doc_id"} for row in rows}
 
 
 def _call_insert(call: LMCall, session: int) -> tuple[str, tuple]:

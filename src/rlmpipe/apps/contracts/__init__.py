@@ -12,7 +12,7 @@ from rlmpipe.chunking import ChunkingConfig
 from rlmpipe.runtime.runner import RunOptions, RunSummary, execute
 from rlmpipe.runtime.store import Store
 
-__all__ = ["ContractsPipeline", "DEFAULT_CHUNKING", "analyze"]
+__all__ = ["ContractsPipeline", "DEFAULT_CHUNKING", "analyze", "write_results"]
 
 
 def analyze(paths: list, lm, out: str | Path, *, options: RunOptions | None = None,
@@ -23,9 +23,14 @@ def analyze(paths: list, lm, out: str | Path, *, options: RunOptions | None = No
     store = store or Store(options.workspace)
     summary = execute(ContractsPipeline(chunking), paths, lm, options=options, store=store, events=events,
                       run_config=run_config, on_start=on_start)
+    return summary, write_results(summary, store, Path(out))
+
+
+def write_results(summary: RunSummary, store: Store, out: Path) -> dict[str, Path]:
+    """The run's outputs in ``out``: every record of a contract analysed (partial ones included) and
+    every input left unfinished, whatever the run's status."""
     records = [item["result"] for item in summary.results]
-    written = write_outputs(records, unfinished(store, summary), Path(out), run=store.get_run(summary.run_id))
-    return summary, written
+    return write_outputs(records, unfinished(store, summary), Path(out), run=store.get_run(summary.run_id))
 
 
 def unfinished(store: Store, summary: RunSummary) -> list[dict]:

@@ -10,6 +10,7 @@ rather than failing the whole contract.
 from __future__ import annotations
 
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 from rlmpipe.apps.contracts.categories import NAMES
@@ -23,7 +24,7 @@ from rlmpipe.patterns import map_chunks
 from rlmpipe.runtime.fingerprint import digest
 from rlmpipe.runtime.runner import Partial, StepFailed
 
-DEFAULT_CHUNKING = ChunkingConfig(strategy="structure", max_tokens=1024, overlap=128)
+DEFAULT_CHUNKING = ChunkingConfig(strategy="structure", chunk_tokens=1024, overlap=128)
 MAX_FINDING_LINES = 60
 NOTHING_TO_SUMMARIZE = "(no summary: no finding could be verified in this contract)"
 
@@ -37,6 +38,14 @@ class ContractsPipeline:
 
     def config(self) -> dict:
         return {"chunking": self.chunking.key()}
+
+    def settings(self) -> dict:
+        """What rebuilds this pipeline (``rlmpipe resume``)."""
+        return {"chunking": asdict(self.chunking)}
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> "ContractsPipeline":
+        return cls(ChunkingConfig(**settings["chunking"]))
 
     def programs(self) -> dict:
         return {"extract": self.extractor.extract, "summarize": self.extractor.summarize}

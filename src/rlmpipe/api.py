@@ -1,0 +1,357 @@
+"""The public Python API: a DSPy program, or one of rlmpipe's pipelines, over documents of any
+size, by the engine the ``rlmpipe`` command uses (checkpoints, retries, budgets, monitoring).
+
+    import dspy, rlmpipe
+    result = rlmpipe.run(dspy.Predict("text -> summary"), "reports/", lm="openai/gpt-4o-mini")
+    for document in result:
+        print(document.path, document.status, [c["summary"] for c in document.chunks])
+
+Running the same call again makes no LM call: every finished step is read back from the
+workspace. The built-in commands (``summarize``, ``analyze_contracts``, ``ask``) record how
+they were made, so :func:`resume` can continue one from its run id alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rlmpipe.chunking import ChunkingConfig
+
+EXECUTORS = ("threads", "ray")
+
+
+# --- results ---------------------------------------------------------------------------------------
+@dataclass
+class DocumentResult:
+    """One input document's outcome."""
+
+    path: str
+    doc_id: str
+    status: str  # done | partial | failed | stopped
+    error: str | None
+    result: Any  # what the pipeline returned (JSON): for a module, {"chunks": [...], "output": ...}
+    usage: dict = field(default_factory=dict)  # this document's LM calls: calls, tokens, cost, ...
+
+    @property
+    def chunks(self) -> list:
+        """Per-chunk outputs, as JSON-able dicts, in document order (module pipelines)."""
+        return list(self.result.get("chunks") or []) if isinstance(self.result, dict) else []
+
+    @property
+    def output(self) -> Any:
+        """The reduced output (``map_reduce``), the final context (``window``), or the pipeline's result."""
+        if isinstance(self.result, dict) and "chunks" in self.result and "output" in self.result:
+            return self.result["output"]
+        return self.result
+
+
+@dataclass
+class RunResult:
+    """A run's outcome: iterable over its documents (``for document in result``)."""
+
+    run_id: str
+    status: str  # done | stopped | failed
+    reason: str | None
+    documents: list[DocumentResult]
+    usage: dict
+    notes: list[str]
+    workspace: Path
+    final: Any = None  # a corpus-level result (``ask``)
+    outputs: dict[str, Path] = field(default_factory=dict)  # files an app wrote (``analyze_contracts``)
+    command: str = "run"  # what made it: run, summarize, contracts, ask
+
+    def __iter__(self) -> Iterator[DocumentResult]:
+        return iter(self.documents)
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    def __getitem__(self, index: int) -> DocumentResult:
+        return self.documents[index]
+
+    @property
+    def failed(self) -> list[DocumentResult]:
+        return [d for d in self.documents if d.status in ("failed", "partial")]
+
+
+# --- the model ---------------------------------------------------------------------------------------
+@dataclass
+class _Model:
+    lm: Any
+    adapter: Any
+    record: dict | None  # how to make it again (None: an LM object the caller built)
+
+
+def _model(lm, *, api_base=None, model_path=None, max_output_tokens=None, adapter=None, default="local") -> _Model:
+    """``lm`` as a ready DSPy LM: a model string (checked before the run), a ``dspy.BaseLM``, or
+    None (DSPy's configured LM, else rlmpipe's default: RLMPIPE_LM, rlmpipe.toml, the local model)."""
+    import dspy
+
+    from rlmpipe.lm.models import ModelChoice, choose_model, prepare_model
+
+    if isinstance(lm, dspy.BaseLM):
+        return _Model(lm, adapter if adapter is not None else dspy.settings.adapter, None)
+    if lm is None and dspy.settings.lm is not None and not (api_base or model_path):
+        return _Model(dspy.settings.lm, adapter if adapter is not None else dspy.settings.adapter, None)
+    choice = lm if isinstance(lm, ModelChoice) else choose_model(lm, api_base, model_path, default=default)
+    prepared = prepare_model(choice, max_output_tokens=max_output_tokens)
+    return _Model(prepared.lm, adapter if adapter is not None else prepared.adapter,
+                  {**choice.to_dict(), "max_output_tokens": max_output_tokens})
+
+
+def _options(options, *, concurrency, requests_per_minute, tokens_per_minute, max_run_tokens, max_cost,
+             max_seconds, prices, workspace, fresh, force_resume, adapter, executor, ray_address, resume_run_id=None):
+    from rlmpipe.runtime.runner import RunOptions
+
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r} (choose from: {', '.join(EXECUTORS)})")
+    if options is not None:
+        return options
+    return RunOptions(concurrency=concurrency, requests_per_minute=requests_per_minute,
+                      tokens_per_minute=tokens_per_minute, max_run_tokens=max_run_tokens, max_cost=max_cost,
+                      max_seconds=max_seconds, prices=dict(prices or {}), workspace=workspace, fresh=fresh,
+                      force_resume=force_resume, adapter=adapter, resume_run_id=resume_run_id,
+                      executor=executor, ray_address=ray_address)
+
+
+def _paths(inputs) -> list[str]:
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    return [str(Path(p)) for p in inputs]
+
+
+def _result(summary, store, final=None, outputs=None, command="run") -> RunResult:
+    """The engine's summary and the store's documents, as the API's result."""
+    results = {(item["doc_id"], item["path"]): item for item in summary.results}
+    usage = store.usage_by_document(summary.run_id)
+    documents = []
+    for row in store.documents(summary.run_id):
+        item = results.get((row["doc_id"], row["path"]))
+        documents.append(DocumentResult(path=row["path"], doc_id=row["doc_id"], status=row["status"],
+                                        error=row["error"], result=item["result"] if item else row["result"],
+                                        usage=usage.get(row["doc_id"], {})))
+    documents.sort(key=lambda d: d.path)
+    return RunResult(summary.run_id, summary.status, summary.reason, documents, summary.usage, summary.notes,
+                     store.workspace, final if final is not None else summary.final, outputs or {}, command)
+
+
+def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=None, on_start=None,
+             finish: Callable | None = None) -> RunResult:
+    """One run of ``pipeline``; ``command`` (how to make it again) is kept with the run for resume."""
+    from rlmpipe.runtime.runner import execute
+    from rlmpipe.runtime.store import Store
+
+    options.adapter = options.adapter if options.adapter is not None else model.adapter
+    run_config = {"command": {**command, "paths": [str(Path(p).resolve()) for p in paths], "model": model.record}}
+    with Store(options.workspace) as store:
+        summary = execute(pipeline, paths, model.lm, options=options, store=store, events=events,
+                          run_config=run_config, on_start=on_start)
+        outputs = finish(summary, store) if finish is not None else None
+        return _result(summary, store, outputs=outputs, command=command["name"])
+
+
+# --- the front door --------------------------------------------------------------------------------
+def run(program, inputs, *, lm=None, input_field: str | None = None, pattern: str = "map", reduce=None,
+        reduce_field: str | None = None, context_field: str | None = None, carry: str | None = None,
+        window_tokens: int = 512, reduce_tokens: int = 3000, chunking: ChunkingConfig | None = None,
+        strategy: str = "structure", chunk_tokens: int = 1024, overlap: int = 0, concurrency: int = 8,
+        requests_per_minute: int | None = None, tokens_per_minute: int | None = None,
+        max_run_tokens: int | None = None, max_cost: float | None = None, max_seconds: float | None = None,
+        prices: dict | None = None, max_output_tokens: int | None = None, api_base: str | None = None,
+        adapter=None, workspace: str | os.PathLike | None = None, executor: str = "threads",
+        ray_address: str | None = None, fresh: bool = False, force_resume: bool = False, options=None,
+        events=None, on_start=None) -> RunResult:
+    """Run ``program`` over every document under ``inputs`` (files or folders) and return a
+    :class:`RunResult` with one :class:`DocumentResult` per document.
+
+    ``program``: any ``dspy.Module`` whose forward takes a chunk's text (the input field is
+    detected, or named by ``input_field``), or a pipeline (an object with ``name``, ``config()``,
+    ``programs()`` and ``process(run, document)``). ``pattern``: ``map`` (the module once per
+    chunk), ``window`` (per chunk in order, with a running context of at most ``window_tokens``
+    carried from each call's ``carry`` output to the next call's ``context_field`` input), or
+    ``map_reduce`` (``map``, then ``reduce``, a second module taking a list, merging as a tree).
+
+    ``lm``: a model string, a ``dspy.LM`` (its own retries are turned off: rlmpipe retries and
+    counts every attempt), or None (the LM configured in DSPy, else rlmpipe's default model).
+    Budgets are caps: ``max_run_tokens``, ``max_cost`` (USD; ``prices`` gives USD per million
+    input/output tokens for a model litellm does not price), ``max_seconds``. Runs live in
+    ``workspace`` (default: the nearest ``.rlmpipe`` folder, as git finds ``.git``); the same call
+    again reuses every finished step, so it makes no LM call.
+    """
+    from rlmpipe.patterns.module import ModulePipeline
+
+    chunking = chunking or ChunkingConfig(strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap)
+    if hasattr(program, "process") and hasattr(program, "programs"):
+        pipeline = program
+    else:
+        pipeline = ModulePipeline(program, pattern=pattern, chunking=chunking, input_field=input_field,
+                                  context_field=context_field, carry=carry, window_tokens=window_tokens,
+                                  reduce=reduce, reduce_field=reduce_field, reduce_tokens=reduce_tokens)
+    model = _model(lm, api_base=api_base, max_output_tokens=max_output_tokens, adapter=adapter)
+    options = _options(options, concurrency=concurrency, requests_per_minute=requests_per_minute,
+                       tokens_per_minute=tokens_per_minute, max_run_tokens=max_run_tokens, max_cost=max_cost,
+                       max_seconds=max_seconds, prices=prices, workspace=workspace, fresh=fresh,
+                       force_resume=force_resume, adapter=adapter, executor=executor, ray_address=ray_address)
+    return _execute(pipeline, _paths(inputs), model, options, command={"name": "run", "pipeline": pipeline.name},
+                    events=events, on_start=on_start)
+
+
+def summarize(inputs, *, pattern: str = "map-reduce", strategy: str = "structure", chunk_tokens: int = 1024,
+              overlap: int = 0, window_tokens: int = 1024, merge_input_tokens: int = 3000, lm: str | None = None,
+              api_base: str | None = None, model_path: str | None = None, max_output_tokens: int | None = None,
+              out: str | os.PathLike | None = None, events=None, on_start=None, **run_options) -> RunResult:
+    """A summary of each document (``rlmpipe summarize``): ``map-reduce`` or ``window``."""
+    from rlmpipe.apps.summarize import SummarizePipeline
+
+    pipeline = SummarizePipeline(ChunkingConfig(strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap),
+                                 merge_input_tokens, pattern=pattern, window_tokens=window_tokens)
+    return _builtin("summarize", pipeline, inputs, lm=lm, api_base=api_base, model_path=model_path,
+                    max_output_tokens=max_output_tokens, outputs={"out": str(Path(out).resolve()) if out else None},
+                    events=events, on_start=on_start, finish=_write_summaries(out), **run_options)
+
+
+def _write_summaries(out):
+    def finish(summary, store):
+        if not out:
+            return None
+        import json
+
+        from rlmpipe.atomic import open_atomic
+
+        with open_atomic(out) as handle:
+            for item in summary.results:
+                handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+        return {"out": Path(out)}
+
+    return finish
+
+
+def analyze_contracts(inputs, out: str | os.PathLike = "contracts-out", *, lm: str | None = None,
+                      api_base: str | None = None, model_path: str | None = None,
+                      max_output_tokens: int | None = None, chunk_tokens: int = 1024, overlap: int = 128,
+                      events=None, on_start=None, **run_options) -> RunResult:
+    """Clauses, risks, obligations, summary and risk score of every contract (``rlmpipe contracts
+    analyze``); writes contracts.jsonl, clauses.csv, failed.jsonl and report.html to ``out``."""
+    from rlmpipe.apps.contracts import ContractsPipeline, write_results
+
+    pipeline = ContractsPipeline(ChunkingConfig(strategy="structure", chunk_tokens=chunk_tokens, overlap=overlap))
+    out = Path(out)
+    return _builtin("contracts", pipeline, inputs, lm=lm, api_base=api_base, model_path=model_path,
+                    max_output_tokens=max_output_tokens, outputs={"out": str(out.resolve())}, events=events,
+                    on_start=on_start, finish=lambda summary, store: write_results(summary, store, out),
+                    **run_options)
+
+
+def ask(inputs, question: str, *, max_depth: int = 2, max_iters: int = 12, max_llm_calls: int = 40,
+        exec_timeout: float = 120.0, lm: str | None = None, api_base: str | None = None,
+        model_path: str | None = None, max_output_tokens: int | None = None, events=None, on_start=None,
+        **run_options) -> RunResult:
+    """Answer ``question`` over the documents with a Recursive Language Model (``rlmpipe ask``):
+    ``result.final`` holds the answer (or, if a budget stopped it, the best partial answer)."""
+    from rlmpipe.apps.ask import AskPipeline
+
+    pipeline = AskPipeline(question, max_depth=max_depth, max_iters=max_iters, max_llm_calls=max_llm_calls,
+                           sandbox={"timeout": exec_timeout})
+    run_options.setdefault("concurrency", 4)
+    return _builtin("ask", pipeline, inputs, lm=lm, api_base=api_base, model_path=model_path,
+                    max_output_tokens=max_output_tokens, outputs={}, events=events, on_start=on_start,
+                    finish=None, **run_options)
+
+
+_RUN_OPTION_NAMES = ("concurrency", "requests_per_minute", "tokens_per_minute", "max_run_tokens", "max_cost",
+                     "max_seconds", "max_sub_calls", "prices", "workspace", "fresh", "force_resume", "executor",
+                     "ray_address", "resume_run_id")
+
+
+def _builtin(name, pipeline, inputs, *, lm, api_base, model_path, max_output_tokens, outputs, events, on_start,
+             finish, **run_options) -> RunResult:
+    from rlmpipe.runtime.runner import RunOptions
+
+    unknown = set(run_options) - set(_RUN_OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    executor = run_options.pop("executor", "threads")
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r} (choose from: {', '.join(EXECUTORS)})")
+    default = "local"
+    model = _model(lm, api_base=api_base, model_path=model_path, max_output_tokens=max_output_tokens,
+                   default=default) if not _is_none(lm, api_base, model_path, default) else _Model(None, None, None)
+    prices = run_options.pop("prices", None) or {}
+    options = RunOptions(**run_options, prices=dict(prices), executor=executor)
+    command = {"name": name, "settings": pipeline.settings(), "outputs": outputs,
+               "options": {key: value for key, value in run_options.items()
+                           if key in ("concurrency", "requests_per_minute", "tokens_per_minute")}}
+    return _execute(pipeline, _paths(inputs), model, options, command=command, events=events, on_start=on_start,
+                    finish=finish)
+
+
+def _is_none(lm, api_base, model_path, default) -> bool:
+    from rlmpipe.lm.models import choose_model
+
+    return choose_model(lm, api_base, model_path, default=default).is_none
+
+
+def resume(run_id: str, *, workspace: str | os.PathLike | None = None, max_run_tokens: int | None = None,
+           max_cost: float | None = None, max_seconds: float | None = None, force_resume: bool = False,
+           events=None, on_start=None) -> RunResult:
+    """Continue a run of a built-in command from its id (a prefix will do) and the record it keeps
+    of how it was made; budgets may be raised. Refused, saying why, if the run was made by a
+    program of your own (run it again the same way instead) or its configuration changed (unless
+    ``force_resume``)."""
+    from rlmpipe.runtime.store import Store
+
+    with Store(workspace) as store:
+        matches = store.find_runs(run_id)
+        if not matches:
+            raise LookupError(f"no run {run_id!r} in {store.workspace}")
+        if len(matches) > 1:
+            raise LookupError(f"{run_id!r} is ambiguous: " + ", ".join(m["run_id"] for m in matches))
+        run_record = matches[0]
+    command = dict(run_record["config"].get("command") or {})
+    name = command.get("name")
+    builders = {"summarize": _rebuild_summarize, "contracts": _rebuild_contracts, "ask": _rebuild_ask}
+    if name not in builders or "settings" not in command:
+        raise LookupError(f"run {run_record['run_id']} was made by a program of your own ({name or 'unknown'}), "
+                          "whose code rlmpipe does not keep: run it again the same way to resume it")
+    stored = run_record["config"].get("options") or {}
+    model = command.get("model") or {}
+    run_options = {**command.get("options", {}),
+                   "max_run_tokens": max_run_tokens if max_run_tokens is not None else stored.get("max_run_tokens"),
+                   "max_cost": max_cost if max_cost is not None else stored.get("max_cost"),
+                   "max_seconds": max_seconds if max_seconds is not None else stored.get("max_seconds"),
+                   "prices": stored.get("prices") or {}, "workspace": workspace, "force_resume": force_resume,
+                   "resume_run_id": run_record["run_id"]}
+    return builders[name](command, model, events=events, on_start=on_start, **run_options)
+
+
+def _model_arguments(model: dict) -> dict:
+    return {"lm": model.get("lm") or "none", "api_base": model.get("api_base"), "model_path": model.get("model_path"),
+            "max_output_tokens": model.get("max_output_tokens")}
+
+
+def _rebuild_summarize(command, model, **options) -> RunResult:
+    from rlmpipe.apps.summarize import SummarizePipeline
+
+    pipeline = SummarizePipeline.from_settings(command["settings"])
+    out = (command.get("outputs") or {}).get("out")
+    return _builtin("summarize", pipeline, command["paths"], **_model_arguments(model),
+                    outputs=command.get("outputs") or {}, finish=_write_summaries(out), **options)
+
+
+def _rebuild_contracts(command, model, **options) -> RunResult:
+    from rlmpipe.apps.contracts import ContractsPipeline, write_results
+
+    pipeline = ContractsPipeline.from_settings(command["settings"])
+    out = Path(command["outputs"]["out"])
+    return _builtin("contracts", pipeline, command["paths"], **_model_arguments(model), outputs=command["outputs"],
+                    finish=lambda summary, store: write_results(summary, store, out), **options)
+
+
+def _rebuild_ask(command, model, **options) -> RunResult:
+    from rlmpipe.apps.ask import AskPipeline
+
+    pipeline = AskPipeline.from_settings(command["settings"])
+    return _builtin("ask", pipeline, command["paths"], **_model_arguments(model), outputs={}, finish=None, **options)
