@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 STDERR_TAIL_BYTES = 64 * 1024
 READ_CHUNK = 4 * 1024 * 1024
 MAX_NON_JSON_LINES = 1000
+#: bytes of non-protocol output tolerated while waiting for one message (the runner writes none; the host
+#: must not buffer whatever sandboxed code manages to write to stdout)
+MAX_NON_JSON_BYTES = 1 << 20
 
 
 class ProcessTimeout(Exception):
@@ -206,7 +209,7 @@ class DenoProcess:
                     self._keep_stderr(chunk)
 
     def read_message(self, deadline: float) -> dict:
-        skipped = 0
+        skipped = skipped_bytes = 0
         while True:
             at = self._buf.find(b"\n", self._scan)
             if at >= 0:
@@ -224,9 +227,11 @@ class DenoProcess:
                     if isinstance(message, dict):
                         return message
                 skipped += 1
+                skipped_bytes += len(line)
                 logger.debug("sandbox wrote a non-protocol line: %r", stripped[:200])
-                if skipped > MAX_NON_JSON_LINES:
-                    raise ProtocolViolation(f"more than {MAX_NON_JSON_LINES} non-protocol lines on stdout")
+                if skipped > MAX_NON_JSON_LINES or skipped_bytes > MAX_NON_JSON_BYTES:
+                    raise ProtocolViolation(f"more than {MAX_NON_JSON_LINES} lines or {MAX_NON_JSON_BYTES:,} bytes "
+                                            "of non-protocol output on stdout")
                 continue
             self._scan = len(self._buf)
             if len(self._buf) > self.max_line_bytes:

@@ -10,8 +10,12 @@ What it guarantees (tests/sandbox/test_security.py checks each):
 
 - Deno runs with read access to Pyodide's own package folder and nothing else: no network, no writes, no
   environment, no subprocesses, no FFI, no system info, no remote imports, no prompts; and with an
-  environment of its own (no host variable reaches it). The Deno namespace is also removed from the JS
-  globals sandboxed code can reach through Pyodide's FFI.
+  environment of its own (no host variable reaches it). Once Pyodide is loaded the Deno namespace (and
+  ``Worker``) are deleted from the JS global object, so no JS that sandboxed code evaluates can reach them.
+- The protocol cannot be forged: every line the runner writes carries a key the host gave it over stdin,
+  and a line without it (sandboxed code that found the process's stdout, through Node's ``process``)
+  ends the process before anything it says is done. The host buffers at most one bounded message
+  (``max_message_mb``) and 1 MB of stray output, whatever the sandbox writes.
 - Limits per execution: wall-clock ``timeout`` (time spent inside host tools such as ``llm_query`` is not
   counted), memory (RLIMIT_DATA on the process, a cap on Pyodide's WebAssembly heap below it, and V8's old
   space), captured output (``max_output_bytes`` each of stdout and stderr, cut with a marker).
@@ -29,6 +33,7 @@ import inspect
 import json
 import keyword
 import logging
+import secrets
 import os
 import threading
 import time
@@ -186,7 +191,7 @@ class DenoSandbox:
         wasm_memory_limit_mb: int | None = None,
         v8_heap_mb: int = 512,
         max_output_bytes: int = 1_000_000,
-        max_message_mb: int = 512,
+        max_message_mb: int = 64,
         start_timeout: float = 120.0,
         max_restarts: int = 5,
         deno_dir: str | os.PathLike | None = None,
@@ -210,6 +215,7 @@ class DenoSandbox:
         self.fetch = fetch
 
         self._proc: DenoProcess | None = None
+        self._key: str | None = None  # the running process's session key (set by "init")
         self._finalizer: weakref.finalize | None = None
         self._session_ended = False
         self._needs_restart = False
@@ -347,7 +353,8 @@ class DenoSandbox:
             if ready.get("method") != "ready":
                 raise CodeInterpreterError(f"sandbox sent {ready!r} instead of 'ready'")
             self.runtime_info = ready.get("params", {})
-            self._request("init", {"bootstrap": BOOTSTRAP_SOURCE,
+            self._key = secrets.token_hex(16)  # every message of this process must carry it (see runner.js)
+            self._request("init", {"bootstrap": BOOTSTRAP_SOURCE, "key": self._key,
                                    "config": {"traceback_limit_chars": 8000}}, deadline)
         except (ProcessTimeout, ProcessDied, ProtocolViolation, CodeInterpreterError) as e:
             self._discard_process()
@@ -391,13 +398,22 @@ class DenoSandbox:
         if payload is not None:
             parts.append(payload)
         self._proc.send(*parts, deadline=deadline)
-        message = self._proc.read_message(deadline)
+        message = self._read(deadline)
         if message.get("id") != rid:
             raise ProtocolViolation(f"expected the answer to {method!r}, got {str(message)[:300]}")
         if "error" in message:
             err = message["error"] or {}
             raise CodeInterpreterError(f"sandbox {method} failed: {err.get('type')}: {err.get('message')}")
         return message.get("result")
+
+    def _read(self, deadline: float) -> dict:
+        """The next protocol message, which must carry this process's key: a line without it did not
+        come from the runner (sandboxed code found a way to stdout) and ends the process unheard."""
+        message = self._proc.read_message(deadline)
+        if self._key is not None and message.get("key") != self._key:
+            raise ProtocolViolation(f"a message without the session key (forged by sandboxed code?): "
+                                    f"{str(message)[:200]}")
+        return message
 
     def _registration(self) -> str:
         tools = []
@@ -454,7 +470,7 @@ class DenoSandbox:
             self._proc.send_json({"id": rid, "method": "execute",
                                   "params": {"code": code, "bind": list(variables)}}, deadline)
             while True:
-                message = self._proc.read_message(deadline)
+                message = self._read(deadline)
                 if message.get("method") == "tool_call":
                     started = time.monotonic()
                     self._answer_tool_call(message, deadline + 3600.0)

@@ -96,8 +96,13 @@ const input = {
   },
 };
 
+// The host's secret for this process, from the "init" message. Every line the runner writes carries it, and
+// the host acts on no line without it: sandboxed code that reaches the process's stdout some other way (a
+// Worker, say) cannot forge a protocol message, such as a tool call.
+let sessionKey = null;
+
 function send(obj) {
-  writeRaw(JSONs.stringify(obj) + "\n");
+  writeRaw(JSONs.stringify(sessionKey === null ? obj : { ...obj, key: sessionKey }) + "\n");
 }
 
 function writeRaw(text) {
@@ -177,13 +182,18 @@ pyodide.setStderr({ write: (b) => stderrCapture.write(b), isatty: false });
 // From here on the process holds no permission at all.
 Deno.permissions.revokeSync({ name: "read" });
 const readState = Deno.permissions.querySync({ name: "read" }).state;
+// Then the Deno namespace goes from the global object altogether (the runner keeps what it uses), so that no
+// JS evaluated from Python (js.eval, Function constructors) can reach it; and so do Workers, which would get
+// a namespace of their own.
+delete globalThis.Deno;
+delete globalThis.Worker;
 
 // A synchronous bridge for host tools: write the request, block on stdin for the answer. No JSPI, no
 // run_sync: Python calls a plain JS function and gets the response line back as a string.
 let toolCounter = 0;
 function toolCall(name, kwargsJson) {
   const id = `tc-${++toolCounter}`;
-  writeRaw(`{"id":${JSONs.stringify(id)},"method":"tool_call","params":{"name":${JSONs.stringify(name)},"kwargs":${kwargsJson}}}\n`);
+  writeRaw(`{"id":${JSONs.stringify(id)},"key":${JSONs.stringify(sessionKey)},"method":"tool_call","params":{"name":${JSONs.stringify(name)},"kwargs":${kwargsJson}}}\n`);
   const line = input.readLine();
   if (line === null) denoExit(0);   // host went away
   return line;
@@ -219,6 +229,7 @@ for (;;) {
   if (method === "shutdown") break;
 
   if (method === "init") {
+    sessionKey = String(params.key || "");
     reply(id, () => {
       // Run the bootstrap as its own module, outside the user namespace (__main__).
       const scratch = pyodide.toPy({});
@@ -279,7 +290,7 @@ for (;;) {
     stdoutCapture.reset();
     stderrCapture.reset();
     // resultJson is produced by the bootstrap's json.dumps; splice it in without re-parsing (it may be large).
-    writeRaw(`{"id":${JSONs.stringify(id)},"result":${resultJson},"streams":${JSONs.stringify(streams)}}\n`);
+    writeRaw(`{"id":${JSONs.stringify(id)},"key":${JSONs.stringify(sessionKey)},"result":${resultJson},"streams":${JSONs.stringify(streams)}}\n`);
     continue;
   }
 
