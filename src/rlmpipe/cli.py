@@ -489,14 +489,23 @@ WORKSPACE_OPTION = typer.Option(None, "--workspace", help="Where runs live (defa
                                 "here or above).")
 
 
+def _store(folder: Path):
+    from rlmpipe.runtime.store import Store, WorkspaceTooNew
+
+    try:
+        return Store(folder)
+    except WorkspaceTooNew as exc:
+        fail(str(exc))
+
+
 def _open_run(workspace: Optional[Path], run_id: str):
-    from rlmpipe.runtime.store import Store, find_workspace
+    from rlmpipe.runtime.store import find_workspace
 
     folder = find_workspace(workspace)
     if not (folder / "runs.sqlite").exists():
         fail(f"no runs in {folder}: runs live in the nearest .rlmpipe folder here or above "
              "(or pass --workspace DIR)")
-    store = Store(folder)
+    store = _store(folder)
     matches = store.find_runs(run_id)
     if not matches:
         fail(f"no run {run_id!r} in {folder} (rlmpipe runs list shows the runs there)")
@@ -509,13 +518,13 @@ def _open_run(workspace: Optional[Path], run_id: str):
 def runs_list(workspace: Optional[Path] = WORKSPACE_OPTION) -> None:
     """Runs in the workspace, most recent first."""
     from rlmpipe.monitor.render import print_run_list
-    from rlmpipe.runtime.store import Store, find_workspace
+    from rlmpipe.runtime.store import find_workspace
 
     folder = find_workspace(workspace)
     if not (folder / "runs.sqlite").exists():
         typer.echo(f"no runs in {folder} (runs live in the nearest .rlmpipe folder here or above)")
         return
-    with Store(folder) as store:
+    with _store(folder) as store:
         print_run_list(store)
 
 

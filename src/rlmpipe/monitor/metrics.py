@@ -34,7 +34,8 @@ class Group:
     completion_tokens: int = 0
     cost: float = 0.0
     unpriced: int = 0
-    seconds: float = 0.0  # summed LM latency
+    seconds: float = 0.0  # summed LM latency: the model's own time, from sending to the reply
+    queued: float = 0.0  # summed time calls waited before they were sent (rate limits, the model's one slot)
     latencies: list[float] = field(default_factory=list)
 
     def add(self, call: dict) -> None:
@@ -51,6 +52,7 @@ class Group:
         else:
             self.cost += call["cost"]
         self.seconds += call["latency"]
+        self.queued += call.get("queued") or 0.0
         self.latencies.append(call["latency"])
 
     def row(self) -> dict:
@@ -59,7 +61,7 @@ class Group:
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "tokens": self.prompt_tokens + self.completion_tokens,
             "cost": round(self.cost, 8), "cost_known": self.unpriced == 0, "unpriced_calls": self.unpriced,
-            "seconds": round(self.seconds, 4),
+            "seconds": round(self.seconds, 4), "queued_seconds": round(self.queued, 4),
             "p50_latency": _round(percentile(self.latencies, 0.5)),
             "p95_latency": _round(percentile(self.latencies, 0.95)),
         }
@@ -101,7 +103,7 @@ def run_tables(store: Store, run_id: str) -> dict:
     doc_rows = []
     for document in documents:
         doc_rows.append({**by_doc[document["doc_id"]].row(), "path": document["path"], "doc_id": document["doc_id"],
-                         "status": document["status"], "error": document["error"],
+                         "status": document["status"], "error": document["error"], "detail": document.get("detail"),
                          "steps": doc_steps.get(document["doc_id"], 0),
                          "doc_seconds": round((document["finished"] or 0) - (document["started"] or 0), 3)
                          if document["finished"] else None})
@@ -116,9 +118,12 @@ def run_tables(store: Store, run_id: str) -> dict:
                       for depth in sorted({e["depth"] for e in step.extra["trajectory"]})}}
         for step in steps if isinstance(step.extra, dict) and step.extra.get("trajectory")
     ]
+    failed_steps = [{"step": s.name, "doc_id": s.doc_id, "error": s.error, "detail": s.detail}
+                    for s in steps if s.status == "failed"]
     return {
         "run": run,
         "totals": total.row(),
+        "failed_steps": failed_steps,
         "trajectories": trajectories,
         "steps": step_rows,
         "documents": doc_rows,

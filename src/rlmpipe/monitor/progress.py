@@ -235,7 +235,8 @@ class PlainReporter(QuietReporter):
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            print(f"[rlmpipe] {self.progress.line()}", file=sys.stderr, flush=True)
+            if self.progress.run_id:
+                print(f"[rlmpipe] {self.progress.line()}", file=sys.stderr, flush=True)
 
     def __enter__(self):
         self._thread.start()
@@ -244,7 +245,8 @@ class PlainReporter(QuietReporter):
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=2)
-        print(f"[rlmpipe] {self.progress.line()}", file=sys.stderr, flush=True)
+        if self.progress.run_id:  # (a run refused before it started has no progress to tell)
+            print(f"[rlmpipe] {self.progress.line()}", file=sys.stderr, flush=True)
         return False
 
 

@@ -56,7 +56,7 @@ def print_run_list(store: Store, console: Console | None = None) -> None:
 
 LM_COLUMNS = [("calls", "calls"), ("errors", "err"), ("retries", "retry"), ("cached", "cache"),
               ("prompt_tokens", "tok in"), ("completion_tokens", "tok out"), ("cost", "cost"),
-              ("seconds", "LM s"), ("p50_latency", "p50"), ("p95_latency", "p95")]
+              ("seconds", "model s"), ("queued_seconds", "queued s"), ("p50_latency", "p50"), ("p95_latency", "p95")]
 
 
 def _lm_cells(row: dict) -> list[str]:
@@ -65,7 +65,7 @@ def _lm_cells(row: dict) -> list[str]:
         value = row.get(key)
         if key == "cost":
             cells.append(money(value, row.get("cost_known", True)))
-        elif key in ("seconds", "p50_latency", "p95_latency"):
+        elif key in ("seconds", "queued_seconds", "p50_latency", "p95_latency"):
             cells.append(seconds(value))
         else:
             cells.append(f"{value:,}" if isinstance(value, int) else str(value))
@@ -119,6 +119,22 @@ def print_run_tables(tables: dict, console: Console | None = None) -> None:
             table.add_row(str(number), str(entry["depth"]), f"{entry['seconds']:.2f}",
                           _first_lines(entry["code"]), ("[red]" if entry["error"] else "") + _first_lines(entry["output"]))
         console.print(table)
-    failed = [row for row in tables["documents"] if row.get("error")]
-    for row in failed:
-        console.print(f"[red]failed[/red] {row['error']}")
+    from rich.markup import escape
+
+    for row in tables["documents"]:
+        if row.get("error"):
+            label = "partial" if row["status"] == "partial" else row["status"]
+            console.print(f"[red]{label}[/red] {escape(row['error'])}")
+            if row.get("detail"):  # a pipeline bug: where it happened
+                console.print(escape(_tail(row["detail"])), style="dim")
+    details = [step for step in tables.get("failed_steps", []) if step.get("detail")]
+    for step in details[:5]:
+        console.print(f"[red]step {escape(step['step'])} failed[/red] {escape(step['error'] or '')}")
+        console.print(escape(_tail(step["detail"])), style="dim")
+    if len(details) > 5:
+        console.print(f"... and {len(details) - 5} more failed steps with tracebacks (runs show --json)")
+
+
+def _tail(traceback_text: str, lines: int = 12) -> str:
+    kept = traceback_text.rstrip().splitlines()
+    return "\n".join((["  ..."] if len(kept) > lines else []) + kept[-lines:])

@@ -582,8 +582,11 @@ def latency_plot(calls: list[dict]) -> str:
         px = x(min(value, upper))
         parts.append(_line(px, top - 4 + row * 14, px, bottom, "#c0392b" if name == "p95" else "#222",
                            ' stroke-width="1.5" stroke-dasharray="5 3"'))
-        parts.append(_text(px + 4, top + 6 + row * 14, f"{name} {duration(value)}", size=11, weight="bold",
-                           fill="#c0392b" if name == "p95" else "#222"))
+        label = f"{name} {duration(value)}"
+        # near the right edge the label goes left of its line (it was clipped by the plot's edge)
+        fits = px + 4 + 7 * len(label) <= WIDTH - 4
+        parts.append(_text(px + 4 if fits else px - 4, top + 6 + row * 14, label, anchor="start" if fits else "end",
+                           size=11, weight="bold", fill="#c0392b" if name == "p95" else "#222"))
     parts.append(_text(left + plot_w / 2, bottom + 38, "latency (seconds)", anchor="middle", size=12))
     parts.append(_text(18, top + height / 2, "calls", anchor="middle", size=12, rotate=True))
     svg = _svg(plot_id, title, bottom + 50, parts)
@@ -803,8 +806,8 @@ LM_COLUMNS = [
     Column("calls", "calls", "int"), Column("errors", "errors", "int"), Column("retries", "retries", "int"),
     Column("cached", "cached", "int"), Column("prompt_tokens", "tokens in", "int"),
     Column("completion_tokens", "tokens out", "int"), Column("cost", "cost", "cost"),
-    Column("seconds", "LM time", "seconds"), Column("p50_latency", "p50 latency", "seconds"),
-    Column("p95_latency", "p95 latency", "seconds"),
+    Column("seconds", "model time", "seconds"), Column("queued_seconds", "queued", "seconds"),
+    Column("p50_latency", "p50 latency", "seconds"), Column("p95_latency", "p95 latency", "seconds"),
 ]
 DOC_LM_COLUMNS = [c for c in LM_COLUMNS if c.key not in ("cached", "p50_latency", "p95_latency")]
 
@@ -1046,7 +1049,8 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
     error_types = _error_type_rows(calls)
     sections = [
         ("Steps", "table-steps",
-         ("By step: LM calls (attempts), errors, retries, tokens, cost, summed LM time, p50/p95 latency, "
+         ("By step: LM calls (attempts), errors, retries, tokens, cost, summed model time (sending to reply), "
+          "time queued before sending (rate limits, the model's one slot), p50/p95 latency, "
           "and the summed wall time of the steps."), table("table-steps", step_columns, tables["steps"])),
         ("Documents", "table-documents",
          "By document, failed ones first, with their one-line error."

@@ -36,11 +36,28 @@ CONTEXT_NAMES = ("context", "running_context", "previous_context", "context_so_f
 CARRY_NAMES = ("new_context", "next_context", "updated_context", "context", "running_context", "summary")
 
 
+def _signature(module):
+    """The signature a module answers: its own (a predictor), or that of its only predictor when
+    its forward just passes keyword arguments on (``ChainOfThought`` and the like)."""
+    signature = getattr(module, "signature", None)
+    if signature is not None and hasattr(signature, "input_fields"):
+        return signature
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    if all(p.kind == p.VAR_KEYWORD for p in parameters) and hasattr(module, "named_predictors"):
+        predictors = [predictor for _, predictor in module.named_predictors()]
+        if len(predictors) == 1:
+            return predictors[0].signature
+    return None
+
+
 def input_fields(module) -> list[str]:
     """The names a module's forward takes: its signature's input fields for a predictor, else the
     parameters of ``forward`` (without ``self``, ``*args`` and ``**kwargs``)."""
-    signature = getattr(module, "signature", None)
-    if signature is not None and hasattr(signature, "input_fields"):
+    signature = _signature(module)
+    if signature is not None:
         return list(signature.input_fields)
     try:
         parameters = inspect.signature(module.forward).parameters.values()
@@ -50,9 +67,9 @@ def input_fields(module) -> list[str]:
 
 
 def output_fields(module) -> list[str] | None:
-    signature = getattr(module, "signature", None)
-    if signature is not None and hasattr(signature, "output_fields"):
-        return list(signature.output_fields)
+    signature = _signature(module)
+    if signature is not None:
+        return [name for name in signature.output_fields if name != "reasoning"]
     return None  # a custom module: known only from what it returns
 
 

@@ -412,19 +412,20 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     inner_lm = without_own_retries(lm.inner if isinstance(lm, RecordingLM) else lm)
     pricing = Pricing(options.prices)
     check_prices(options, inner_lm.model, pricing)
-    holder = {"command": (run_config or {}).get("command", {}).get("name") or pipeline.name}
     try:
-        with store.run_lock(holder):
+        plan = plan_run(store, pipeline, paths, inner_lm, options)  # reads only: the lock is taken next
+        command = (run_config or {}).get("command", {}).get("name") or pipeline.name
+        with store.run_lock({"run_id": plan.run_id, "command": f"rlmpipe {command}" if command != "run" else
+                             f"rlmpipe.run({pipeline.name})"}):
             return _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events, run_config,
-                                   on_start, pricing)
+                                   on_start, pricing, plan)
     finally:
         if own_store:
             store.close()
 
 
 def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events, run_config, on_start,
-                    pricing) -> RunSummary:
-    plan = plan_run(store, pipeline, paths, inner_lm, options)
+                    pricing, plan: RunPlan) -> RunSummary:
     run_id, fingerprint = plan.run_id, plan.fingerprint
     earlier = store.get_run(run_id)
     models = list(dict.fromkeys([*((earlier or {}).get("config", {}).get("models") or []), inner_lm.model]))

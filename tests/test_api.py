@@ -1,0 +1,235 @@
+"""The public API: a DSPy user's own module run over a folder by the engine (results, resume, the
+patterns, what is stored), through the real client path and the loopback server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dspy
+import pytest
+
+import rlmpipe
+from rlmpipe.lm.recording import RetryPolicy
+from rlmpipe.runtime.store import Store
+from tests.support.replies import any_reply
+from tests.support.scripted_lm import ScriptedLM, chat_reply
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACTS = ROOT / "examples" / "contracts"
+FAST = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.02, jitter=0.0)
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    target = tmp_path / "contracts"
+    shutil.copytree(CONTRACTS, target)
+    return target
+
+
+def served(server) -> int:
+    return len([c for c in server.chat_calls if c.served == "reply"])
+
+
+def test_a_plain_module_over_a_folder_and_the_same_call_again_makes_no_lm_call(openai_server, folder, tmp_path):
+    openai_server.set_default(any_reply)
+    summarize = dspy.ChainOfThought("text -> summary")
+    common = dict(lm="openai/test-model", api_base=openai_server.base_url, chunk_tokens=512,
+                  workspace=tmp_path / "ws", concurrency=4)
+    result = rlmpipe.run(summarize, folder, **common)
+
+    assert result.status == "done", result.reason
+    assert [Path(d.path).name for d in result] == sorted(p.name for p in CONTRACTS.glob("*.txt"))
+    chunks = [chunk for document in result for chunk in document.chunks]
+    assert chunks and all(set(chunk) == {"reasoning", "summary"} for chunk in chunks)
+    assert all(chunk["summary"].startswith("summary-") for chunk in chunks)
+    assert served(openai_server) == len(chunks), "one call per chunk"
+    assert sum(d.usage["prompt_tokens"] for d in result) == result.usage["prompt_tokens"] > 0
+
+    again = rlmpipe.run(summarize, folder, **common)
+    assert served(openai_server) == len(chunks), "the second identical call made no LM call"
+    assert again.run_id == result.run_id and again.status == "done"
+    assert [d.result for d in again] == [d.result for d in result]
+
+
+def test_the_input_field_is_detected_or_asked_for(openai_server, folder, tmp_path):
+    openai_server.set_default(any_reply)
+
+    class Custom(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.predict = dspy.Predict("passage -> gist")
+
+        def forward(self, passage):
+            return self.predict(passage=passage)
+
+    result = rlmpipe.run(Custom(), folder / "ip_agreement_msci.txt", lm="openai/test-model",
+                         api_base=openai_server.base_url, workspace=tmp_path / "ws")
+    assert result.status == "done" and all("gist" in c for c in result[0].chunks)
+    with pytest.raises(ValueError, match="input_field="):
+        rlmpipe.run(dspy.Predict("question, answer_key -> grade"), folder, lm="openai/test-model",
+                    api_base=openai_server.base_url, workspace=tmp_path / "ws")
+    named = rlmpipe.run(dspy.Predict("question, answer_key -> grade"), folder / "ip_agreement_msci.txt",
+                        input_field="answer_key", lm="openai/test-model", api_base=openai_server.base_url,
+                        workspace=tmp_path / "ws")
+    assert named.status == "done"
+    assert all("[[ ## answer_key ## ]]" in c.prompt for c in openai_server.chat_calls[-len(named[0].chunks):])
+
+
+def test_a_prediction_is_stored_as_json_and_read_back_the_same(openai_server, folder, tmp_path):
+    openai_server.set_default(any_reply)
+    module = dspy.Predict("text -> summary, parties: list[str]")
+    options = dict(lm="openai/test-model", api_base=openai_server.base_url, workspace=tmp_path / "ws")
+    first = rlmpipe.run(module, folder / "ip_agreement_msci.txt", **options)
+    chunk = first[0].chunks[0]
+    assert isinstance(chunk["parties"], list) and isinstance(chunk["summary"], str)
+    with Store(tmp_path / "ws") as store:
+        stored = [s.result for s in store.steps(first.run_id) if s.name == "map"]
+    assert sorted(stored, key=json.dumps) == sorted(first[0].chunks, key=json.dumps)  # (steps run in parallel)
+    assert rlmpipe.run(module, folder / "ip_agreement_msci.txt", **options)[0].chunks == first[0].chunks
+
+
+def test_a_result_that_is_not_json_fails_naming_the_step_and_the_other_documents_finish(folder, tmp_path):
+    class Careless(dspy.Module):
+        def __init__(self):
+            super().__init__()
+            self.predict = dspy.Predict("text -> summary")
+
+        def forward(self, text):
+            prediction = self.predict(text=text)
+            if "MSCI" in text:
+                return {"summary": prediction.summary, "when": object()}  # not JSON
+            return prediction
+
+    lm = ScriptedLM(default=chat_reply(summary="ok"))
+    result = rlmpipe.run(Careless(), folder, lm=lm, workspace=tmp_path / "ws", chunk_tokens=100_000)
+    by_name = {Path(d.path).name: d for d in result}
+    broken = by_name["ip_agreement_msci.txt"]
+    assert broken.status == "failed"
+    assert "step map failed" in broken.error and "cannot be stored as JSON" in broken.error, broken.error
+    assert "['when']" in broken.error
+    assert {d.status for name, d in by_name.items() if name != "ip_agreement_msci.txt"} == {"done"}
+    with Store(tmp_path / "ws") as store:
+        calls = store.calls(result.run_id)
+        failed_step = [s for s in store.steps(result.run_id) if s.status == "failed"]
+    assert len(calls) == len(lm.calls), "the failing step's LM call is recorded, not lost"
+    assert failed_step and failed_step[0].calls == 1
+
+
+def test_a_dspy_lm_with_its_own_retries_is_retried_by_rlmpipe_once_not_twice(openai_server, folder, tmp_path):
+    openai_server.set_default(any_reply)
+    openai_server.fail("server_error", times=2)
+    lm = dspy.LM("openai/test-model", api_base=openai_server.base_url, api_key="test", cache=False, num_retries=5)
+    options = rlmpipe.RunOptions(workspace=tmp_path / "ws", retry=FAST, concurrency=1)
+    result = rlmpipe.run(dspy.Predict("text -> summary"), folder / "ip_agreement_msci.txt", lm=lm, options=options)
+    assert result.status == "done"
+    requests = len(openai_server.chat_calls)
+    assert requests == len(result[0].chunks) + 2, "each failure retried once, by rlmpipe alone"
+    with Store(tmp_path / "ws") as store:
+        assert len(store.calls(result.run_id)) == requests, "every attempt recorded once"
+    assert lm.num_retries == 5, "the caller's LM is left as it was"
+
+
+class ReadOn(dspy.Signature):
+    """Read the next part of a long document, knowing what the earlier parts said."""
+
+    text: str = dspy.InputField()
+    context: str = dspy.InputField(desc="notes on the earlier parts")
+    notes: str = dspy.OutputField()
+    new_context: str = dspy.OutputField(desc="notes on everything so far")
+
+
+def test_the_window_carries_a_bounded_context_from_call_to_call(folder, tmp_path):
+    huge = "remember this " * 5000  # the model returns far more context than allowed
+    lm = ScriptedLM(default=chat_reply(notes="n", new_context=huge))
+    result = rlmpipe.run(dspy.Predict(ReadOn), folder / "ip_agreement_msci.txt", lm=lm, pattern="window",
+                         window_tokens=64, chunk_tokens=256, workspace=tmp_path / "ws")
+    assert result.status == "done" and len(result[0].chunks) >= 3
+    tokenizer = rlmpipe.ChunkingConfig().tokenizer
+    from rlmpipe.chunking import get_tokenizer
+
+    count = get_tokenizer(tokenizer).count
+    contexts = [call.prompt.split("[[ ## context ## ]]\n")[-1].split("\n\nRespond with")[0] for call in lm.calls]
+    assert contexts[0] == "" and all(0 < count(c) <= 64 for c in contexts[1:])
+    assert count(result[0].output["context"]) <= 64
+
+
+def test_map_then_reduce_with_a_second_module_as_a_tree(openai_server, folder, tmp_path):
+    openai_server.set_default(any_reply)
+    merge = dspy.Predict("summaries: list[str] -> summary")
+    result = rlmpipe.run(dspy.Predict("text -> summary"), folder, lm="openai/test-model", pattern="map_reduce",
+                         reduce=merge, reduce_tokens=60, chunk_tokens=256, api_base=openai_server.base_url,
+                         workspace=tmp_path / "ws")
+    assert result.status == "done"
+    for document in result:
+        assert document.output["summary"].startswith("summary-")
+    merges = [c for c in openai_server.chat_calls if "[[ ## summaries ## ]]" in c.prompt]
+    assert len(merges) > len(result), "small merge inputs: a tree of merges, not one per document"
+
+
+def test_importing_rlmpipe_loads_nothing_heavy_and_starts_nothing():
+    code = ("import sys, threading; before = threading.active_count(); import rlmpipe; "
+            "assert 'dspy' not in sys.modules and 'litellm' not in sys.modules, 'heavy imports'; "
+            "assert threading.active_count() == before; print(len(rlmpipe.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 10
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import dspy, rlmpipe
+    folder, workspace, base, out = sys.argv[1:5]
+    result = rlmpipe.run(dspy.Predict("text -> summary"), folder, lm="openai/test-model", api_base=base,
+                         chunk_tokens=64, workspace=workspace, concurrency=2)
+    with open(out, "w") as handle:
+        json.dump([[d.path, d.status, d.chunks] for d in result], handle)
+""")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_the_same_call_resumes_without_repeating_a_finished_call(openai_server, folder, tmp_path):
+    openai_server.set_default(any_reply)
+    openai_server.set_latency(0.05)
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+
+    def start(workspace, out):
+        return subprocess.Popen([sys.executable, str(script), str(folder), str(workspace), openai_server.base_url,
+                                 str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    reference = start(tmp_path / "ref-ws", tmp_path / "ref.json")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    expected = json.loads((tmp_path / "ref.json").read_text())
+
+    workspace = tmp_path / "ws"
+    process = start(workspace, tmp_path / "out.json")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # until some steps are committed
+        if (workspace / "runs.sqlite").exists():
+            with Store(workspace) as store:
+                runs = store.list_runs()
+                if runs and store.step_counts(runs[0]["run_id"]).get("done", 0) >= 10:
+                    break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    with Store(workspace) as store:
+        run_id = store.list_runs()[0]["run_id"]
+        done = {s.step_key for s in store.steps(run_id) if s.status == "done"}
+    assert done, "the kill came after some steps were committed"
+
+    resumed = start(workspace, tmp_path / "out.json")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    with Store(workspace) as store:
+        later = [c for c in store.calls(run_id) if c["session"] > 1]
+    assert not {c["step_key"] for c in later} & done, "no committed step was called again"
+    assert json.loads((tmp_path / "out.json").read_text()) == expected, "the same output as an uninterrupted run"
