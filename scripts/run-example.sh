@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-pip install --quiet --upgrade pip
-pip install --quiet -e ".[local]"
-rlmpipe contracts analyze examples/contracts --lm local --out out --workspace out/.rlmpipe "$@"
+pip install --quiet --quiet --upgrade pip  # -qq: errors only (some pip configurations warn per package)
+pip install --quiet --quiet -e ".[local]"
+rlmpipe contracts analyze examples/contracts --lm local --out out "$@"
 echo "report: $(pwd)/out/report.html"
