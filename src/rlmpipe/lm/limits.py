@@ -17,8 +17,14 @@ from rlmpipe.lm.errors import BudgetExceeded
 from rlmpipe.lm.usage import LMCall
 
 
+#: completion tokens reserved for a call without a cap before any answer was billed
+FIRST_COMPLETION_GUESS = 256
+
+
 class RateLimiter:
-    """Blocks until a request (and its estimated tokens) fits the per-minute limits."""
+    """Blocks until a request (and its estimated tokens) fits the per-minute limits, and until any
+    pause a provider asked for (``Retry-After``, see :meth:`hold`) is over: one server's 429 slows
+    every worker, not only the one that got it."""
 
     def __init__(self, requests_per_minute: int | None = None, tokens_per_minute: int | None = None):
         from limits import RateLimitItemPerMinute
@@ -29,6 +35,12 @@ class RateLimiter:
         self._requests = RateLimitItemPerMinute(requests_per_minute) if requests_per_minute else None
         self._tokens = RateLimitItemPerMinute(tokens_per_minute) if tokens_per_minute else None
         self._lock = threading.Lock()
+        self._hold_until = 0.0  # time.time() before which no request starts
+
+    def hold(self, seconds: float) -> None:
+        """No request starts for ``seconds`` (a provider's Retry-After), whoever asks."""
+        with self._lock:
+            self._hold_until = max(self._hold_until, time.time() + seconds)
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> float:
         """Wait for a slot; returns the seconds waited."""
@@ -44,7 +56,17 @@ class RateLimiter:
                 time.sleep(delay)
             waited += delay
 
+    def try_acquire(self, tokens: int) -> float:
+        """Without waiting: 0 when the request may start now (and is counted), else the seconds to
+        wait before asking again (what a limiter shared through a Ray actor answers)."""
+        with self._lock:
+            return self._try(tokens)
+
     def _try(self, tokens: int) -> float:
+        """0 when the request may start now (and is counted), else the seconds to wait first."""
+        held = self._hold_until - time.time()
+        if held > 0:
+            return held
         items = []
         if self._requests is not None:
             items.append((self._requests, 1))
@@ -88,6 +110,7 @@ class Budget:
     reserved_tokens: int = 0
     reserved_cost: float = 0.0
     largest_completion: int = 0  # the longest completion billed so far: the expected one, without a cap
+    answered: bool = False  # some call was billed (so largest_completion means something)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,8 +124,11 @@ class Budget:
             self.started -= seconds
 
     def expected_completion(self, cap: int | None) -> int:
-        """Completion tokens to reserve for a call: its cap when it has one, else the longest seen."""
-        return int(cap) if cap else self.largest_completion
+        """Completion tokens to reserve for a call: its cap when it has one, else the longest answer
+        billed so far (before the first answer, :data:`FIRST_COMPLETION_GUESS`)."""
+        if cap:
+            return int(cap)
+        return self.largest_completion if self.answered else FIRST_COMPLETION_GUESS
 
     def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation:
         """Reserve ``tokens`` / ``cost`` for a call about to start, or raise BudgetExceeded."""
@@ -126,6 +152,7 @@ class Budget:
             self.tokens += call.prompt_tokens + call.completion_tokens
             self.cost += call.cost or 0.0
             self.largest_completion = max(self.largest_completion, call.completion_tokens)
+            self.answered = self.answered or call.outcome == "ok"
             if call.depth > 0 and call.attempt == 1:
                 self.sub_calls += 1
 

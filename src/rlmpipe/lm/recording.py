@@ -181,7 +181,10 @@ class RecordingLM(dspy.BaseLM):
                         self.control.stop(f"provider unavailable: {opened}")
                 if info.kind != "retryable" or attempt >= self.retry.max_attempts:
                     raise
-                self._sleep(self._delay(info, attempt))
+                delay = self._delay(info, attempt)
+                if info.retry_after is not None and self.limiter is not None:
+                    self.limiter.hold(delay)  # the provider asked everyone to wait, not only this call
+                self._sleep(delay)
 
     def _admit(self, prompt_tokens: int, kwargs: dict, depth: int) -> Reservation | None:
         """Reserve this attempt's expected spend in the budget (or raise BudgetExceeded)."""

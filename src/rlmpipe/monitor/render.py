@@ -72,6 +72,17 @@ def _lm_cells(row: dict) -> list[str]:
     return cells
 
 
+def executor_line(run: dict) -> str:
+    """Where the run ran: 'executor threads', or 'executor ray (2 nodes: ...)'."""
+    executor = (run.get("config") or {}).get("executor") or {"name": "threads"}
+    if executor.get("name") != "ray":
+        return "executor threads"
+    nodes = executor.get("nodes") or []
+    shown = ", ".join(f"{n.get('address')} {n.get('cpus'):g} CPU{'' if n.get('alive') else ' (dead)'}" for n in nodes)
+    return (f"executor ray ({len(nodes)} node{'s' if len(nodes) != 1 else ''}: {shown}; "
+            f"cluster {executor.get('address')})")
+
+
 def _console() -> Console:
     console = Console()
     return console if console.is_terminal else Console(width=200)  # pipes and files: no wrapping
@@ -91,6 +102,7 @@ def print_run_tables(tables: dict, console: Console | None = None) -> None:
     console.print(f"[bold]run {run['run_id']}[/bold]  {run['pipeline']}  model {run['model']}  "
                   f"status {run_state(run)}" + (f" ({run['stop_reason']})" if run["stop_reason"] else "")
                   + f"  sessions {run['sessions']}")
+    console.print(executor_line(run))
     if not totals["cost_known"]:
         console.print("cost: '+?' marks a lower bound: some calls were to models whose price litellm does not know")
     console.print(f"totals: {totals['calls']} calls, {totals['prompt_tokens']:,} tokens in, "

@@ -24,7 +24,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import dspy
 
@@ -403,8 +403,8 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     :class:`ConfigurationChanged` (resuming a run whose configuration changed, unforced).
     """
     options = options or RunOptions()
-    if options.executor != "threads":
-        raise ValueError(f"unknown executor {options.executor!r}: this build runs on threads")
+    if options.executor not in ("threads", "ray"):
+        raise ValueError(f"unknown executor {options.executor!r} (choose from: threads, ray)")
     own_store = store is None
     store = store or Store(options.workspace)
     recorder = recorder or UsageRecorder()
@@ -424,129 +424,192 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
             store.close()
 
 
-def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events, run_config, on_start,
-                    pricing, plan: RunPlan) -> RunSummary:
-    run_id, fingerprint = plan.run_id, plan.fingerprint
-    earlier = store.get_run(run_id)
-    models = list(dict.fromkeys([*((earlier or {}).get("config", {}).get("models") or []), inner_lm.model]))
-    config = {**(run_config or {}), "pipeline_config": pipeline.config(), "inputs": _inputs_identity(paths),
-              "options": {"concurrency": options.concurrency, "max_run_tokens": options.max_run_tokens,
-                          "max_cost": options.max_cost, "max_seconds": options.max_seconds,
-                          "prices": options.prices},
-              "fingerprint_parts": plan.parts, "described": plan.described, "models": models}
-    session = store.start_run(run_id, pipeline.name, fingerprint, ", ".join(models), config, os.getpid())
-    pricing.cost(inner_lm.model, 0, 0)  # look the price up (importing litellm) now, not in the first worker
+@dataclass
+class Limits:
+    """The run-wide limits every LM call of a run goes through: in this process (threads), or
+    proxies of one actor per run (Ray: rlmpipe.runtime.ray_executor)."""
+
+    budget: Any
+    limiter: Any
+    control: Any
+    breaker: Any
+
+
+def local_limits(options: RunOptions, carried_tokens: int, carried_cost: float) -> Limits:
     budget = Budget(options.max_run_tokens, options.max_cost, options.max_seconds, options.max_sub_calls)
-    previous = store.usage_totals(run_id)
-    budget.carry_over(previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
-    unsubscribe = [recorder.subscribe(lambda call: budget.charge(call) if call.run_id in (None, run_id) else None)]
-    control = RunControl()
-    limiter = (RateLimiter(options.requests_per_minute, options.tokens_per_minute)
-               if options.requests_per_minute or options.tokens_per_minute else None)
-    breaker = CircuitBreaker(options.breaker_failures, options.breaker_seconds)
-    recording = RecordingLM(inner_lm, recorder, retry=options.retry, limiter=limiter, budget=budget,
-                            control=control, breaker=breaker, pricing=pricing)
-    event_log = EventLogWriter(options.workspace)
-    stop_event_log = events.subscribe(event_log)
-    run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
-              recorder=recorder, events=events, options=options, control=control)
-    unsubscribe.append(recorder.subscribe(
-        lambda call: events.emit("lm_call", **call.to_dict()) if call.run_id in (None, run_id) else None))
-    unsubscribe.append(recorder.subscribe_starts(
-        lambda start: events.emit("lm_call_start", **start) if start["run_id"] in (None, run_id) else None))
-    events.emit("run_start", run_id=run_id, session=session, pipeline=pipeline.name, model=inner_lm.model,
-                fingerprint=fingerprint, concurrency=options.concurrency, executor="threads")
-    for note in plan.notes:
-        events.emit("note", run_id=run_id, message=note)
-    if on_start is not None:
-        on_start(run)
-    counts: Counter[str] = Counter()
-    results: list[dict] = []
-    results_lock = threading.Lock()
+    budget.carry_over(carried_tokens, carried_cost)
+    return Limits(budget, RateLimiter(options.requests_per_minute, options.tokens_per_minute), RunControl(),
+                  CircuitBreaker(options.breaker_failures, options.breaker_seconds))
 
-    def count(status: str, result: dict | None = None) -> None:
-        with results_lock:
-            counts[status] += 1
-            if result is not None:
-                results.append(result)
 
-    def drive(document: Document, first: Future | None = None) -> None:
-        path = str(document.path)
-        if first is not None:  # the same bytes as a document already running: its steps, once
-            wait([first])
+@dataclass
+class DocumentOutcome:
+    status: str  # done | partial | failed | stopped
+    entry: dict | None = None  # {doc_id, path, status, result, problem?} when there is a result
+
+
+def process_document(pipeline: Pipeline, run: Run, document: Document) -> DocumentOutcome:
+    """One document through the pipeline, its state kept in the run's store and told as events. The
+    same for every executor: threads call it in this process, Ray workers in theirs."""
+    store, events, run_id, path = run.store, run.events, run.id, str(document.path)
+    if run.stopping:
+        store.set_document(run_id, document.doc_id, path, "stopped")
+        return DocumentOutcome("stopped")
+    store.set_document(run_id, document.doc_id, path, "running")
+    events.emit("document_start", run_id=run_id, doc_id=document.doc_id, path=path, size=document.size_bytes)
+    try:
+        with dspy.context(lm=run.lm):
+            outcome = pipeline.process(run, document)
+        partial = outcome if isinstance(outcome, Partial) else None
+        result = to_json_value(partial.result if partial else outcome, f"the result of {path}")
+    except RunStopping:
+        store.set_document(run_id, document.doc_id, path, "stopped")
+        events.emit("document_stopped", run_id=run_id, doc_id=document.doc_id, path=path)
+        return DocumentOutcome("stopped")
+    except Exception as exc:  # StepFailed, a DocumentError found while streaming, a pipeline bug
+        message = str(exc) if isinstance(exc, DocumentError) else f"{path}: {_one_line(exc)}"
+        detail = None if isinstance(exc, (DocumentError, StepFailed)) else _traceback(exc)
+        store.set_document(run_id, document.doc_id, path, "failed", error=message, detail=detail)
+        events.emit("document_failed", run_id=run_id, doc_id=document.doc_id, path=path, error=message,
+                    traceback=detail)
+        return DocumentOutcome("failed")
+    status = "partial" if partial else "done"
+    problem = partial.problem if partial else None
+    store.set_document(run_id, document.doc_id, path, status, result=result, error=problem)
+    events.emit(f"document_{status}", run_id=run_id, doc_id=document.doc_id, path=path,
+                **({"error": f"{path}: {problem}"} if problem else {}))
+    return DocumentOutcome(status, {"doc_id": document.doc_id, "path": path, "status": status, "result": result,
+                                    **({"problem": problem} if problem else {})})
+
+
+class Tally:
+    """Documents counted by status, and the results, as drivers finish them (from any thread)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.results: list[dict] = []
+        self.unread = False  # stopped before every input was looked at
+        self._lock = threading.Lock()
+
+    def add(self, outcome: DocumentOutcome) -> None:
+        with self._lock:
+            self.counts[outcome.status] += 1
+            if outcome.entry is not None:
+                self.results.append(outcome.entry)
+
+
+def queued_documents(run: Run, paths: list, tally: Tally) -> Iterator[tuple[Document, str | None]]:
+    """The inputs as documents to drive, with the path of an earlier document of the same bytes (to
+    wait for: its steps are shared); unreadable inputs are counted as failed here. Stops yielding
+    once the run is stopping."""
+    store, events, run_id = run.store, run.events, run.id
+    first_of: dict[str, str] = {}
+    for item in open_documents(paths):
         if run.stopping:
-            store.set_document(run_id, document.doc_id, path, "stopped")
-            count("stopped")
+            tally.unread = True
             return
-        store.set_document(run_id, document.doc_id, path, "running")
-        events.emit("document_start", run_id=run_id, doc_id=document.doc_id, path=path, size=document.size_bytes)
-        try:
-            with dspy.context(lm=recording):
-                outcome = pipeline.process(run, document)
-            partial = outcome if isinstance(outcome, Partial) else None
-            result = to_json_value(partial.result if partial else outcome, f"the result of {path}")
-        except RunStopping:
-            store.set_document(run_id, document.doc_id, path, "stopped")
-            events.emit("document_stopped", run_id=run_id, doc_id=document.doc_id, path=path)
-            count("stopped")
-            return
-        except Exception as exc:  # StepFailed, a DocumentError found while streaming, a pipeline bug
-            message = str(exc) if isinstance(exc, DocumentError) else f"{path}: {_one_line(exc)}"
-            detail = None if isinstance(exc, (DocumentError, StepFailed)) else _traceback(exc)
-            store.set_document(run_id, document.doc_id, path, "failed", error=message, detail=detail)
-            events.emit("document_failed", run_id=run_id, doc_id=document.doc_id, path=path, error=message,
-                        traceback=detail)
-            count("failed")
-            return
-        status = "partial" if partial else "done"
-        problem = partial.problem if partial else None
-        store.set_document(run_id, document.doc_id, path, status, result=result, error=problem)
-        events.emit(f"document_{status}", run_id=run_id, doc_id=document.doc_id, path=path,
-                    **({"error": f"{path}: {problem}"} if problem else {}))
-        count(status, {"doc_id": document.doc_id, "path": path, "status": status, "result": result,
-                       **({"problem": problem} if problem else {})})
+        if isinstance(item, Notice):
+            events.emit("note", run_id=run_id, message=str(item))
+            continue
+        if isinstance(item, DocumentError):
+            store.set_document(run_id, "", item.path, "failed", error=str(item))
+            events.emit("document_failed", run_id=run_id, doc_id=None, path=item.path, error=str(item))
+            tally.add(DocumentOutcome("failed"))
+            continue
+        events.emit("document_queued", run_id=run_id, doc_id=item.doc_id, path=str(item.path), size=item.size_bytes)
+        first = first_of.setdefault(item.doc_id, str(item.path))
+        if first != str(item.path):
+            events.emit("note", run_id=run_id, message=f"{item.path}: the same content as {first}: "
+                                                        "analysed once (its steps are shared)")
+        yield item, (first if first != str(item.path) else None)
 
-    in_flight_limit = options.documents_in_flight or options.concurrency
+
+def drive_on_threads(pipeline: Pipeline, run: Run, paths: list, tally: Tally) -> None:
+    """Documents on a small pool of driver threads; their steps on the run's worker pool."""
+    in_flight_limit = run.options.documents_in_flight or run.options.concurrency
     drivers = ThreadPoolExecutor(in_flight_limit + 1, thread_name_prefix="rlmpipe-doc")
     pending: set[Future] = set()
-    by_content: dict[str, tuple[Future, str]] = {}
-    unread = False  # stopped before every input was looked at
+    futures: dict[str, Future] = {}
+
+    def drive(document: Document, first: Future | None) -> None:
+        if first is not None:
+            wait([first])
+        tally.add(process_document(pipeline, run, document))
+
     try:
-        for item in open_documents(paths):
-            if run.stopping:
-                unread = True
-                break
-            if isinstance(item, Notice):
-                events.emit("note", run_id=run_id, message=str(item))
-                continue
-            if isinstance(item, DocumentError):
-                store.set_document(run_id, "", item.path, "failed", error=str(item))
-                events.emit("document_failed", run_id=run_id, doc_id=None, path=item.path, error=str(item))
-                count("failed")
-                continue
-            events.emit("document_queued", run_id=run_id, doc_id=item.doc_id, path=str(item.path), size=item.size_bytes)
+        for document, first in queued_documents(run, paths, tally):
             while len(pending) >= in_flight_limit:
                 _, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            first = by_content.get(item.doc_id)
-            if first is not None:
-                events.emit("note", run_id=run_id, message=f"{item.path}: the same content as {first[1]}: "
-                                                            "analysed once (its steps are shared)")
-            future = drivers.submit(drive, item, first[0] if first else None)
-            by_content.setdefault(item.doc_id, (future, str(item.path)))
+            future = drivers.submit(drive, document, futures.get(first) if first else None)
+            futures.setdefault(str(document.path), future)
             pending.add(future)
         while pending:  # short waits: the main thread must stay free for Ctrl-C
             _, pending = wait(pending, timeout=0.5)
     finally:
         drivers.shutdown(wait=True)
+
+
+def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events, run_config, on_start,
+                    pricing, plan: RunPlan) -> RunSummary:
+    run_id, fingerprint = plan.run_id, plan.fingerprint
+    earlier = store.get_run(run_id)
+    models = list(dict.fromkeys([*((earlier or {}).get("config", {}).get("models") or []), inner_lm.model]))
+    cluster = None
+    if options.executor == "ray":
+        from rlmpipe.runtime import ray_executor
+
+        cluster = ray_executor.connect(options)
+    config = {**(run_config or {}), "pipeline_config": pipeline.config(), "inputs": _inputs_identity(paths),
+              "options": {"concurrency": options.concurrency, "max_run_tokens": options.max_run_tokens,
+                          "max_cost": options.max_cost, "max_seconds": options.max_seconds,
+                          "prices": options.prices},
+              "fingerprint_parts": plan.parts, "described": plan.described, "models": models,
+              "executor": {"name": options.executor, **(cluster.describe() if cluster else {})}}
+    session = store.start_run(run_id, pipeline.name, fingerprint, ", ".join(models), config, os.getpid())
+    pricing.cost(inner_lm.model, 0, 0)  # look the price up (importing litellm) now, not in the first worker
+    previous = store.usage_totals(run_id)
+    carried = (previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
+    limits = cluster.limits(options, *carried) if cluster else local_limits(options, *carried)
+    unsubscribe = [recorder.subscribe(
+        lambda call: limits.budget.charge(call) if call.run_id in (None, run_id) else None)]
+    recording = RecordingLM(inner_lm, recorder, retry=options.retry, limiter=limits.limiter, budget=limits.budget,
+                            control=limits.control, breaker=limits.breaker, pricing=pricing)
+    event_log = EventLogWriter(options.workspace)
+    stop_event_log = events.subscribe(event_log)
+    run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
+              recorder=recorder, events=events, options=options, control=limits.control)
+    unsubscribe.append(recorder.subscribe(
+        lambda call: events.emit("lm_call", **call.to_dict()) if call.run_id in (None, run_id) else None))
+    unsubscribe.append(recorder.subscribe_starts(
+        lambda start: events.emit("lm_call_start", **start) if start["run_id"] in (None, run_id) else None))
+    events.emit("run_start", run_id=run_id, session=session, pipeline=pipeline.name, model=inner_lm.model,
+                fingerprint=fingerprint, concurrency=options.concurrency, executor=options.executor)
+    for note in plan.notes:
+        events.emit("note", run_id=run_id, message=note)
+    if on_start is not None:
+        on_start(run)
+    tally = Tally()
+    deadline = None
+    if options.max_seconds is not None:  # also ends the waits (rate-limit windows, queues) that admission cannot see
+        deadline = threading.Timer(options.max_seconds, lambda: run.request_stop(
+            f"budget: time budget reached ({options.max_seconds:g} s)"))
+        deadline.daemon = True
+        deadline.start()
+    try:
+        if cluster is not None:
+            cluster.drive(pipeline, run, inner_lm, pricing, paths, tally)
+        else:
+            drive_on_threads(pipeline, run, paths, tally)
+    finally:
         run.close()
-    results.sort(key=lambda item: item["path"])
+    results = sorted(tally.results, key=lambda item: item["path"])
     final = None
     finish = getattr(pipeline, "finish", None)
     finished_corpus = finish is None
     try:
         if finish is not None and not run.stopping and results:
             run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
-                      recorder=recorder, events=events, options=options, control=control)
+                      recorder=recorder, events=events, options=options, control=limits.control)
             try:
                 with dspy.context(lm=recording):
                     final = to_json_value(finish(run, [r for r in results if r["status"] == "done"]),
@@ -563,18 +626,23 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     finally:
         for stop_listening in unsubscribe:
             stop_listening()
+        if deadline is not None:
+            deadline.cancel()
+        if cluster is not None:
+            cluster.close()
+    counts = tally.counts
     totals = store.step_counts(run_id)
     usage = store.usage_totals(run_id)
     reason = run.stop_reason
     if reason and reason.startswith("failed"):
         status = "failed"
-    elif counts["stopped"] or unread or not finished_corpus:
+    elif counts["stopped"] or tally.unread or not finished_corpus:
         status = "stopped"
     else:
         status = "done"  # every document finished (a stop that came after the last one changed nothing)
         reason = None
     if status == "stopped" and reason and reason.startswith("budget"):
-        reason = _billed(reason, budget, usage)
+        reason = _billed(reason, options, usage)
     store.finish_run(run_id, status, reason, {"documents": dict(counts), "steps": totals})
     events.emit("run_end", run_id=run_id, status=status, reason=reason, documents=dict(counts), steps=totals)
     stop_event_log()
@@ -582,13 +650,13 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, plan.notes, final)
 
 
-def _billed(reason: str, budget: Budget, usage: dict) -> str:
+def _billed(reason: str, options: RunOptions, usage: dict) -> str:
     """A budget stop, told with what was billed by the end (calls in flight finish after the stop)."""
     tokens = usage["prompt_tokens"] + usage["completion_tokens"]
-    if "token budget" in reason and budget.max_run_tokens is not None:
-        return f"budget: token budget reached ({tokens:,} tokens billed of {budget.max_run_tokens:,})"
-    if "cost budget" in reason and budget.max_cost is not None:
-        return f"budget: cost budget reached (${usage['cost'] or 0:.6f} billed of ${budget.max_cost:g})"
+    if "token budget" in reason and options.max_run_tokens is not None:
+        return f"budget: token budget reached ({tokens:,} tokens billed of {options.max_run_tokens:,})"
+    if "cost budget" in reason and options.max_cost is not None:
+        return f"budget: cost budget reached (${usage['cost'] or 0:.6f} billed of ${options.max_cost:g})"
     return reason
 
 

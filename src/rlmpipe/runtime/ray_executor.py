@@ -1,0 +1,437 @@
+"""The Ray executor: the same runs on a Ray cluster, one document per Ray task.
+
+What stays the same: the pipeline, the steps, the store as the one source of truth, resume. What
+Ray adds: documents run on every node's workers (each task chunks and processes one document, with
+its own step threads for the I/O-bound LM calls; the driver sends paths, never chunk texts).
+
+Two actors per run, both on the driver's node:
+
+* :class:`StoreActor` owns the run's SQLite store. A worker commits each step through it *before*
+  the step returns, so a step is done when it is in the store; at a document's start the worker
+  reads all of that document's done steps in one call. Workers' events come back through it to
+  the driver, which logs and shows them as for threads.
+* :class:`LimitsActor` holds what must be global: the per-minute windows, the budget counters
+  (seeded from the store on resume), the stop flag and reason, the circuit breaker, and a "hold
+  until" time so a ``Retry-After`` seen by one worker pauses all of them. Every method answers at
+  once (a blocking acquire inside an actor can deadlock a cluster): callers sleep locally.
+
+Ray re-executes tasks whose worker or node died, and may run a finished task again after a node
+loss (lineage). Correctness never relies on Ray: a re-executed document replays its committed
+steps from the store, and only the steps that were in flight at the failure call the model again.
+
+Ray reaches for the network at start-up even with usage stats off (a cloud-metadata probe, DNS
+lookups); rlmpipe's own tests run it in a loopback-only network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from rlmpipe.lm.errors import BudgetExceeded
+from rlmpipe.lm.limits import Budget, CircuitBreaker, RateLimiter, Reservation
+from rlmpipe.lm.usage import LMCall
+
+#: the object store of a local Ray started here: small (the driver sends paths, results are JSON)
+LOCAL_OBJECT_STORE_BYTES = 128 << 20
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the ray executor needs Ray: pip install 'rlmpipe[ray]'") from None
+    return ray
+
+
+def connect(options) -> "Cluster":
+    """Join ``options.ray_address`` (or a Ray already initialised in this process), else start a
+    local Ray; usage statistics off unless the user set otherwise."""
+    ray = _ray()
+    owned = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        settings: dict[str, Any] = {"log_to_driver": False, "configure_logging": False}
+        if options.ray_address:
+            ray.init(address=options.ray_address, **settings)
+        else:
+            ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **settings)
+        owned = True
+    return Cluster(ray, owned, options)
+
+
+# --- the actors -----------------------------------------------------------------------------------------------
+class StoreActorImpl:
+    """The run's store, for the whole cluster; and the mailbox of workers' events for the driver."""
+
+    def __init__(self, workspace: str):
+        from rlmpipe.runtime.store import Store
+
+        self.store = Store(workspace)
+        self.events: deque = deque(maxlen=500_000)
+
+    def done_steps(self, run_id: str, doc_id: str | None) -> dict:
+        return self.store.done_steps_of(run_id, doc_id)
+
+    def done_step(self, key: str):
+        return self.store.done_step(key)
+
+    def commit_step(self, row, calls, session: int) -> None:
+        self.store.commit_step(row, calls, session)
+
+    def record_calls(self, calls, session: int) -> None:
+        self.store.record_calls(calls, session)
+
+    def set_document(self, *args, **kwargs) -> None:
+        self.store.set_document(*args, **kwargs)
+
+    def emit(self, events: list[dict]) -> None:
+        self.events.extend(events)
+
+    def drain_events(self) -> list[dict]:
+        taken = list(self.events)
+        self.events.clear()
+        return taken
+
+
+class LimitsActorImpl:
+    """The run's global limits; every method answers at once."""
+
+    def __init__(self, settings: dict, carried_tokens: int, carried_cost: float):
+        from rlmpipe.lm.control import RunControl
+
+        self.budget = Budget(settings["max_run_tokens"], settings["max_cost"], settings["max_seconds"],
+                             settings["max_sub_calls"])
+        self.budget.carry_over(carried_tokens, carried_cost)
+        self.limiter = RateLimiter(settings["requests_per_minute"], settings["tokens_per_minute"])
+        self.breaker = CircuitBreaker(settings["breaker_failures"], settings["breaker_seconds"])
+        self.control = RunControl()
+
+    def admit(self, tokens: int, cost: float | None, depth: int) -> dict | None:
+        try:
+            self.budget.admit(tokens, cost, depth)
+        except BudgetExceeded as exc:
+            return {"what": exc.what, "used": exc.used, "limit": exc.limit, "needed": exc.needed}
+        return None
+
+    def release(self, tokens: int, cost: float) -> None:
+        self.budget.release(Reservation(tokens, cost))
+
+    def charge(self, call: LMCall) -> None:
+        self.budget.charge(call)
+
+    def expected_completion(self, cap: int | None) -> int:
+        return self.budget.expected_completion(cap)
+
+    def try_acquire(self, tokens: int) -> float:
+        return self.limiter.try_acquire(tokens)
+
+    def hold(self, seconds: float) -> None:
+        self.limiter.hold(seconds)
+
+    def stop(self, reason: str) -> bool:
+        return self.control.stop(reason)
+
+    def state(self) -> tuple[bool, str | None]:
+        return self.control.stopping, self.control.reason
+
+    def breaker_record(self, error_type: str | None, error: str) -> str | None:
+        return self.breaker.record(error_type, error)
+
+
+# --- the proxies workers (and the driver) use instead of the local objects ----------------------------------
+class RemoteBudget:
+    def __init__(self, actor, max_cost: float | None):
+        self.actor, self.max_cost = actor, max_cost
+        self._expected, self._asked = 0, 0.0
+
+    def expected_completion(self, cap: int | None) -> int:
+        if cap:
+            return int(cap)
+        if time.monotonic() - self._asked > 1.0:  # the cluster's expectation, refreshed each second
+            self._expected, self._asked = _ray().get(self.actor.expected_completion.remote(None)), time.monotonic()
+        return self._expected
+
+    def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation:
+        refused = _ray().get(self.actor.admit.remote(tokens, cost, depth))
+        if refused is not None:
+            raise BudgetExceeded(**refused)
+        return Reservation(tokens, cost or 0.0)
+
+    def release(self, reservation: Reservation) -> None:
+        self.actor.release.remote(reservation.tokens, reservation.cost)
+
+    def charge(self, call: LMCall) -> None:
+        self.actor.charge.remote(call)
+
+
+class RemoteLimiter:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def acquire(self, tokens: int, stop: threading.Event | None = None) -> float:
+        waited = 0.0
+        while True:
+            delay = _ray().get(self.actor.try_acquire.remote(tokens))
+            if delay <= 0:
+                return waited
+            pause = min(delay, 1.0)  # sleep here, not in the actor; ask again (others may have waited too)
+            if stop is not None and stop.wait(pause):
+                return waited
+            if stop is None:
+                time.sleep(pause)
+            waited += pause
+
+    def hold(self, seconds: float) -> None:
+        self.actor.hold.remote(seconds)
+
+
+class RemoteControl:
+    """The run's stop flag as seen from one process: a local event, raised when the actor's is."""
+
+    POLL_SECONDS = 0.25
+
+    def __init__(self, actor):
+        self.actor = actor
+        self.event = threading.Event()
+        self.reason: str | None = None
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="rlmpipe-ray-stop", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._closed.wait(self.POLL_SECONDS):
+            try:
+                stopping, reason = _ray().get(self.actor.state.remote())
+            except Exception:  # the actor is gone (the run ended): nothing more to stop
+                return
+            if stopping:
+                self.reason = reason
+                self.event.set()
+                return
+
+    def stop(self, reason: str) -> bool:
+        first = _ray().get(self.actor.stop.remote(reason))
+        if not self.event.is_set():
+            self.reason = reason if first else _ray().get(self.actor.state.remote())[1]
+            self.event.set()
+        return first
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self.event.wait(seconds)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class RemoteBreaker:
+    def __init__(self, actor):
+        self.actor = actor
+
+    def record(self, error_type: str | None, error: str = "") -> str | None:
+        return _ray().get(self.actor.breaker_record.remote(error_type, error))
+
+
+class RemoteStore:
+    """The store as a worker sees it: the driver node's StoreActor, with the document's done steps
+    read in one call."""
+
+    def __init__(self, actor, run_id: str, doc_id: str):
+        self.actor = actor
+        self._done = _ray().get(actor.done_steps.remote(run_id, doc_id))
+
+    def done_step(self, key: str):
+        found = self._done.get(key)
+        return found if found is not None else _ray().get(self.actor.done_step.remote(key))
+
+    def commit_step(self, row, calls, session: int) -> None:
+        _ray().get(self.actor.commit_step.remote(row, calls, session))  # done means stored: wait for it
+
+    def record_calls(self, calls, session: int) -> None:
+        if calls:
+            _ray().get(self.actor.record_calls.remote(calls, session))
+
+    def set_document(self, *args, **kwargs) -> None:
+        _ray().get(self.actor.set_document.remote(*args, **kwargs))
+
+
+class EventForwarder:
+    """A worker's events, sent to the StoreActor in batches (and all of them when flushed)."""
+
+    def __init__(self, actor, every: float = 0.2):
+        self.actor, self.every = actor, every
+        self._batch: list[dict] = []
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def __call__(self, event: dict) -> None:
+        with self._lock:
+            self._batch.append(event)
+            due = len(self._batch) >= 200 or time.monotonic() - self._last >= self.every
+        if due:
+            self.flush(wait=False)
+
+    def flush(self, wait: bool = True) -> None:
+        with self._lock:
+            batch, self._batch, self._last = self._batch, [], time.monotonic()
+        if batch:
+            reference = self.actor.emit.remote(batch)
+            if wait:
+                _ray().get(reference)
+
+
+# --- one document, on a worker -------------------------------------------------------------------------------
+@dataclass
+class WorkerContext:
+    """Everything a worker needs to run documents of a run (sent once per task, by reference)."""
+
+    run_id: str
+    fingerprint: str
+    session: int
+    options: Any
+    pipeline: Any
+    lm: Any
+    prices: dict
+    store: Any  # StoreActor handle
+    limits: Any  # LimitsActor handle
+
+
+def remote_limits(actor, options):
+    from rlmpipe.runtime.runner import Limits
+
+    return Limits(RemoteBudget(actor, options.max_cost), RemoteLimiter(actor), RemoteControl(actor),
+                  RemoteBreaker(actor))
+
+
+def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
+    """The body of the Ray task: open, chunk and process one document; (status, entry)."""
+    from rlmpipe.ingest import open_document
+    from rlmpipe.lm.recording import RecordingLM
+    from rlmpipe.lm.usage import Pricing, UsageRecorder
+    from rlmpipe.offline import configure_offline_defaults
+    from rlmpipe.runtime.events import EventBus
+    from rlmpipe.runtime.runner import Run, process_document
+
+    configure_offline_defaults()  # a worker process of our own: litellm and tiktoken stay offline
+    document = open_document(path)
+    events = EventBus()
+    forwarder = EventForwarder(context.store)
+    events.subscribe(forwarder)
+    recorder = UsageRecorder()
+    limits = remote_limits(context.limits, context.options)
+    recorder.subscribe(limits.budget.charge)
+    recorder.subscribe(lambda call: events.emit("lm_call", **call.to_dict()))
+    recorder.subscribe_starts(lambda start: events.emit("lm_call_start", **start))
+    lm = RecordingLM(context.lm, recorder, retry=context.options.retry, limiter=limits.limiter, budget=limits.budget,
+                     control=limits.control, breaker=limits.breaker, pricing=Pricing(context.prices))
+    run = Run(run_id=context.run_id, fingerprint=context.fingerprint, session=context.session,
+              store=RemoteStore(context.store, context.run_id, document.doc_id), lm=lm, recorder=recorder,
+              events=events, options=context.options, control=limits.control)
+    try:
+        outcome = process_document(context.pipeline, run, document)
+    finally:
+        run.close()
+        limits.control.close()
+        forwarder.flush()
+    return outcome.status, outcome.entry
+
+
+# --- the driver's side ----------------------------------------------------------------------------------------
+class Cluster:
+    """A Ray cluster this run uses: its actors, its tasks, its description for ``runs show``."""
+
+    def __init__(self, ray, owned: bool, options):
+        self.ray, self.owned, self.options = ray, owned, options
+        self._actors: list = []
+        self._controls: list[RemoteControl] = []
+        self._limits_actor = None
+        self.StoreActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(StoreActorImpl)
+        self.LimitsActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimitsActorImpl)
+        self.task = ray.remote(max_retries=3)(run_document)
+
+    def describe(self) -> dict:
+        nodes = [{"node_id": node["NodeID"][:12], "address": node.get("NodeManagerAddress"),
+                  "cpus": node.get("Resources", {}).get("CPU", 0), "alive": node.get("Alive", False)}
+                 for node in self.ray.nodes()]
+        return {"address": self.options.ray_address or "local", "nodes": nodes}
+
+    def _here(self):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(node_id=self.ray.get_runtime_context().get_node_id(), soft=False)
+
+    def limits(self, options, carried_tokens: int, carried_cost: float):
+        settings = {key: getattr(options, key) for key in (
+            "max_run_tokens", "max_cost", "max_seconds", "max_sub_calls", "requests_per_minute",
+            "tokens_per_minute", "breaker_failures", "breaker_seconds")}
+        self._limits_actor = self.LimitsActor.options(scheduling_strategy=self._here()).remote(
+            settings, carried_tokens, carried_cost)
+        self._actors.append(self._limits_actor)
+        limits = remote_limits(self._limits_actor, options)
+        self._controls.append(limits.control)
+        return limits
+
+    def drive(self, pipeline, run, inner_lm, pricing, paths, tally) -> None:
+        from rlmpipe.runtime.runner import DocumentOutcome, queued_documents
+
+        store_actor = self.StoreActor.options(scheduling_strategy=self._here()).remote(str(run.store.workspace))
+        self._actors.append(store_actor)
+        context = self.ray.put(WorkerContext(run.id, run.fingerprint, run.session, run.options, pipeline, inner_lm,
+                                             pricing.overrides, store_actor, self._limits_actor))
+        cpus = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+        in_flight = run.options.documents_in_flight or 2 * cpus
+        pending: dict = {}  # task -> document path
+        by_path: dict[str, Any] = {}
+
+        def settle(ready) -> None:
+            for reference in ready:
+                path = pending.pop(reference)
+                try:
+                    status, entry = self.ray.get(reference)
+                    tally.add(DocumentOutcome(status, entry))
+                except Exception as exc:  # the task failed for good (Ray gave up retrying it)
+                    message = f"{path}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                    run.store.set_document(run.id, "", path, "failed", error=message)
+                    run.events.emit("document_failed", run_id=run.id, doc_id=None, path=path, error=message)
+                    tally.add(DocumentOutcome("failed"))
+            self._pump(store_actor, run.events)
+
+        for document, first in queued_documents(run, paths, tally):
+            if first is not None and by_path.get(first) in pending:  # the same bytes: after the first
+                self.ray.wait([by_path[first]], timeout=None)
+            while len(pending) >= in_flight:
+                ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.25)
+                settle(ready)
+            reference = self.task.remote(context, str(document.path))
+            pending[reference] = str(document.path)
+            by_path.setdefault(str(document.path), reference)
+        while pending:  # short waits: the main thread stays free for Ctrl-C
+            ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.25)
+            settle(ready)
+        self._pump(store_actor, run.events)
+
+    def _pump(self, store_actor, events) -> None:
+        """The workers' events, into this process's event bus (event log, display, traces)."""
+        for event in self.ray.get(store_actor.drain_events.remote()):
+            kind = event.pop("type")
+            events.emit(kind, **event)
+
+    def close(self) -> None:
+        for control in self._controls:
+            control.close()
+        for actor in self._actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # pragma: no cover - already gone
+                pass
+        self._actors.clear()
+        if self.owned:
+            self.ray.shutdown()
