@@ -444,7 +444,7 @@ def overhead_breakdown(k: int) -> list[list]:
     """The pieces of a step's bookkeeping, each timed alone k times on one thread (microseconds)."""
     from rlmpipe.lm.usage import LMCall, UsageRecorder
     from rlmpipe.runtime.eventlog import EventLogWriter
-    from rlmpipe.runtime.events import EventBus
+    from rlmpipe.runtime.events import EventBus, StepDone
     from rlmpipe.runtime.fingerprint import step_key
     from rlmpipe.runtime.runner import StepRow
     from rlmpipe.runtime.store import Store
@@ -473,9 +473,9 @@ def overhead_breakdown(k: int) -> list[list]:
         ("checkpoint: `Store.commit_step()` (1 step row + 1 call row, one transaction)",
          lambda i: store.commit_step(row(i), [call(i)], 1)),
         ("one event to events.jsonl (`EventBus.emit` + `EventLogWriter`, 3 per step)",
-         lambda i: bus.emit("step_done", run_id="run", step_key=f"key-{i}", name="summarize", doc_id="doc",
-                            chunk_id=str(i), depth=0, prompt_tokens=120, completion_tokens=6, cost=None,
-                            seconds=0.001, worker="w")),
+         lambda i: bus.emit(StepDone(run_id="run", step_key=f"key-{i}", name="summarize", doc_id="doc",
+                                     chunk_id=str(i), depth=0, prompt_tokens=120, completion_tokens=6, cost=None,
+                                     seconds=0.001, worker="w"))),
         ("`LMCall.to_dict()` for the lm_call event (`dataclasses.asdict`)", lambda i: call(i).to_dict()),
         ("`UsageRecorder.record()` (no listeners)", lambda i: recorder.record(call(i))),
     ]

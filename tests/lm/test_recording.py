@@ -14,26 +14,40 @@ from rlmpipe.lm.errors import BudgetExceeded, classify
 from rlmpipe.lm.limits import Budget, RateLimiter
 from rlmpipe.lm.models import ModelChoice, make_lm
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy
-from rlmpipe.lm.usage import UsageRecorder, price
+from rlmpipe.lm.usage import Usage, UsageRecorder, price
 from tests.support.scripted_lm import ScriptedLM, chat_reply
 
 FAST = RetryPolicy(max_attempts=5, initial_wait=0.001, max_wait=0.01, jitter=0.0, max_retry_after=0.05)
+
+
+def counted(recorder: UsageRecorder) -> Usage:
+    """Every attempt the recorder announces (from any thread), added up by the one usage model."""
+    usage, lock = Usage(), threading.Lock()
+
+    def add(call) -> None:
+        with lock:
+            usage.add(call)
+
+    recorder.subscribe(add)
+    return usage
 
 
 def test_usage_is_exactly_what_the_server_reported_per_call(openai_server):
     openai_server.set_default(chat_reply(answer="Paris"))
     openai_server.set_usage(prompt_tokens=123, completion_tokens=7)
     recorder = UsageRecorder()
+    totals = counted(recorder)
+    by_depth: dict[int, Usage] = {}
+    recorder.subscribe(lambda call: by_depth.setdefault(call.depth, Usage()).add(call))
     lm = RecordingLM(make_lm(ModelChoice("openai/test-model", "flag", api_base=openai_server.base_url)), recorder)
     with dspy.context(lm=lm), call_context(run_id="r1", step_key="s1", doc_id="d1"):
         answer = dspy.Predict("question -> answer")(question="Capital of France?").answer
         with deeper():
             dspy.Predict("question -> answer")(question="Capital of France, again?")
     assert answer == "Paris"
-    totals = recorder.totals
     assert (totals.calls, totals.prompt_tokens, totals.completion_tokens) == (2, 246, 14)
-    assert totals.unpriced_calls == 2 and not totals.cost_known  # test-model has no known price
-    assert set(recorder.by_depth) == {0, 1} and recorder.by_depth[1].prompt_tokens == 123
+    assert totals.unpriced == 2 and not totals.cost_known  # test-model has no known price
+    assert set(by_depth) == {0, 1} and by_depth[1].prompt_tokens == 123
     first = []
     recorder.subscribe(first.append)
     with dspy.context(lm=lm):
@@ -44,13 +58,14 @@ def test_usage_is_exactly_what_the_server_reported_per_call(openai_server):
 def test_cache_hit_costs_nothing_and_is_counted_as_a_hit(tmp_path):
     scripted = ScriptedLM(default=chat_reply(answer="42"), cache=True, usage=(50, 5))
     recorder = UsageRecorder()
+    totals = counted(recorder)
     lm = RecordingLM(scripted, recorder)
     question = f"unique question {time.time_ns()}"
     with dspy.context(lm=lm):
         dspy.Predict("question -> answer")(question=question)
         dspy.Predict("question -> answer")(question=question)
-    assert recorder.totals.ok == 1 and recorder.totals.cached == 1
-    assert recorder.totals.prompt_tokens == 50  # the hit added nothing
+    assert totals.ok == 1 and totals.cached == 1
+    assert totals.prompt_tokens == 50  # the hit added nothing
     assert len(scripted.calls) == 1
 
 
@@ -58,12 +73,13 @@ def test_retryable_errors_are_retried_recorded_and_honour_retry_after():
     scripted = ScriptedLM(default=chat_reply(answer="ok"))
     scripted.queue_replies(lm15.RateLimitError("slow down", retry_after=0.03), lm15.ServerError("boom"))
     recorder = UsageRecorder()
+    totals = counted(recorder)
     lm = RecordingLM(scripted, recorder, retry=FAST)
     started = time.perf_counter()
     with dspy.context(lm=lm):
         assert dspy.Predict("q -> answer")(q="hi").answer == "ok"
     assert time.perf_counter() - started >= 0.03, "Retry-After was honoured"
-    assert (recorder.totals.errors, recorder.totals.ok, recorder.totals.retries) == (2, 1, 2)
+    assert (totals.errors, totals.ok, totals.retries) == (2, 1, 2)
 
 
 def test_retry_after_is_capped():
@@ -80,12 +96,13 @@ def test_fatal_errors_are_not_retried():
     scripted = ScriptedLM(default=chat_reply(answer="ok"))
     scripted.queue_replies(lm15.AuthError("bad key"))
     recorder = UsageRecorder()
+    totals = counted(recorder)
     lm = RecordingLM(scripted, recorder, retry=FAST)
     with dspy.context(lm=lm), pytest.raises(Exception) as caught:
         dspy.Predict("q -> answer")(q="hi")
     info = classify(caught.value)
     assert info.kind == "fatal" and info.stops_run and info.type == "auth"
-    assert recorder.totals.errors == 1 and len(scripted.calls) == 1
+    assert totals.errors == 1 and len(scripted.calls) == 1
 
 
 def test_budget_admits_a_call_only_if_its_prompt_and_expected_completion_fit():
@@ -110,6 +127,7 @@ def test_budget_admits_a_call_only_if_its_prompt_and_expected_completion_fit():
 def test_usage_is_correct_under_threads():
     scripted = ScriptedLM(default=chat_reply(answer="ok"), usage=(10, 1), latency=0.01)
     recorder = UsageRecorder()
+    totals = counted(recorder)
     lm = RecordingLM(scripted, recorder)
 
     def work(index: int) -> None:
@@ -120,7 +138,7 @@ def test_usage_is_correct_under_threads():
     threads = [threading.Thread(target=work, args=(index,)) for index in range(8)]
     [thread.start() for thread in threads]
     [thread.join() for thread in threads]
-    assert recorder.totals.calls == 40 and recorder.totals.prompt_tokens == 400
+    assert totals.calls == 40 and totals.prompt_tokens == 400
 
 
 def test_rate_limiter_spaces_requests():

@@ -18,7 +18,7 @@ from rlmpipe.lm.models import ModelChoice, make_lm  # noqa: E402
 from rlmpipe.lm.recording import RetryPolicy  # noqa: E402
 from rlmpipe.monitor.metrics import run_tables  # noqa: E402
 from rlmpipe.monitor.prometheus import LATENCY_BUCKETS, serve_metrics  # noqa: E402
-from rlmpipe.runtime.events import EventBus  # noqa: E402
+from rlmpipe.runtime.events import EventBus, LMCallEvent  # noqa: E402
 from rlmpipe.runtime.runner import RunOptions, execute  # noqa: E402
 from rlmpipe.runtime.store import Store  # noqa: E402
 from tests.support.replies import summary_reply  # noqa: E402
@@ -98,15 +98,17 @@ def test_metrics_endpoint_counts_a_run_exactly(openai_server, tmp_path):
     server()  # stopping twice is harmless
 
 
+def call_event(**fields) -> LMCallEvent:
+    return LMCallEvent(model="openai/test-model", started=0.0, **fields)
+
+
 def test_two_servers_have_their_own_registries():
     events = EventBus()
     first, second = serve_metrics(events, 0), serve_metrics(events, 0)
     try:
         assert first.port != second.port
-        events.emit("lm_call", outcome="ok", prompt_tokens=5, completion_tokens=1, cost=None, latency=0.2,
-                    attempt=2)
-        events.emit("lm_call", outcome="cached", prompt_tokens=0, completion_tokens=0, cost=0.0, latency=0.0,
-                    attempt=1)
+        events.emit(call_event(outcome="ok", prompt_tokens=5, completion_tokens=1, cost=None, latency=0.2, attempt=2))
+        events.emit(call_event(outcome="cached", prompt_tokens=0, completion_tokens=0, cost=0.0, latency=0.0, attempt=1))
         for server in (first, second):
             metrics = scrape(server.url)
             assert metrics[("rlmpipe_lm_tokens_total", (("type", "input"),))] == 5
@@ -116,8 +118,7 @@ def test_two_servers_have_their_own_registries():
     finally:
         first()
         second()
-    events.emit("lm_call", outcome="ok", prompt_tokens=5, completion_tokens=1, cost=None, latency=0.2,
-                attempt=1)
+    events.emit(call_event(outcome="ok", prompt_tokens=5, completion_tokens=1, cost=None, latency=0.2, attempt=1))
     tokens = first.registry.get_sample_value("rlmpipe_lm_tokens_total", {"type": "input"})
     assert tokens == 5, "a stopped server's metrics no longer count"
     assert not port_open(first.port) and not port_open(second.port)

@@ -35,12 +35,12 @@ class RateLimiter:
         self._requests = RateLimitItemPerMinute(requests_per_minute) if requests_per_minute else None
         self._tokens = RateLimitItemPerMinute(tokens_per_minute) if tokens_per_minute else None
         self._lock = threading.Lock()
-        self._hold_until = 0.0  # time.time() before which no request starts
+        self.hold_until = 0.0  # time.time() before which no request starts
 
     def hold(self, seconds: float) -> None:
         """No request starts for ``seconds`` (a provider's Retry-After), whoever asks."""
         with self._lock:
-            self._hold_until = max(self._hold_until, time.time() + seconds)
+            self.hold_until = max(self.hold_until, time.time() + seconds)
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> float:
         """Wait for a slot; returns the seconds waited."""
@@ -64,7 +64,7 @@ class RateLimiter:
 
     def _try(self, tokens: int) -> float:
         """0 when the request may start now (and is counted), else the seconds to wait first."""
-        held = self._hold_until - time.time()
+        held = self.hold_until - time.time()
         if held > 0:
             return held
         items = []
@@ -94,8 +94,8 @@ class Budget:
     """Tokens, USD and seconds the whole run may spend (None: unlimited), as caps.
 
     ``admit`` is asked before every attempt with the attempt's expected spend; it refuses
-    (:class:`BudgetExceeded`) when that would not fit beside what was billed and what calls in
-    flight have reserved. ``charge`` adds what a call was billed. A cost cap needs the model's
+    (:class:`BudgetExceeded`) when that would not fit beside what was billed, and makes it wait
+    while it fits only once the calls in flight have been billed. ``charge`` adds what a call was billed. A cost cap needs the model's
     price: the run refuses to start without one (see ``rlmpipe.lm.models.check_budget``).
     """
 
@@ -130,12 +130,16 @@ class Budget:
             return int(cap)
         return self.largest_completion if self.answered else FIRST_COMPLETION_GUESS
 
-    def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation:
-        """Reserve ``tokens`` / ``cost`` for a call about to start, or raise BudgetExceeded."""
+    def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation | None:
+        """Reserve ``tokens`` / ``cost`` for a call about to start. BudgetExceeded when it cannot fit
+        beside what was billed; None (ask again shortly) when it fits only once calls in flight
+        have settled: their reservations are usually far above what they will be billed."""
         with self._lock:
-            problem = self._exceeded(depth, tokens, cost or 0.0)
+            problem = self._exceeded(depth, tokens, cost or 0.0, reserved=False)
             if problem is not None:
                 raise problem
+            if self._exceeded(depth, tokens, cost or 0.0) is not None:
+                return None
             self.reserved_tokens += tokens
             self.reserved_cost += cost or 0.0
             return Reservation(tokens, cost or 0.0)
@@ -160,12 +164,13 @@ class Budget:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def _exceeded(self, depth: int, tokens: int = 0, cost: float = 0.0) -> BudgetExceeded | None:
+    def _exceeded(self, depth: int, tokens: int = 0, cost: float = 0.0, reserved: bool = True) -> BudgetExceeded | None:
+        held_tokens, held_cost = (self.reserved_tokens, self.reserved_cost) if reserved else (0, 0.0)
         if self.max_sub_calls is not None and depth > 0 and self.sub_calls >= self.max_sub_calls:
             return BudgetExceeded("sub-call", self.sub_calls, self.max_sub_calls)
-        if self.max_run_tokens is not None and self.tokens + self.reserved_tokens + tokens > self.max_run_tokens:
+        if self.max_run_tokens is not None and self.tokens + held_tokens + tokens > self.max_run_tokens:
             return BudgetExceeded("token", self.tokens, self.max_run_tokens, needed=tokens)
-        if self.max_cost is not None and self.cost + self.reserved_cost + cost > self.max_cost:
+        if self.max_cost is not None and self.cost + held_cost + cost > self.max_cost:
             return BudgetExceeded("cost", round(self.cost, 6), self.max_cost, needed=round(cost, 6))
         if self.max_seconds is not None and self.elapsed >= self.max_seconds:
             return BudgetExceeded("time", round(self.elapsed, 1), self.max_seconds)

@@ -40,6 +40,10 @@ from rlmpipe.lm.tokens import count_outputs, count_prompt
 from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 
 
+#: seconds between two asks for admission while calls in flight hold what is left of the budget
+ADMISSION_POLL = 0.05
+
+
 class _Attempt:
     """The one thing tenacity's wait strategies read from a retry state: the attempt number."""
 
@@ -194,7 +198,12 @@ class RecordingLM(dspy.BaseLM):
             or self.kwargs.get("max_completion_tokens")
         completion = self.budget.expected_completion(cap)
         cost = self.pricing.cost(self.model, prompt_tokens, completion) if self.budget.max_cost is not None else None
-        return self.budget.admit(prompt_tokens + completion, cost, depth)
+        while True:
+            reservation = self.budget.admit(prompt_tokens + completion, cost, depth)
+            if reservation is not None:
+                return reservation
+            if self.control.wait(ADMISSION_POLL):  # calls in flight hold the rest: wait for them to be billed
+                raise RunStopping(self.control.reason or "the run is stopping")
 
     def _wait_for_the_model(self, prompt_tokens: int, kwargs: dict) -> float:
         """Rate-limit window, then one of the model's slots; returns the seconds queued."""

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from typing import Callable
 
 
@@ -49,37 +48,58 @@ class LMCall:
 
 
 @dataclass
-class Totals:
+class Usage:
+    """What a group of LM attempts used: the one place that says how an attempt counts.
+
+    A cache hit counts as ``cached`` and nothing else (no tokens, no cost, no time); every other
+    attempt is a call (``ok`` or ``errors``), a retry when it is not its call's first attempt, its
+    tokens and time are summed, and its cost too when its price is known (else it is ``unpriced``
+    and the cost is a lower bound). The store's totals, ``runs show``, the live display,
+    Prometheus and both reports all add attempts here (:meth:`add` takes an :class:`LMCall`, a
+    store row or an ``lm_call`` event alike)."""
+
     calls: int = 0  # attempts that reached the provider (ok or error)
     ok: int = 0
     cached: int = 0
     errors: int = 0
-    retries: int = 0  # attempts after the first
+    retries: int = 0  # attempts after the first of their call
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cost: float = 0.0  # sum of known prices
-    unpriced_calls: int = 0  # calls whose price is unknown: cost above is a lower bound
-    latency: float = 0.0
+    cost: float = 0.0  # the sum of known prices
+    unpriced: int = 0  # calls with tokens and no known price: the cost is a lower bound
+    estimated: int = 0  # calls whose tokens were counted here (the provider reported none)
+    seconds: float = 0.0  # the model's own time, from sending to the reply
+    queued: float = 0.0  # time waiting before sending (rate-limit windows, the model's one slot)
+    latencies: list[float] | None = None  # each call's latency, when percentiles are wanted
 
-    def add(self, call: LMCall) -> None:
-        if call.outcome == "cached":
+    @classmethod
+    def with_latencies(cls) -> "Usage":
+        return cls(latencies=[])
+
+    def add(self, call) -> "Usage":
+        get = call.get if isinstance(call, Mapping) else (lambda key, default=None: getattr(call, key, default))
+        if get("outcome") == "cached":
             self.cached += 1
-            return
+            return self
+        prompt, completion = int(get("prompt_tokens") or 0), int(get("completion_tokens") or 0)
         self.calls += 1
-        if call.outcome == "ok":
-            self.ok += 1
+        self.ok += get("outcome") == "ok"
+        self.errors += get("outcome") == "error"
+        self.retries += int(get("attempt") or 1) > 1
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.estimated += bool(get("estimated"))
+        latency = float(get("latency") or 0.0)
+        self.seconds += latency
+        self.queued += float(get("queued") or 0.0)
+        if self.latencies is not None:
+            self.latencies.append(latency)
+        cost = get("cost")
+        if cost is None:
+            self.unpriced += (prompt + completion) > 0
         else:
-            self.errors += 1
-        if call.attempt > 1:
-            self.retries += 1
-        self.prompt_tokens += call.prompt_tokens
-        self.completion_tokens += call.completion_tokens
-        self.latency += call.latency
-        if call.cost is None:
-            if call.prompt_tokens or call.completion_tokens:
-                self.unpriced_calls += 1
-        else:
-            self.cost += call.cost
+            self.cost += float(cost)
+        return self
 
     @property
     def tokens(self) -> int:
@@ -87,19 +107,40 @@ class Totals:
 
     @property
     def cost_known(self) -> bool:
-        return self.unpriced_calls == 0
+        return self.unpriced == 0
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "tokens": self.tokens, "cost_known": self.cost_known}
+    def row(self) -> dict:
+        """The figures as the tables, the API and ``runs show --json`` give them."""
+        row = {"calls": self.calls, "ok": self.ok, "cached": self.cached, "errors": self.errors,
+               "retries": self.retries, "prompt_tokens": self.prompt_tokens,
+               "completion_tokens": self.completion_tokens, "tokens": self.tokens, "cost": round(self.cost, 8),
+               "cost_known": self.cost_known, "unpriced_calls": self.unpriced, "estimated_calls": self.estimated,
+               "seconds": round(self.seconds, 4), "queued_seconds": round(self.queued, 4)}
+        if self.latencies is not None:
+            row["p50_latency"] = _round(percentile(self.latencies, 0.5))
+            row["p95_latency"] = _round(percentile(self.latencies, 0.95))
+        return row
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 4) if value is not None else None
 
 
 @dataclass
 class UsageRecorder:
-    """Thread-safe sink for LM calls: running totals (overall, by depth, by model) and listeners."""
+    """Where every LM attempt is announced (once, when it is made): listeners (the run's store,
+    budget, event log, traces) each take what they need."""
 
-    totals: Totals = field(default_factory=Totals)
-    by_depth: dict[int, Totals] = field(default_factory=lambda: defaultdict(Totals))
-    by_model: dict[str, Totals] = field(default_factory=lambda: defaultdict(Totals))
     _listeners: list[Callable[[LMCall], None]] = field(default_factory=list)
     _start_listeners: list[Callable[[dict], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -136,21 +177,8 @@ class UsageRecorder:
                 listener(start)
 
     def record(self, call: LMCall) -> None:
-        with self._lock:
-            self.totals.add(call)
-            self.by_depth[call.depth].add(call)
-            self.by_model[call.model].add(call)
-            listeners = self._listeners
-        for listener in listeners:
+        for listener in self._listeners:
             listener(call)
-
-    def snapshot(self) -> dict:
-        with self._lock:
-            return {
-                "totals": self.totals.to_dict(),
-                "by_depth": {depth: t.to_dict() for depth, t in sorted(self.by_depth.items())},
-                "by_model": {model: t.to_dict() for model, t in sorted(self.by_model.items())},
-            }
 
 
 class Pricing:
@@ -199,7 +227,3 @@ def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | Non
     if prices is None:
         return None
     return prompt_tokens * prices[0] + completion_tokens * prices[1]
-
-
-def now() -> float:
-    return time.time()

@@ -7,68 +7,9 @@ run include what earlier sessions spent, and nothing is counted twice.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 
+from rlmpipe.lm.usage import Usage
 from rlmpipe.runtime.store import Store
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-@dataclass
-class Group:
-    """LM-call figures of one group of calls (a step name, a document, a depth, or everything)."""
-
-    calls: int = 0  # attempts that reached the provider
-    cached: int = 0
-    errors: int = 0
-    retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    unpriced: int = 0
-    seconds: float = 0.0  # summed LM latency: the model's own time, from sending to the reply
-    queued: float = 0.0  # summed time calls waited before they were sent (rate limits, the model's one slot)
-    latencies: list[float] = field(default_factory=list)
-
-    def add(self, call: dict) -> None:
-        if call["outcome"] == "cached":
-            self.cached += 1
-            return
-        self.calls += 1
-        self.errors += call["outcome"] == "error"
-        self.retries += call["attempt"] > 1
-        self.prompt_tokens += call["prompt_tokens"]
-        self.completion_tokens += call["completion_tokens"]
-        if call["cost"] is None:
-            self.unpriced += (call["prompt_tokens"] + call["completion_tokens"]) > 0
-        else:
-            self.cost += call["cost"]
-        self.seconds += call["latency"]
-        self.queued += call.get("queued") or 0.0
-        self.latencies.append(call["latency"])
-
-    def row(self) -> dict:
-        return {
-            "calls": self.calls, "cached": self.cached, "errors": self.errors, "retries": self.retries,
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "tokens": self.prompt_tokens + self.completion_tokens,
-            "cost": round(self.cost, 8), "cost_known": self.unpriced == 0, "unpriced_calls": self.unpriced,
-            "seconds": round(self.seconds, 4), "queued_seconds": round(self.queued, 4),
-            "p50_latency": _round(percentile(self.latencies, 0.5)),
-            "p95_latency": _round(percentile(self.latencies, 0.95)),
-        }
-
-
-def _round(value: float | None) -> float | None:
-    return round(value, 4) if value is not None else None
 
 
 def run_tables(store: Store, run_id: str) -> dict:
@@ -79,10 +20,10 @@ def run_tables(store: Store, run_id: str) -> dict:
     calls = store.calls(run_id)
     steps = store.steps(run_id)
     documents = store.documents(run_id)
-    total = Group()
-    by_step: dict[str, Group] = defaultdict(Group)
-    by_doc: dict[str | None, Group] = defaultdict(Group)
-    by_depth: dict[int, Group] = defaultdict(Group)
+    total = Usage.with_latencies()  # every group of calls in a table: the one usage model, with latencies
+    by_step: dict[str, Usage] = defaultdict(Usage.with_latencies)
+    by_doc: dict[str | None, Usage] = defaultdict(Usage.with_latencies)
+    by_depth: dict[int, Usage] = defaultdict(Usage.with_latencies)
     for call in calls:
         total.add(call)
         by_step[call["step_name"] or "(outside steps)"].add(call)

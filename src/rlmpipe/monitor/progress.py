@@ -22,6 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from rlmpipe.lm.usage import Usage
+
 RECENT_SECONDS = 60.0
 
 
@@ -41,16 +43,10 @@ class RunProgress:
     steps_failed: int = 0
     steps_running: int = 0  # steps started and not ended (at the model, or queued for it)
     at_model: int = 0  # calls sent and not answered yet
-    queued_seconds: float = 0.0  # summed time calls waited before they were sent
     documents_partial: int = 0
-    calls: int = 0
-    cached: int = 0
-    retries: int = 0
-    call_errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    unpriced: int = 0
+    usage: Usage = field(default_factory=Usage)  # this session's LM attempts, by the one usage rule
+    reused_tokens: tuple[int, int] = (0, 0)  # (in, out) of the finished steps a resumed run reused
+    reused_cost: float = 0.0
     status: str = "running"
     stop_reason: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -101,28 +97,16 @@ class RunProgress:
         elif kind == "step_reused":
             self.steps_reused += 1
             self._doc_steps[event.get("doc_id")] = self._doc_steps.get(event.get("doc_id"), 0) + 1
-            self.prompt_tokens += event.get("prompt_tokens") or 0
-            self.completion_tokens += event.get("completion_tokens") or 0
-            self.cost += event.get("cost") or 0.0
+            self.reused_tokens = (self.reused_tokens[0] + (event.get("prompt_tokens") or 0),
+                                  self.reused_tokens[1] + (event.get("completion_tokens") or 0))
+            self.reused_cost += event.get("cost") or 0.0
         elif kind == "lm_call_start":
             self.at_model += 1
-            self.queued_seconds += event.get("queued") or 0.0
         elif kind == "lm_call":
+            self.usage.add(event)
             if event["outcome"] != "cached":
                 self.at_model = max(0, self.at_model - 1)
-            if event["outcome"] == "cached":
-                self.cached += 1
-                return
-            self.calls += 1
-            self._recent_calls.append(now)
-            self.retries += 1 if event.get("attempt", 1) > 1 else 0
-            self.call_errors += 1 if event["outcome"] == "error" else 0
-            self.prompt_tokens += event.get("prompt_tokens") or 0
-            self.completion_tokens += event.get("completion_tokens") or 0
-            if event.get("cost") is None:
-                self.unpriced += 1 if (event.get("prompt_tokens") or event.get("completion_tokens")) else 0
-            else:
-                self.cost += event["cost"]
+                self._recent_calls.append(now)
         elif kind == "note":
             self.notes.append(event["message"])
         elif kind == "run_stopping":
@@ -166,6 +150,19 @@ class RunProgress:
             remaining = max(0.0, expected - steps_seen)
             return remaining / rate
 
+    # --- what the displays show: this session's calls, plus what reused steps had cost -----------
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens + self.reused_tokens[0]
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.usage.completion_tokens + self.reused_tokens[1]
+
+    @property
+    def cost(self) -> float:
+        return self.usage.cost + self.reused_cost
+
     @property
     def documents_finished(self) -> int:
         return self.documents_done + self.documents_partial + self.documents_failed + self.documents_stopped
@@ -177,14 +174,14 @@ class RunProgress:
 
     def line(self) -> str:
         eta = self.eta_seconds()
-        cost = f"${self.cost:.4f}" + ("+?" if self.unpriced else "")
+        cost = f"${self.cost:.4f}" + ("+?" if self.usage.unpriced else "")
         partial = f", partial {self.documents_partial}" if self.documents_partial else ""
         return (
             f"docs {self.documents_finished}/{self.documents_total} (failed {self.documents_failed}{partial}, "
             f"stopped {self.documents_stopped})  steps {self.steps_done} (+{self.steps_reused} reused,"
             f" {self.steps_failed} failed)  at the model {self.at_model}, queued {self.queued}  tokens "
             f"{self.prompt_tokens:,} in / {self.completion_tokens:,} out  cost {cost}  {self.calls_per_minute:.0f} "
-            f"calls/min  retries {self.retries}  errors {self.call_errors}  ETA {format_seconds(eta)}"
+            f"calls/min  retries {self.usage.retries}  errors {self.usage.errors}  ETA {format_seconds(eta)}"
         )
 
 
@@ -279,9 +276,10 @@ class LiveReporter:
         table.add_row("steps", f"{p.steps_done} done, {p.steps_reused} reused, {p.steps_failed} failed")
         table.add_row("calls now", f"{p.at_model} at the model, {p.queued} queued")
         table.add_row("tokens", f"{p.prompt_tokens:,} in / {p.completion_tokens:,} out")
-        table.add_row("cost", f"${p.cost:.4f}" + (f" (+{p.unpriced} calls of unknown price)" if p.unpriced else ""))
-        table.add_row("calls", f"{p.calls} ({p.calls_per_minute:.0f}/min), {p.cached} cached, "
-                               f"{p.retries} retries, {p.call_errors} errors")
+        u = p.usage
+        table.add_row("cost", f"${p.cost:.4f}" + (f" (+{u.unpriced} calls of unknown price)" if u.unpriced else ""))
+        table.add_row("calls", f"{u.calls} ({p.calls_per_minute:.0f}/min), {u.cached} cached, "
+                               f"{u.retries} retries, {u.errors} errors")
         table.add_row("ETA", format_seconds(p.eta_seconds()))
         if p.stop_reason:
             table.add_row("stopping", p.stop_reason)

@@ -22,7 +22,7 @@ rlmpipe_steps_in_flight               gauge     steps executing now
 rlmpipe_runs_in_flight                gauge     runs between run_start and run_end
 ===================================== ========= ==================================================
 
-Token and call counts use the same rules as :class:`rlmpipe.lm.usage.Totals`: a cache hit counts
+Token and call counts are :class:`rlmpipe.lm.usage.Usage`'s (the one rule): a cache hit counts
 as a ``cached`` call and adds no tokens, so ``rlmpipe_lm_tokens_total`` equals the run's usage totals.
 """
 
@@ -31,6 +31,8 @@ from __future__ import annotations
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from rlmpipe.lm.usage import Usage
 
 # LM latency: tens of milliseconds (cache-warm local servers) to minutes (long generations)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0,
@@ -96,19 +98,15 @@ class RunMetrics:
     def _lm_call(self, event: dict) -> None:
         outcome = str(event.get("outcome"))
         self.calls.labels(outcome=outcome).inc()
-        if outcome == "cached":
+        counted = Usage().add(event)  # what this attempt adds, by the one rule every table uses
+        if counted.cached:
             return
-        if int(event.get("attempt") or 1) > 1:
-            self.retries.inc()
-        prompt, completion = int(event.get("prompt_tokens") or 0), int(event.get("completion_tokens") or 0)
-        self.tokens.labels(type="input").inc(prompt)
-        self.tokens.labels(type="output").inc(completion)
-        if event.get("cost") is None:
-            if prompt or completion:
-                self.unpriced.inc()
-        else:
-            self.cost.inc(float(event["cost"]))
-        self.duration.labels(outcome=outcome).observe(float(event.get("latency") or 0.0))
+        self.retries.inc(counted.retries)
+        self.tokens.labels(type="input").inc(counted.prompt_tokens)
+        self.tokens.labels(type="output").inc(counted.completion_tokens)
+        self.unpriced.inc(counted.unpriced)
+        self.cost.inc(counted.cost)
+        self.duration.labels(outcome=outcome).observe(counted.seconds)
 
 
 class MetricsServer:

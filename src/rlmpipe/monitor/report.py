@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlmpipe.monitor.metrics import percentile, run_tables
+from rlmpipe.lm.usage import percentile
+from rlmpipe.monitor.metrics import run_tables
 from rlmpipe.monitor.render import run_state
-from rlmpipe.runtime.eventlog import event_log_path
+from rlmpipe.runtime.eventlog import read_events
 from rlmpipe.runtime.store import Store
 
 MAX_TIMELINE_BARS = 2500  # bars in the timeline; more calls than this are merged evenly
@@ -271,23 +272,9 @@ class Session:
         return max(self.end - self.start, 0.0)
 
 
-def read_run_events(workspace: Path, run_id: str) -> list[dict]:
-    """The run_start / run_end / run_stopping / note events of the run's log (the others are skipped
-    unparsed: the log of a large run holds one line per LM call)."""
-    path = event_log_path(workspace, run_id)
-    wanted = ('{"type": "run_', '{"type": "note"')
-    events = []
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.startswith(wanted):
-                    try:
-                        events.append(json.loads(line))
-                    except ValueError:
-                        continue  # a line cut by a crash
-    except OSError:
-        return []
-    return events
+def read_run_events(workspace: Path, run_id: str) -> list:
+    """The events that draw the sessions: run start, stop and end, and notes."""
+    return read_events(workspace, run_id, kinds={"run_start", "run_end", "run_stopping", "note"})
 
 
 def build_sessions(run: dict, calls: list[dict], events: list[dict]) -> list[Session]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from rlmpipe.monitor.progress import LiveReporter, RunProgress, format_seconds
 from rlmpipe.monitor.render import run_state
 from rlmpipe.runtime.eventlog import event_log_path
+from rlmpipe.runtime.events import event_from_dict
 from rlmpipe.runtime.store import Store
 
 
@@ -24,7 +25,7 @@ def follow(path: Path, progress: RunProgress, position: int) -> int:
             if not line or not line.endswith("\n"):  # nothing more, or a line still being written
                 return position
             position += len(line.encode("utf-8"))
-            progress.update(json.loads(line))
+            progress.update(event_from_dict(json.loads(line)))
 
 
 def watch_run(workspace: Path, run_id: str, store: Store, interval: float = 1.0, stream=None) -> RunProgress:

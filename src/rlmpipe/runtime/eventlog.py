@@ -25,9 +25,9 @@ class EventLogWriter:
         self._run_id: str | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event) -> None:
         run_id = event.get("run_id")
-        line = json.dumps(event, ensure_ascii=False, default=str) + "\n"
+        line = json.dumps(event.to_dict(), ensure_ascii=False, default=str) + "\n"
         with self._lock:
             if run_id and run_id != self._run_id:
                 self._open(run_id)
@@ -50,9 +50,23 @@ class EventLogWriter:
                 self._handle = None
 
 
-def read_events(workspace: str | Path, run_id: str) -> list[dict]:
+def read_events(workspace: str | Path, run_id: str, kinds: set[str] | None = None) -> list:
+    """The run's events (only those of ``kinds``, if given), typed by
+    :func:`rlmpipe.runtime.events.event_from_dict`; a line cut off by a crash is skipped."""
+    from rlmpipe.runtime.events import event_from_dict
+
     path = event_log_path(workspace, run_id)
     if not path.exists():
         return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    events = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if kinds is None or record.get("type") in kinds:
+                events.append(event_from_dict(record))
+    return events

@@ -1,18 +1,275 @@
-"""Run events: what the engine tells the outside (progress, the event log, traces) as it works.
+"""Run events: what the engine tells the outside (progress, the event log, traces, metrics) as it works.
 
-Each event is a plain dict with ``type`` and ``time``; listeners must be quick and must not raise
-(a listener that raises is dropped, with a warning, rather than failing the run).
+Each kind of event is a class below, with its fields; :meth:`Event.to_dict` is the one place an
+event becomes JSON (the event log, a Ray worker's events on their way to the driver) and
+:func:`event_from_dict` the one place it is read back (``runs watch``, the report). Events also
+read like the dicts they serialise to (``event["type"]``, ``event.get("doc_id")``), which is what
+most listeners want.
+
+Listeners must be quick and must not raise: one that raises is dropped, with a warning, rather
+than failing the run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
-Listener = Callable[[dict], None]
 log = logging.getLogger("rlmpipe.events")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event(Mapping):
+    """An event: its ``type`` (the class's name for it) and when, for which run."""
+
+    type: ClassVar[str] = "event"
+    run_id: str | None = None
+    time: float = field(default_factory=time.time)
+
+    # --- read like a dict -------------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key == "type":
+            return self.type
+        if key in self._names():
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self):
+        yield "type"
+        yield from self._names()
+
+    def __len__(self) -> int:
+        return 1 + len(self._names())
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **{name: getattr(self, name) for name in self._names()}}
+
+
+EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+def _kind(name: str):
+    def register(cls):
+        cls.type = name
+        EVENT_TYPES[name] = cls
+        return cls
+
+    return register
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+@_kind("run_start")
+@dataclass(frozen=True, kw_only=True)
+class RunStart(Event):
+    session: int
+    pipeline: str
+    model: str
+    fingerprint: str
+    concurrency: int
+    executor: str = "threads"
+
+
+@_kind("run_stopping")
+@dataclass(frozen=True, kw_only=True)
+class StopRequested(Event):
+    reason: str
+
+
+@_kind("run_end")
+@dataclass(frozen=True, kw_only=True)
+class RunEnd(Event):
+    status: str
+    reason: str | None
+    documents: dict
+    steps: dict
+
+
+@_kind("note")
+@dataclass(frozen=True, kw_only=True)
+class Note(Event):
+    message: str
+
+
+# --- documents ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class DocumentEvent(Event):
+    doc_id: str | None
+    path: str
+
+
+@_kind("document_queued")
+@dataclass(frozen=True, kw_only=True)
+class DocumentQueued(DocumentEvent):
+    size: int
+
+
+@_kind("document_start")
+@dataclass(frozen=True, kw_only=True)
+class DocumentStart(DocumentEvent):
+    size: int
+
+
+@_kind("document_done")
+@dataclass(frozen=True, kw_only=True)
+class DocumentDone(DocumentEvent):
+    pass
+
+
+@_kind("document_partial")
+@dataclass(frozen=True, kw_only=True)
+class DocumentPartial(DocumentEvent):
+    error: str  # what is missing, naming the document
+
+
+@_kind("document_failed")
+@dataclass(frozen=True, kw_only=True)
+class DocumentFailed(DocumentEvent):
+    error: str  # one line naming the document
+    traceback: str | None = None  # a bug's traceback
+
+
+@_kind("document_stopped")
+@dataclass(frozen=True, kw_only=True)
+class DocumentStopped(DocumentEvent):
+    pass
+
+
+def document_finished(status: str, **fields) -> DocumentEvent:
+    """The event that says a document ended with ``status`` (done, partial, failed, stopped)."""
+    return {"done": DocumentDone, "partial": DocumentPartial, "failed": DocumentFailed,
+            "stopped": DocumentStopped}[status](**fields)
+
+
+# --- steps ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class StepEvent(Event):
+    step_key: str
+    name: str
+    doc_id: str | None
+
+
+@_kind("step_start")
+@dataclass(frozen=True, kw_only=True)
+class StepStart(StepEvent):
+    chunk_id: str | None
+    depth: int
+    worker: str
+
+
+@_kind("step_done")
+@dataclass(frozen=True, kw_only=True)
+class StepDone(StepEvent):
+    chunk_id: str | None
+    depth: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    seconds: float
+    worker: str
+
+
+@_kind("step_reused")
+@dataclass(frozen=True, kw_only=True)
+class StepReused(StepEvent):
+    chunk_id: str | None
+    depth: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+
+
+@_kind("step_failed")
+@dataclass(frozen=True, kw_only=True)
+class StepFailedEvent(StepEvent):
+    error: str
+    error_type: str
+    fatal: bool
+    traceback: str | None = None
+
+
+@_kind("step_stopped")
+@dataclass(frozen=True, kw_only=True)
+class StepStopped(StepEvent):
+    pass
+
+
+@_kind("reask")
+@dataclass(frozen=True, kw_only=True)
+class Reask(StepEvent):
+    error: str
+
+
+# --- LM calls --------------------------------------------------------------------------------------------------
+@_kind("lm_call_start")
+@dataclass(frozen=True, kw_only=True)
+class LMCallStart(Event):
+    """An attempt left the queue and was sent to the model."""
+
+    call_id: str
+    attempt: int
+    queued: float
+    step_key: str | None
+    doc_id: str | None
+    depth: int
+
+
+@_kind("lm_call")
+@dataclass(frozen=True, kw_only=True)
+class LMCallEvent(Event):
+    """An attempt ended (the fields of :class:`rlmpipe.lm.usage.LMCall`)."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float | None
+    latency: float
+    started: float
+    outcome: str
+    attempt: int = 1
+    depth: int = 0
+    step_key: str | None = None
+    step_name: str | None = None
+    doc_id: str | None = None
+    error_type: str | None = None
+    error: str | None = None
+    worker: str = ""
+    call_id: str = ""
+    queued: float = 0.0
+    estimated: bool = False
+
+    @classmethod
+    def of(cls, call) -> "LMCallEvent":
+        return cls(**{f.name: getattr(call, f.name) for f in dataclasses.fields(cls)
+                      if f.name != "time" and hasattr(call, f.name)})
+
+
+def event_from_dict(record: dict) -> Event:
+    """An event read back from its JSON (unknown fields are dropped, unknown kinds kept as they are)."""
+    cls = EVENT_TYPES.get(record.get("type", ""))
+    if cls is None:
+        return _Unknown(record)
+    names = set(cls._names())
+    return cls(**{key: value for key, value in record.items() if key in names})
+
+
+class _Unknown(dict):
+    """An event of a kind this rlmpipe does not know (from a newer one): passed on as a dict."""
+
+    def to_dict(self) -> dict:
+        return dict(self)
+
+
+# --- the bus ---------------------------------------------------------------------------------------------------
+Listener = Callable[[Event], None]
 
 
 class EventBus:
@@ -31,8 +288,7 @@ class EventBus:
 
         return unsubscribe
 
-    def emit(self, type: str, **fields) -> None:
-        event = {"type": type, "time": time.time(), **fields}
+    def emit(self, event: Event) -> None:
         for listener in self._listeners:
             try:
                 listener(event)

@@ -111,12 +111,13 @@ class LimitsActorImpl:
         self.breaker = CircuitBreaker(settings["breaker_failures"], settings["breaker_seconds"])
         self.control = RunControl()
 
-    def admit(self, tokens: int, cost: float | None, depth: int) -> dict | None:
+    def admit(self, tokens: int, cost: float | None, depth: int) -> dict:
+        """{"ok": True}, {"wait": True} (ask again: calls in flight hold the rest), or the refusal."""
         try:
-            self.budget.admit(tokens, cost, depth)
+            admitted = self.budget.admit(tokens, cost, depth)
         except BudgetExceeded as exc:
-            return {"what": exc.what, "used": exc.used, "limit": exc.limit, "needed": exc.needed}
-        return None
+            return {"refused": {"what": exc.what, "used": exc.used, "limit": exc.limit, "needed": exc.needed}}
+        return {"ok": True} if admitted is not None else {"wait": True}
 
     def release(self, tokens: int, cost: float) -> None:
         self.budget.release(Reservation(tokens, cost))
@@ -136,17 +137,24 @@ class LimitsActorImpl:
     def stop(self, reason: str) -> bool:
         return self.control.stop(reason)
 
-    def state(self) -> tuple[bool, str | None]:
-        return self.control.stopping, self.control.reason
+    def state(self) -> tuple[bool, str | None, float]:
+        """(stopping, why, the time before which no request may start): what every process polls."""
+        return self.control.stopping, self.control.reason, self.limiter.hold_until
 
-    def breaker_record(self, error_type: str | None, error: str) -> str | None:
-        return self.breaker.record(error_type, error)
+    def breaker_record(self, error_type: str | None, error: str) -> None:
+        opened = self.breaker.record(error_type, error)
+        if opened:
+            self.control.stop(f"provider unavailable: {opened}")
 
 
 # --- the proxies workers (and the driver) use instead of the local objects ----------------------------------
 class RemoteBudget:
-    def __init__(self, actor, max_cost: float | None):
-        self.actor, self.max_cost = actor, max_cost
+    """The run's budget, in the LimitsActor. Without caps nothing needs asking: admission is free."""
+
+    def __init__(self, actor, options):
+        self.actor, self.max_cost = actor, options.max_cost
+        self.capped = any(getattr(options, cap) is not None
+                          for cap in ("max_run_tokens", "max_cost", "max_seconds", "max_sub_calls"))
         self._expected, self._asked = 0, 0.0
 
     def expected_completion(self, cap: int | None) -> int:
@@ -156,27 +164,37 @@ class RemoteBudget:
             self._expected, self._asked = _ray().get(self.actor.expected_completion.remote(None)), time.monotonic()
         return self._expected
 
-    def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation:
-        refused = _ray().get(self.actor.admit.remote(tokens, cost, depth))
-        if refused is not None:
-            raise BudgetExceeded(**refused)
-        return Reservation(tokens, cost or 0.0)
+    def admit(self, tokens: int, cost: float | None, depth: int = 0) -> Reservation | None:
+        if not self.capped:
+            return Reservation(0, 0.0)
+        answer = _ray().get(self.actor.admit.remote(tokens, cost, depth))
+        if "refused" in answer:
+            raise BudgetExceeded(**answer["refused"])
+        return Reservation(tokens, cost or 0.0) if answer.get("ok") else None
 
     def release(self, reservation: Reservation) -> None:
-        self.actor.release.remote(reservation.tokens, reservation.cost)
+        if self.capped:
+            self.actor.release.remote(reservation.tokens, reservation.cost)
 
     def charge(self, call: LMCall) -> None:
-        self.actor.charge.remote(call)
+        if self.capped:
+            self.actor.charge.remote(call)
 
 
 class RemoteLimiter:
-    def __init__(self, actor):
-        self.actor = actor
+    """The per-minute windows, in the LimitsActor; a pause (Retry-After) is seen through the stop
+    flag's poll, so without windows nothing needs asking."""
+
+    def __init__(self, actor, control: "RemoteControl", windowed: bool):
+        self.actor, self.control, self.windowed = actor, control, windowed
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> float:
         waited = 0.0
         while True:
-            delay = _ray().get(self.actor.try_acquire.remote(tokens))
+            if self.windowed:
+                delay = _ray().get(self.actor.try_acquire.remote(tokens))
+            else:
+                delay = self.control.hold_until - time.time()
             if delay <= 0:
                 return waited
             pause = min(delay, 1.0)  # sleep here, not in the actor; ask again (others may have waited too)
@@ -187,6 +205,7 @@ class RemoteLimiter:
             waited += pause
 
     def hold(self, seconds: float) -> None:
+        self.control.hold_until = max(self.control.hold_until, time.time() + seconds)
         self.actor.hold.remote(seconds)
 
 
@@ -199,6 +218,7 @@ class RemoteControl:
         self.actor = actor
         self.event = threading.Event()
         self.reason: str | None = None
+        self.hold_until = 0.0  # the cluster's pause, as of the last poll
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="rlmpipe-ray-stop", daemon=True)
         self._thread.start()
@@ -206,9 +226,10 @@ class RemoteControl:
     def _poll(self) -> None:
         while not self._closed.wait(self.POLL_SECONDS):
             try:
-                stopping, reason = _ray().get(self.actor.state.remote())
+                stopping, reason, hold_until = _ray().get(self.actor.state.remote())
             except Exception:  # the actor is gone (the run ended): nothing more to stop
                 return
+            self.hold_until = max(self.hold_until, hold_until)
             if stopping:
                 self.reason = reason
                 self.event.set()
@@ -233,11 +254,15 @@ class RemoteControl:
 
 
 class RemoteBreaker:
+    """The circuit breaker, in the LimitsActor: told of every attempt without waiting; when it opens,
+    the actor raises the stop flag, which every process sees at its next poll."""
+
     def __init__(self, actor):
         self.actor = actor
 
-    def record(self, error_type: str | None, error: str = "") -> str | None:
-        return _ray().get(self.actor.breaker_record.remote(error_type, error))
+    def record(self, error_type: str | None, error: str = "") -> None:
+        self.actor.breaker_record.remote(error_type, error)
+        return None
 
 
 class RemoteStore:
@@ -246,11 +271,12 @@ class RemoteStore:
 
     def __init__(self, actor, run_id: str, doc_id: str):
         self.actor = actor
+        # every step of this document that was done before this task started (a task is the only one
+        # running its document: a second with the same bytes waits for the first), so the rest are not
         self._done = _ray().get(actor.done_steps.remote(run_id, doc_id))
 
     def done_step(self, key: str):
-        found = self._done.get(key)
-        return found if found is not None else _ray().get(self.actor.done_step.remote(key))
+        return self._done.get(key)
 
     def commit_step(self, row, calls, session: int) -> None:
         _ray().get(self.actor.commit_step.remote(row, calls, session))  # done means stored: wait for it
@@ -307,7 +333,9 @@ class WorkerContext:
 def remote_limits(actor, options):
     from rlmpipe.runtime.runner import Limits
 
-    return Limits(RemoteBudget(actor, options.max_cost), RemoteLimiter(actor), RemoteControl(actor),
+    control = RemoteControl(actor)
+    windowed = bool(options.requests_per_minute or options.tokens_per_minute)
+    return Limits(RemoteBudget(actor, options), RemoteLimiter(actor, control, windowed), control,
                   RemoteBreaker(actor))
 
 
@@ -317,7 +345,7 @@ def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
     from rlmpipe.lm.recording import RecordingLM
     from rlmpipe.lm.usage import Pricing, UsageRecorder
     from rlmpipe.offline import configure_offline_defaults
-    from rlmpipe.runtime.events import EventBus
+    from rlmpipe.runtime.events import EventBus, LMCallEvent, LMCallStart
     from rlmpipe.runtime.runner import Run, process_document
 
     configure_offline_defaults()  # a worker process of our own: litellm and tiktoken stay offline
@@ -328,8 +356,8 @@ def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
     recorder = UsageRecorder()
     limits = remote_limits(context.limits, context.options)
     recorder.subscribe(limits.budget.charge)
-    recorder.subscribe(lambda call: events.emit("lm_call", **call.to_dict()))
-    recorder.subscribe_starts(lambda start: events.emit("lm_call_start", **start))
+    recorder.subscribe(lambda call: events.emit(LMCallEvent.of(call)))
+    recorder.subscribe_starts(lambda start: events.emit(LMCallStart(**start)))
     lm = RecordingLM(context.lm, recorder, retry=context.options.retry, limiter=limits.limiter, budget=limits.budget,
                      control=limits.control, breaker=limits.breaker, pricing=Pricing(context.prices))
     run = Run(run_id=context.run_id, fingerprint=context.fingerprint, session=context.session,
@@ -380,6 +408,7 @@ class Cluster:
         return limits
 
     def drive(self, pipeline, run, inner_lm, pricing, paths, tally) -> None:
+        from rlmpipe.runtime.events import DocumentFailed
         from rlmpipe.runtime.runner import DocumentOutcome, queued_documents
 
         store_actor = self.StoreActor.options(scheduling_strategy=self._here()).remote(str(run.store.workspace))
@@ -400,7 +429,7 @@ class Cluster:
                 except Exception as exc:  # the task failed for good (Ray gave up retrying it)
                     message = f"{path}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                     run.store.set_document(run.id, "", path, "failed", error=message)
-                    run.events.emit("document_failed", run_id=run.id, doc_id=None, path=path, error=message)
+                    run.events.emit(DocumentFailed(run_id=run.id, doc_id=None, path=path, error=message))
                     tally.add(DocumentOutcome("failed"))
             self._pump(store_actor, run.events)
 
@@ -421,8 +450,7 @@ class Cluster:
     def _pump(self, store_actor, events) -> None:
         """The workers' events, into this process's event bus (event log, display, traces)."""
         for event in self.ray.get(store_actor.drain_events.remote()):
-            kind = event.pop("type")
-            events.emit(kind, **event)
+            events.emit(event)
 
     def close(self) -> None:
         for control in self._controls:

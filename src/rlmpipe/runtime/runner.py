@@ -36,6 +36,7 @@ from rlmpipe.lm.limits import Budget, CircuitBreaker, RateLimiter
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping, without_own_retries
 from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 from rlmpipe.runtime.eventlog import EventLogWriter
+from rlmpipe.runtime import events as ev
 from rlmpipe.runtime.events import EventBus
 from rlmpipe.runtime.fingerprint import FingerprintChange, digest, fingerprint_parts, step_key
 from rlmpipe.runtime.jsonable import NotStorable, json_roundtrip, to_json_value
@@ -171,7 +172,7 @@ class Run:
 
     def request_stop(self, reason: str) -> None:
         if self.control.stop(reason):
-            self.events.emit("run_stopping", run_id=self.id, reason=reason)
+            self.events.emit(ev.StopRequested(run_id=self.id, reason=reason))
 
     # --- steps ----------------------------------------------------------------------------------
     def key(self, name: str, doc_id: str | None = None, chunk_id: str | None = None, inputs: Iterable[str] = ()) -> str:
@@ -183,9 +184,9 @@ class Run:
         key = key or self.key(name, doc_id, chunk_id, inputs)
         done = self.store.done_step(key)
         if done is not None:
-            self.events.emit("step_reused", run_id=self.id, step_key=key, name=name, doc_id=doc_id,
+            self.events.emit(ev.StepReused(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
                              chunk_id=chunk_id, depth=done.depth, prompt_tokens=done.prompt_tokens,
-                             completion_tokens=done.completion_tokens, cost=done.cost)
+                             completion_tokens=done.completion_tokens, cost=done.cost))
             return done.result
         self._check_running()
         while not self._slots.acquire(timeout=0.25):  # queued: leave at once when the run stops
@@ -207,8 +208,8 @@ class Run:
     def _execute(self, name, fn, key, doc_id, chunk_id, depth) -> Any:
         started = time.time()
         worker = threading.current_thread().name
-        self.events.emit("step_start", run_id=self.id, step_key=key, name=name, doc_id=doc_id,
-                         chunk_id=chunk_id, depth=depth, worker=worker)
+        self.events.emit(ev.StepStart(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
+                         chunk_id=chunk_id, depth=depth, worker=worker))
         reasks = 0
         try:
             # Pool threads do not inherit the caller's DSPy settings: give every step the run's LM.
@@ -232,8 +233,8 @@ class Run:
                             raise
                         reasks += 1
                         feedback = _one_line(exc)[:600]
-                        self.events.emit("reask", run_id=self.id, step_key=key, name=name, doc_id=doc_id,
-                                         error=feedback)
+                        self.events.emit(ev.Reask(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
+                                         error=feedback))
             extra, stopped = None, None
             if isinstance(result, StepOutput):
                 result, extra, stopped = result.result, result.extra, result.stopped
@@ -246,7 +247,7 @@ class Run:
                 self.store.record_calls(calls, self.session)
                 if isinstance(exc, BudgetExceeded):
                     self.request_stop(f"budget: {exc}")
-                self.events.emit("step_stopped", run_id=self.id, step_key=key, name=name, doc_id=doc_id)
+                self.events.emit(ev.StepStopped(run_id=self.id, step_key=key, name=name, doc_id=doc_id))
                 raise RunStopping(self.stop_reason or str(exc)) from exc
             info = classify(exc)
             detail = None if info.type != "unexpected" and not isinstance(exc, NotStorable) else _traceback(exc)
@@ -256,8 +257,8 @@ class Run:
             self.store.commit_step(row, calls, self.session)
             if info.stops_run:
                 self.request_stop(f"failed: {_one_line(exc)}" + (f" ({info.hint})" if info.hint else ""))
-            self.events.emit("step_failed", run_id=self.id, step_key=key, name=name, doc_id=doc_id,
-                             error=_one_line(exc), error_type=info.type, fatal=info.stops_run, traceback=detail)
+            self.events.emit(ev.StepFailedEvent(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
+                             error=_one_line(exc), error_type=info.type, fatal=info.stops_run, traceback=detail))
             raise StepFailed(name, doc_id, exc) from exc
         calls = self._take_calls(key)
         if stopped is not None:  # keep the best partial answer, as a step that is not done
@@ -266,14 +267,14 @@ class Run:
             row.extra = extra
             self.store.commit_step(row, calls, self.session)
             self.request_stop(stopped)
-            self.events.emit("step_stopped", run_id=self.id, step_key=key, name=name, doc_id=doc_id)
+            self.events.emit(ev.StepStopped(run_id=self.id, step_key=key, name=name, doc_id=doc_id))
             raise RunStopping(self.stop_reason or stopped)
         row = self._row(key, name, doc_id, chunk_id, depth, "done", result, calls, reasks, started, worker, None)
         row.extra = extra
         self.store.commit_step(row, calls, self.session)
-        self.events.emit("step_done", run_id=self.id, step_key=key, name=name, doc_id=doc_id, chunk_id=chunk_id,
+        self.events.emit(ev.StepDone(run_id=self.id, step_key=key, name=name, doc_id=doc_id, chunk_id=chunk_id,
                          depth=depth, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
-                         cost=row.cost, seconds=row.finished - started, worker=worker)
+                         cost=row.cost, seconds=row.finished - started, worker=worker))
         return json_roundtrip(result)  # exactly what a resume will read back from the store
 
     def _row(self, key, name, doc_id, chunk_id, depth, status, result, calls, reasks, started, worker, error) -> StepRow:
@@ -456,7 +457,7 @@ def process_document(pipeline: Pipeline, run: Run, document: Document) -> Docume
         store.set_document(run_id, document.doc_id, path, "stopped")
         return DocumentOutcome("stopped")
     store.set_document(run_id, document.doc_id, path, "running")
-    events.emit("document_start", run_id=run_id, doc_id=document.doc_id, path=path, size=document.size_bytes)
+    events.emit(ev.DocumentStart(run_id=run_id, doc_id=document.doc_id, path=path, size=document.size_bytes))
     try:
         with dspy.context(lm=run.lm):
             outcome = pipeline.process(run, document)
@@ -464,20 +465,20 @@ def process_document(pipeline: Pipeline, run: Run, document: Document) -> Docume
         result = to_json_value(partial.result if partial else outcome, f"the result of {path}")
     except RunStopping:
         store.set_document(run_id, document.doc_id, path, "stopped")
-        events.emit("document_stopped", run_id=run_id, doc_id=document.doc_id, path=path)
+        events.emit(ev.DocumentStopped(run_id=run_id, doc_id=document.doc_id, path=path))
         return DocumentOutcome("stopped")
     except Exception as exc:  # StepFailed, a DocumentError found while streaming, a pipeline bug
         message = str(exc) if isinstance(exc, DocumentError) else f"{path}: {_one_line(exc)}"
         detail = None if isinstance(exc, (DocumentError, StepFailed)) else _traceback(exc)
         store.set_document(run_id, document.doc_id, path, "failed", error=message, detail=detail)
-        events.emit("document_failed", run_id=run_id, doc_id=document.doc_id, path=path, error=message,
-                    traceback=detail)
+        events.emit(ev.DocumentFailed(run_id=run_id, doc_id=document.doc_id, path=path, error=message,
+                    traceback=detail))
         return DocumentOutcome("failed")
     status = "partial" if partial else "done"
     problem = partial.problem if partial else None
     store.set_document(run_id, document.doc_id, path, status, result=result, error=problem)
-    events.emit(f"document_{status}", run_id=run_id, doc_id=document.doc_id, path=path,
-                **({"error": f"{path}: {problem}"} if problem else {}))
+    events.emit(ev.document_finished(status, run_id=run_id, doc_id=document.doc_id, path=path,
+                                     **({"error": f"{path}: {problem}"} if problem else {})))
     return DocumentOutcome(status, {"doc_id": document.doc_id, "path": path, "status": status, "result": result,
                                     **({"problem": problem} if problem else {})})
 
@@ -509,18 +510,18 @@ def queued_documents(run: Run, paths: list, tally: Tally) -> Iterator[tuple[Docu
             tally.unread = True
             return
         if isinstance(item, Notice):
-            events.emit("note", run_id=run_id, message=str(item))
+            events.emit(ev.Note(run_id=run_id, message=str(item)))
             continue
         if isinstance(item, DocumentError):
             store.set_document(run_id, "", item.path, "failed", error=str(item))
-            events.emit("document_failed", run_id=run_id, doc_id=None, path=item.path, error=str(item))
+            events.emit(ev.DocumentFailed(run_id=run_id, doc_id=None, path=item.path, error=str(item)))
             tally.add(DocumentOutcome("failed"))
             continue
-        events.emit("document_queued", run_id=run_id, doc_id=item.doc_id, path=str(item.path), size=item.size_bytes)
+        events.emit(ev.DocumentQueued(run_id=run_id, doc_id=item.doc_id, path=str(item.path), size=item.size_bytes))
         first = first_of.setdefault(item.doc_id, str(item.path))
         if first != str(item.path):
-            events.emit("note", run_id=run_id, message=f"{item.path}: the same content as {first}: "
-                                                        "analysed once (its steps are shared)")
+            events.emit(ev.Note(run_id=run_id, message=f"{item.path}: the same content as {first}: "
+                                                        "analysed once (its steps are shared)"))
         yield item, (first if first != str(item.path) else None)
 
 
@@ -579,13 +580,13 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
               recorder=recorder, events=events, options=options, control=limits.control)
     unsubscribe.append(recorder.subscribe(
-        lambda call: events.emit("lm_call", **call.to_dict()) if call.run_id in (None, run_id) else None))
+        lambda call: events.emit(ev.LMCallEvent.of(call)) if call.run_id in (None, run_id) else None))
     unsubscribe.append(recorder.subscribe_starts(
-        lambda start: events.emit("lm_call_start", **start) if start["run_id"] in (None, run_id) else None))
-    events.emit("run_start", run_id=run_id, session=session, pipeline=pipeline.name, model=inner_lm.model,
-                fingerprint=fingerprint, concurrency=options.concurrency, executor=options.executor)
+        lambda start: events.emit(ev.LMCallStart(**start)) if start["run_id"] in (None, run_id) else None))
+    events.emit(ev.RunStart(run_id=run_id, session=session, pipeline=pipeline.name, model=inner_lm.model,
+                fingerprint=fingerprint, concurrency=options.concurrency, executor=options.executor))
     for note in plan.notes:
-        events.emit("note", run_id=run_id, message=note)
+        events.emit(ev.Note(run_id=run_id, message=note))
     if on_start is not None:
         on_start(run)
     tally = Tally()
@@ -644,7 +645,7 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     if status == "stopped" and reason and reason.startswith("budget"):
         reason = _billed(reason, options, usage)
     store.finish_run(run_id, status, reason, {"documents": dict(counts), "steps": totals})
-    events.emit("run_end", run_id=run_id, status=status, reason=reason, documents=dict(counts), steps=totals)
+    events.emit(ev.RunEnd(run_id=run_id, status=status, reason=reason, documents=dict(counts), steps=totals))
     stop_event_log()
     event_log.close()
     return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, plan.notes, final)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlmpipe.lm.usage import LMCall
+from rlmpipe.lm.usage import LMCall, Usage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -372,31 +372,21 @@ class Store:
         return {row["status"]: row["n"] for row in rows}
 
     def usage_totals(self, run_id: str) -> dict:
-        row = self._query(
-            "SELECT COUNT(*) AS attempts, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost,"
-            " SUM(CASE WHEN cost IS NULL AND outcome != 'cached' AND prompt_tokens + completion_tokens > 0"
-            " THEN 1 ELSE 0 END) AS unpriced,"
-            " SUM(CASE WHEN outcome = 'cached' THEN 1 ELSE 0 END) AS cached,"
-            " SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS errors,"
-            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END) AS retries,"
-            " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
-            " FROM lm_calls WHERE run_id = ?", (run_id,))[0]
-        return dict(row)
+        """The run's LM usage, all sessions together (:meth:`rlmpipe.lm.usage.Usage.row`)."""
+        usage = Usage()
+        for row in self._query(f"SELECT {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
+            usage.add(dict(row))
+        return usage.row()
 
     def usage_by_document(self, run_id: str) -> dict[str, dict]:
-        """Per document of the run: its LM calls' totals (as ``usage_totals``)."""
-        rows = self._query(
-            "SELECT doc_id, COUNT(*) AS attempts, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-            " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost,"
-            " SUM(CASE WHEN cost IS NULL AND outcome != 'cached' AND prompt_tokens + completion_tokens > 0"
-            " THEN 1 ELSE 0 END) AS unpriced,"
-            " SUM(CASE WHEN outcome = 'cached' THEN 1 ELSE 0 END) AS cached,"
-            " SUM(CASE WHEN outcome = 'error' THEN 1 ELSE 0 END) AS errors,"
-            " SUM(CASE WHEN attempt > 1 THEN 1 ELSE 0 END) AS retries,"
-            " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
-            " FROM lm_calls WHERE run_id = ? GROUP BY doc_id", (run_id,))
-        return {row["doc_id"]: {key: row[key] for key in row.keys() if key != "doc_id"} for row in rows}
+        """Per document of the run: its LM usage (as ``usage_totals``)."""
+        groups: dict[str, Usage] = {}
+        for row in self._query(f"SELECT doc_id, {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
+            groups.setdefault(row["doc_id"], Usage()).add(dict(row))
+        return {doc_id: usage.row() for doc_id, usage in groups.items()}
+
+
+_USAGE_COLUMNS = "outcome, attempt, prompt_tokens, completion_tokens, cost, latency, queued, estimated"
 
 
 def _call_insert(call: LMCall, session: int) -> tuple[str, tuple]:
