@@ -31,10 +31,6 @@ class Chunk:
         record["heading_path"] = list(self.heading_path)
         return record
 
-    @classmethod
-    def from_dict(cls, record: dict) -> "Chunk":
-        return cls(**{**record, "heading_path": tuple(record.get("heading_path") or ())})
-
 
 @dataclass(frozen=True, slots=True)
 class ChunkingConfig:

@@ -377,13 +377,6 @@ class TraceListener:
         span.end(end_time=_ns(started + float(event.get("latency") or 0.0)))
 
 
-def attach_tracing(events, tracer_provider: trace.TracerProvider | None = None) -> TraceListener:
-    """Subscribe a :class:`TraceListener` to ``events`` and return it."""
-    listener = TraceListener(tracer_provider)
-    events.subscribe(listener)
-    return listener
-
-
 def _resource():
     from opentelemetry.sdk.resources import Resource
 

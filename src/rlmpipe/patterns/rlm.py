@@ -32,7 +32,7 @@ from rlmpipe.lm.context import current, deeper
 from rlmpipe.lm.errors import BudgetExceeded
 from rlmpipe.runtime.runner import StepOutput
 from rlmpipe.sandbox import DenoSandbox
-from rlmpipe.sandbox.interpreter import _facade_shim
+from rlmpipe.sandbox.interpreter import facade_setup_code
 
 #: Sandbox tools that reach a model: calling one goes one level deeper (CALL_TOOL runs sub-agents).
 LM_TOOLS = ("llm_query", "llm_query_batched")
@@ -96,7 +96,7 @@ class DepthSandbox(DenoSandbox):
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         for name, tool in list(self.tools.items()):
             self.tools[name] = self._wrap(name, tool)
-        if code == _facade_shim():  # DSPy installing its sandbox facade: not the model's code
+        if code == facade_setup_code():  # DSPy installing its sandbox facade: not the model's code
             return super().execute(code, variables)
         started = time.perf_counter()
         try:

@@ -161,7 +161,8 @@ class DenoProcess:
             pass
         reap(self.proc)
 
-    def _died(self) -> ProcessDied:
+    def exit_status(self) -> ProcessDied:
+        """Why the process is gone: its exit code and the tail of its stderr (waits briefly)."""
         try:
             code = self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
@@ -237,7 +238,7 @@ class DenoProcess:
             if len(self._buf) > self.max_line_bytes:
                 raise ProtocolViolation(f"a message longer than {self.max_line_bytes} bytes")
             if self._eof:
-                raise self._died()
+                raise self.exit_status()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise ProcessTimeout()
@@ -260,7 +261,7 @@ class DenoProcess:
                 except BlockingIOError:
                     pass
                 except (BrokenPipeError, OSError):
-                    raise self._died() from None
+                    raise self.exit_status() from None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise ProcessTimeout()
@@ -269,7 +270,7 @@ class DenoProcess:
                     if not wsel.select(min(remaining, 0.05)):
                         self._pump(0)
                         if self.proc.poll() is not None:
-                            raise self._died()
+                            raise self.exit_status()
 
     def send_json(self, obj: dict, deadline: float) -> None:
         self.send(json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n",

@@ -78,7 +78,8 @@ _STATE_LOST = (
 )
 
 
-def _facade_shim() -> str | None:
+def facade_setup_code() -> str | None:
+    """The code DSPy runs first in a sandbox to install its facade (not the model's code)."""
     try:
         from dspy.primitives.facade import SHIM_SETUP
     except ImportError:  # pragma: no cover - older dspy
@@ -252,7 +253,7 @@ class DenoSandbox:
                 raise CodeInterpreterError(f"Variable name {name!r} clashes with a sandbox function")
 
         if self._proc is not None and not self._needs_restart and not self._proc.alive():
-            died = self._proc._died()
+            died = self._proc.exit_status()
             raise self._fail(died, SandboxCrashedError,
                              f"The sandbox process exited between executions (exit code {died.returncode}).")
         restarted = self._needs_restart or self._proc is None
@@ -262,7 +263,7 @@ class DenoSandbox:
                 self._execute_once(setup_code, setup_vars)
 
         result = self._execute_once(code, variables)
-        if code == _facade_shim():
+        if code == facade_setup_code():
             self._preamble.append((code, variables))  # dspy's sandbox facade: reinstall it after a restart
         return result
 
