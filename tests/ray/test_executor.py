@@ -123,7 +123,7 @@ def test_a_retry_after_seen_by_one_worker_pauses_them_all(cluster, openai_server
     assert result.status == "done"
     calls = sorted(openai_server.chat_calls, key=lambda c: c.time)
     refused = next(c for c in calls if c.served == "rate_limit")
-    during = [c for c in calls if refused.time + 0.3 < c.time < refused.time + 1.8]
+    during = [c for c in calls if refused.time + 0.5 < c.time < refused.time + 1.8]  # (others see it within a poll)
     assert not during, f"{len(during)} requests went out while every worker should have been holding"
 
 
