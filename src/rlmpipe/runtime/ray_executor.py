@@ -225,15 +225,23 @@ class RemoteControl:
 
     def _poll(self) -> None:
         while not self._closed.wait(self.POLL_SECONDS):
-            try:
-                stopping, reason, hold_until = _ray().get(self.actor.state.remote())
-            except Exception:  # the actor is gone (the run ended): nothing more to stop
+            if self.sync():
                 return
-            self.hold_until = max(self.hold_until, hold_until)
-            if stopping:
-                self.reason = reason
-                self.event.set()
-                return
+
+    def sync(self) -> bool:
+        """Read the actor's flag now; True once the run is stopping (or the actor is gone). The driver
+        calls it when the last task has settled: a worker's stop may be newer than the last poll."""
+        if self.event.is_set():
+            return True
+        try:
+            stopping, reason, hold_until = _ray().get(self.actor.state.remote())
+        except Exception:  # the actor is gone (the run ended): nothing more to stop
+            return True
+        self.hold_until = max(self.hold_until, hold_until)
+        if stopping:
+            self.reason = reason
+            self.event.set()
+        return stopping
 
     def stop(self, reason: str) -> bool:
         first = _ray().get(self.actor.stop.remote(reason))
@@ -446,6 +454,8 @@ class Cluster:
             ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.25)
             settle(ready)
         self._pump(store_actor, run.events)
+        for control in self._controls:  # a stop a worker raised after the driver's last poll
+            control.sync()
 
     def _pump(self, store_actor, events) -> None:
         """The workers' events, into this process's event bus (event log, display, traces)."""
