@@ -31,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rlmpipe  # noqa: E402,F401  (offline defaults before anything loads litellm)
+from rlmpipe.offline import configure_offline_defaults  # noqa: E402
+
+configure_offline_defaults()  # before anything loads litellm
 import numpy as np  # noqa: E402
 from _results import machine, write_section  # noqa: E402
 
@@ -72,6 +74,16 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                     {"sublinear": True, "C": 16.0, "max_chars": 1000, "truncate": 6}),
     "1000-posw5": ("C16-1000 + positive passages weighted 5x",
                    {"sublinear": True, "C": 16.0, "max_chars": 1000, "pos_weight": 5.0}),
+    "trunc6-mc3": ("1000-trunc6 + only terms in >= 3 contracts (a smaller model)",
+                   {"sublinear": True, "C": 16.0, "max_chars": 1000, "truncate": 6, "min_contracts": 3}),
+    "trunc5-mc3": ("trunc6-mc3 with words truncated to 5 characters",
+                   {"sublinear": True, "C": 16.0, "max_chars": 1000, "truncate": 5, "min_contracts": 3}),
+    "trunc6-mc3-C64": ("trunc6-mc3 with C=64",
+                       {"sublinear": True, "C": 64.0, "max_chars": 1000, "truncate": 6, "min_contracts": 3}),
+    "trunc6-lead6": ("1000-trunc6 + the passage's first 6 words as extra terms (its title)",
+                     {"sublinear": True, "C": 16.0, "max_chars": 1000, "truncate": 6, "lead": 6}),
+    "trunc6-mc2": ("1000-trunc6 + only terms in >= 2 contracts",
+                   {"sublinear": True, "C": 16.0, "max_chars": 1000, "truncate": 6, "min_contracts": 2}),
 }
 
 

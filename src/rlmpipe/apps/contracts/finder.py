@@ -5,15 +5,16 @@ Why: the embedded LM cannot find clauses at all, and a hosted one costs money pe
 answers "which categories does this contract contain, and where" on its own, and its
 recall-oriented thresholds pick the few passages worth sending to a real LM.
 
-A passage's features are word uni- and bigram TF-IDF (``Features``), the same for its two
-neighbours (a heading or the sentence before a clause often names it), and its position in the
-document (the title and parties come first). Scores are logistic: ``sigmoid(x @ W + b)`` per
-category. Inference needs only numpy; the model file is plain arrays (``np.load`` with
-``allow_pickle=False``), never a pickle, so loading it cannot run code.
+A passage's features are word uni- and bigram TF-IDF (``Features``; words may be cut to their first
+characters, a crude stemmer), optionally the same for its two neighbours and its position in the
+document (both tried by cross-validation; see bench/RESULTS.md for what the shipped model uses).
+Scores are logistic: ``sigmoid(x @ W + b)`` per category. Inference needs only numpy; the model
+file is plain arrays (``np.load`` with ``allow_pickle=False``), never a pickle, so loading it cannot run code.
 """
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import math
@@ -33,7 +34,7 @@ __all__ = ["ClauseFinder", "Features", "Finding", "Passage", "MODEL_PATH", "RECA
 FORMAT = "rlmpipe-clause-finder/1"
 MODEL_PATH = Path(__file__).resolve().parent / "finder_model" / "clause_finder.npz"
 #: Passage-recall levels with a stored threshold each (``thresholds("recall0.95")``).
-RECALL_LEVELS = (0.90, 0.95, 0.97, 0.99)
+RECALL_LEVELS = (0.85, 0.90, 0.93, 0.95, 0.97, 0.99)
 #: Passages scored together: enough to amortize numpy's per-call cost, small enough to stay lazy.
 BATCH = 64
 
@@ -52,16 +53,21 @@ class Finding:
     score: float
 
 
-def terms(text: str, ngram_max: int = 2, truncate: int = 0) -> list[str]:
-    """Lower-cased word n-grams (1..ngram_max) of ``text``, words as scikit-learn tokenizes them;
+def terms(text: str, ngram_max: int = 2, truncate: int = 0, lead: int = 0) -> list[str]:
+    """Lower-cased word n-grams (1..ngram_max) of ``text``, words as scikit-learn tokenizes them.
+
     ``truncate`` > 0 keeps only each word's first characters (a crude stemmer: disparage,
-    disparages and disparaging become one term)."""
+    disparages and disparaging become one term). ``lead`` > 0 adds the first words again, marked
+    (``^word``): a clause's own title ("10.3 Non-Disparagement.") is a strong cue.
+    """
     words = _TOKEN.findall(text.lower())
     if truncate:
         words = [w[:truncate] for w in words]
     out = list(words)
     for n in range(2, ngram_max + 1):
         out += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if lead:
+        out += ["^" + w for w in words[:lead]]
     return out
 
 
@@ -85,13 +91,14 @@ class Features:
     """
 
     def __init__(self, vocabulary: list[str], idf: np.ndarray, *, ngram_max: int = 2, sublinear: bool = True,
-                 truncate: int = 0):
+                 truncate: int = 0, lead: int = 0):
         self.vocabulary = vocabulary
         self.index = {term: i for i, term in enumerate(vocabulary)}
         self.idf = np.asarray(idf, dtype=np.float64)
         self.ngram_max = ngram_max
         self.sublinear = sublinear
         self.truncate = truncate
+        self.lead = lead
 
     def __len__(self) -> int:
         return len(self.vocabulary)
@@ -99,7 +106,7 @@ class Features:
     @classmethod
     def fit(cls, documents: Iterable[Iterable[str]], *, min_df: int = 2, min_documents: int = 1,
             max_features: int | None = None, ngram_max: int = 2, sublinear: bool = True,
-            truncate: int = 0) -> "Features":
+            truncate: int = 0, lead: int = 0) -> "Features":
         """Fit on ``documents``, each the passage texts of one contract. Vocabulary: terms in at
         least ``min_df`` passages and ``min_documents`` contracts (a term of one contract's
         boilerplate says nothing about others), the ``max_features`` most frequent (ties by term,
@@ -111,7 +118,7 @@ class Features:
             seen: set[str] = set()
             for text in texts:
                 n += 1
-                found = set(terms(text, ngram_max, truncate))
+                found = set(terms(text, ngram_max, truncate, lead))
                 seen |= found
                 for term in found:
                     df[term] = df.get(term, 0) + 1
@@ -124,7 +131,7 @@ class Features:
         vocabulary = sorted(term for _, term in kept)
         counts = np.array([df[term] for term in vocabulary], dtype=np.float64)
         idf = np.log((1 + n) / (1 + counts)) + 1
-        return cls(vocabulary, idf, ngram_max=ngram_max, sublinear=sublinear, truncate=truncate)
+        return cls(vocabulary, idf, ngram_max=ngram_max, sublinear=sublinear, truncate=truncate, lead=lead)
 
     def rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR arrays (indptr, indices, values) of the texts' l2-normalized TF-IDF rows, column
@@ -133,7 +140,7 @@ class Features:
         ids: list[int] = []
         lengths = np.zeros(len(texts), dtype=np.int64)
         for row, text in enumerate(texts):
-            found = [i for i in map(get, terms(text, self.ngram_max, self.truncate)) if i is not None]
+            found = [i for i in map(get, terms(text, self.ngram_max, self.truncate, self.lead)) if i is not None]
             ids += found
             lengths[row] = len(found)
         width = len(self.vocabulary)
@@ -174,9 +181,10 @@ class ClauseFinder:
     def __init__(self, features: Features, weights: dict[str, np.ndarray], intercept: np.ndarray,
                  thresholds: dict[str, np.ndarray], info: dict):
         self.features = features
-        self.w_self = weights["self"]
-        self.w_context = weights.get("context")  # None: no neighbour features
-        self.w_position = weights.get("position")
+        # float32, as the file stores them: cross-validation scores exactly what ships
+        self.w_self = np.asarray(weights["self"], dtype=np.float32)
+        self.w_context = _float32(weights.get("context"))  # None: no neighbour features
+        self.w_position = _float32(weights.get("position"))
         self.intercept = np.asarray(intercept, dtype=np.float64)
         self._thresholds = {kind: np.asarray(value, dtype=np.float64) for kind, value in thresholds.items()}
         self.info = info
@@ -199,7 +207,8 @@ class ClauseFinder:
         vocabulary = arrays.pop("vocabulary").tobytes().decode("utf-8").split("\n")
         config = info["config"]
         features = Features(vocabulary, arrays.pop("idf"), ngram_max=config["ngram_max"],
-                            sublinear=config["sublinear"], truncate=config.get("truncate", 0))
+                            sublinear=config["sublinear"], truncate=config.get("truncate", 0),
+                            lead=config.get("lead", 0))
         weights = {name: arrays.pop(f"w_{name}") for name in ("self", "context", "position") if f"w_{name}" in arrays}
         intercept = arrays.pop("intercept")
         thresholds = {key[len("threshold_"):]: value for key, value in arrays.items() if key.startswith("threshold_")}
@@ -276,19 +285,38 @@ class ClauseFinder:
             raise KeyError(f"no {kind!r} thresholds; have {sorted(self._thresholds)}")
         return self._thresholds[kind].copy()
 
-    def find(self, blocks: Iterable, thresholds: np.ndarray | str | None = None) -> list[Finding]:
+    def recall_levels(self) -> list[str]:
+        """The recall-oriented threshold kinds this model has (``"recall0.97"``, ...)."""
+        return sorted(kind for kind in self._thresholds if kind.startswith("recall"))
+
+    def find(self, blocks: Iterable, thresholds: np.ndarray | str | None = None, *,
+             per_category: int | None = None) -> list[Finding]:
         """Findings for every passage and category whose score is at or above the category's
-        threshold (default: the F1 thresholds), in document order."""
+        threshold (default: the F1 thresholds), in document order. ``per_category``: keep only that
+        many of each category's best-scoring findings (categories found in nearly every contract,
+        such as Parties, have low thresholds that many passages clear)."""
         if thresholds is None or isinstance(thresholds, str):
             thresholds = self.thresholds(thresholds or "f1")
         thresholds = np.asarray(thresholds, dtype=np.float64)
         if thresholds.shape != (len(self.categories),):
             raise ValueError(f"need one threshold per category ({len(self.categories)})")
-        found = []
+        found: list[Finding] = []
+        kept: list[list] = [[] for _ in self.categories]  # per category, a min-heap of (score, -order, finding)
+        order = 0
         for passage, scores in self.score(blocks):
             for k in np.flatnonzero(scores >= thresholds):
-                found.append(Finding(self.categories[k], passage.char_start, passage.char_end, passage.text,
-                                     float(scores[k])))
+                finding = Finding(self.categories[k], passage.char_start, passage.char_end, passage.text,
+                                  float(scores[k]))
+                order += 1
+                if per_category is None:
+                    found.append(finding)
+                elif len(kept[k]) < per_category:
+                    heapq.heappush(kept[k], (finding.score, -order, finding))
+                elif (finding.score, -order) > kept[k][0][:2]:  # equal scores: the earlier passage stays
+                    heapq.heapreplace(kept[k], (finding.score, -order, finding))
+        if per_category is not None:
+            ranked = sorted((item for heap in kept for item in heap), key=lambda item: -item[1])
+            found = [item[2] for item in ranked]
         return found
 
     def present(self, blocks: Iterable, thresholds: np.ndarray | str | None = None) -> dict[str, float]:
@@ -297,6 +325,10 @@ class ClauseFinder:
         for _, scores in self.score(blocks):
             np.maximum(best, scores, out=best)
         return dict(zip(self.categories, best.tolist()))
+
+
+def _float32(array):
+    return None if array is None else np.asarray(array, dtype=np.float32)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -39,17 +39,20 @@ from rlmpipe.apps.contracts.finder import (
 from rlmpipe.apps.contracts.passages import Passage, passages
 
 #: The configuration chosen by ``bench/finder_cv.py`` (see bench/RESULTS.md, "finder" section).
-DEFAULT_CONFIG: dict = {
-    "max_chars": 2000,
+DEFAULT_CONFIG: dict = {  # = variant "trunc6-mc2"
+    "max_chars": 1000,
     "ngram_max": 2,
     "min_df": 2,
+    "min_contracts": 2,
     "max_features": 200_000,
+    "truncate": 6,
     "sublinear": True,
-    "context": True,
+    "context": False,
     "context_scale": 0.5,
-    "position": True,
-    "C": 4.0,
+    "position": False,
+    "C": 16.0,
     "class_weight": None,
+    "model": "logreg",
 }
 
 ATTRIBUTION = ("CUAD v1, The Atticus Project (Hendrycks et al., 'CUAD: An Expert-Annotated NLP Dataset for "
@@ -170,7 +173,7 @@ def fit_features(corpus: list[Contract], config: dict) -> Features:
     return Features.fit(([p.text for p in c.passages] for c in corpus), min_df=config["min_df"],
                         min_documents=config.get("min_contracts", 1), max_features=config["max_features"],
                         ngram_max=config["ngram_max"], sublinear=config["sublinear"],
-                        truncate=config.get("truncate", 0))
+                        truncate=config.get("truncate", 0), lead=config.get("lead", 0))
 
 
 @dataclass
@@ -316,30 +319,64 @@ def f1_thresholds(best: np.ndarray, present: np.ndarray, max_ratio: float = MAX_
     return out
 
 
-def recall_thresholds(annotations: list[tuple[int, int, float]], level: float) -> np.ndarray:
-    """Per category, the highest threshold at which at least ``level`` of the annotated passages
-    are overlapped by a passage that clears it."""
-    out = np.zeros(len(NAMES))
-    by_category: list[list[float]] = [[] for _ in NAMES]
-    for _, k, s in annotations:
-        by_category[k].append(s)
-    for k, values in enumerate(by_category):
-        if not values:
-            out[k] = 1.0 + 1e-9
-            continue
-        values = np.sort(np.array(values))[::-1]
-        need = int(np.ceil(level * len(values) - 1e-9))
-        out[k] = values[max(need, 1) - 1]
-    return out
+def recall_thresholds(corpus: list[Contract], scores: list[np.ndarray], level: float,
+                      context_chars: int = 300) -> np.ndarray:
+    """Per category thresholds that together keep ``level`` of *all* annotated passages (every
+    category's pieces counted together) while selecting the fewest characters for an LM to read.
+
+    A threshold per category chosen for its own recall would be driven by the categories the model
+    ranks worst: to keep 97% of a rare category's few pieces it must flag nearly every passage, and
+    the cascade would read the whole contract. Instead each category's threshold maximises
+    ``pieces kept - lam * characters selected`` (a passage costs its length plus ``context_chars``
+    on each side, the window it is shown in), with one ``lam`` for all categories, found by
+    bisection: the cheapest thresholds that reach the level. A category that would cost far more
+    than it keeps is given up (its threshold is above every score) rather than flooding the LM."""
+    n = len(NAMES)
+    kept_at: list[np.ndarray] = []  # per category: its pieces' best scores, descending
+    cost_at: list[np.ndarray] = []  # per category: characters selected at each of those thresholds
+    lengths = np.concatenate([[p.char_end - p.char_start + 2 * context_chars for p in c.passages] for c in corpus])
+    flat = np.vstack(scores) if scores else np.zeros((0, n))
+    by_category: list[list[float]] = [[] for _ in range(n)]
+    for _, k, value in annotation_max(corpus, scores):
+        by_category[k].append(value)
+    for k in range(n):
+        pieces = np.sort(np.array(by_category[k], dtype=float))[::-1]
+        order = np.argsort(-flat[:, k], kind="stable")
+        cumulative = np.concatenate([[0.0], np.cumsum(lengths[order])])
+        selected = np.searchsorted(-flat[order, k], -pieces, side="right")  # passages scoring >= each piece
+        kept_at.append(pieces)
+        cost_at.append(cumulative[selected])
+    total = sum(len(p) for p in kept_at)
+
+    def choose(lam: float) -> tuple[np.ndarray, int]:
+        thresholds, kept = np.full(n, 1.0 + 1e-9), 0
+        for k in range(n):
+            if not len(kept_at[k]):
+                continue
+            gain = np.arange(1, len(kept_at[k]) + 1) - lam * cost_at[k]
+            best = int(np.argmax(gain))
+            if gain[best] > 0:
+                thresholds[k], kept = kept_at[k][best], kept + best + 1
+        return thresholds, kept
+
+    if not total:
+        return np.full(n, 1.0 + 1e-9)
+    need = int(np.ceil(level * total - 1e-9))
+    low, high = 0.0, 1.0  # lam = 0 keeps everything; raise high until it keeps too little
+    while choose(high)[1] >= need and high < 1e6:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if choose(middle)[1] >= need else (low, middle)
+    return choose(low)[0]
 
 
 def all_thresholds(corpus: list[Contract], scores: list[np.ndarray]) -> dict[str, np.ndarray]:
     best = contract_max(scores)
     present = np.vstack([c.present for c in corpus])
-    annotations = annotation_max(corpus, scores)
     out = {"f1": f1_thresholds(best, present)}
     for level in RECALL_LEVELS:
-        out[f"recall{level:.2f}"] = recall_thresholds(annotations, level)
+        out[f"recall{level:.2f}"] = recall_thresholds(corpus, scores, level)
     return out
 
 
@@ -454,6 +491,10 @@ def model_card(info: dict, model_file: str = "clause_finder.npz") -> str:
     cv, data, config = info["cv"], info["data"], info["config"]
     worst = sorted(cv["per_category_f1"].items(), key=lambda item: item[1])[:10]
     features = "word 1-%d-gram TF-IDF%s" % (config["ngram_max"], " (sublinear tf)" if config["sublinear"] else "")
+    if config.get("truncate"):
+        features += f" over words cut to their first {config['truncate']} characters (a crude stemmer)"
+    if config.get("min_contracts", 1) > 1:
+        features += f", terms seen in at least {config['min_contracts']} training contracts"
     if config["context"]:
         features += ", the neighbouring passages' TF-IDF"
     if config["position"]:
@@ -497,9 +538,12 @@ def model_card(info: dict, model_file: str = "clause_finder.npz") -> str:
         + ", ".join(f"{name} {f1:.2f}" for name, f1 in worst) + ".",
         "",
         "Thresholds shipped: `f1` (per category, best contract-level F1 on the out-of-fold scores) and "
-        "`recall0.90` .. `recall0.99` (the out-of-fold passage recall they reach). Categories with few "
-        "examples (Price Restrictions, Most Favored Nation, ...) are found poorly: use the recall "
-        "thresholds to choose passages for a language model rather than trusting the finder there.",
+        "`recall0.85` .. `recall0.99`: the cheapest per-category thresholds (fewest characters selected) "
+        "that together keep that share of all annotated passages on the out-of-fold scores "
+        "(`finder_train.recall_thresholds`); the cascade shows a language model only what clears them. "
+        "Categories with few examples (Price Restrictions, Most Favored Nation, ...) are found poorly: "
+        "the finder alone misses them, and a recall level may give one up when it would cost far more "
+        "text than it keeps.",
         "",
         "## License and attribution",
         "",
@@ -519,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds for the thresholds")
     parser.add_argument("--card", help="also write the model card (README.md) here")
     args = parser.parse_args(argv)
+    from rlmpipe.offline import configure_offline_defaults
+
+    configure_offline_defaults()
     info = train(args.data_dir, args.out, folds=args.folds, log=lambda m: print(m, file=sys.stderr))
     if args.card:
         Path(args.card).write_text(model_card(info, Path(args.out).name), encoding="utf-8")

@@ -1,0 +1,224 @@
+"""The trained clause finder: offsets, determinism, streaming, the shipped model file."""
+
+from __future__ import annotations
+
+import random
+import socket
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlmpipe.apps.contracts.categories import NAMES
+from rlmpipe.apps.contracts.finder import MODEL_PATH, RECALL_LEVELS, ClauseFinder, Features
+from rlmpipe.apps.contracts.passages import passages
+from rlmpipe.ingest import Block, open_document
+from tests.support.cuad import cuad_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples" / "contracts").glob("*.txt"))
+CUAD = cuad_dir()
+needs_cuad = pytest.mark.skipif(CUAD is None, reason="CUAD data not on this machine (set RLMPIPE_CUAD_DIR)")
+
+
+@pytest.fixture(scope="module")
+def finder() -> ClauseFinder:
+    return ClauseFinder.load()
+
+
+def blocks_of(text: str, sizes=(65536,), seed: int = 0):
+    rng = random.Random(seed)
+    at = 0
+    while at < len(text):
+        n = rng.choice(sizes)
+        yield Block(text[at : at + n], at)
+        at += n
+
+
+# -- passages -----------------------------------------------------------------------------------
+
+
+SAMPLE = ("TITLE\n\n1. Term.  This Agreement starts today.\r\n\r\n   \n2. Law. " + "word " * 900
+          + "end.\n\n\n" + "x" * 5000 + "\n \n(a) last")
+
+
+@pytest.mark.parametrize("max_chars", [2000, 300, 40])
+def test_passages_are_the_documents_text_whatever_the_blocks(max_chars):
+    whole = list(passages([Block(SAMPLE, 0)], max_chars=max_chars))
+    for sizes in [(1,), (1, 2, 3, 5, 8), (97, 1000), (65536,)]:
+        assert list(passages(blocks_of(SAMPLE, sizes), max_chars=max_chars)) == whole
+    for p in whole:
+        assert SAMPLE[p.char_start : p.char_end] == p.text
+        assert p.text == p.text.strip() and 0 < len(p.text) <= max_chars
+    assert [p.char_start for p in whole] == sorted(p.char_start for p in whole)
+    # nothing but whitespace is left out
+    covered = set()
+    for p in whole:
+        covered.update(range(p.char_start, p.char_end))
+    assert all(SAMPLE[i].isspace() for i in range(len(SAMPLE)) if i not in covered)
+
+
+def test_passages_are_paragraphs():
+    found = [p.text for p in passages([Block("A b.\n\nC d.\nE f.\n  \n\nG", 0)])]
+    assert found == ["A b.", "C d.\nE f.", "G"]
+
+
+def test_features_match_scikit_learn():
+    sklearn_text = pytest.importorskip("sklearn.feature_extraction.text")
+    texts = ["The Licensee shall not assign this Agreement.", "Governing law: New York law governs.",
+             "This Agreement shall be governed by the laws of Delaware.", "assign assign assign consent"]
+    ours = Features.fit([texts[:2], texts[2:]], min_df=1)
+    theirs = sklearn_text.TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True).fit(texts)
+    assert ours.vocabulary == sorted(theirs.vocabulary_)
+    indptr, indices, values = ours.rows(texts)
+    dense = np.zeros((len(texts), len(ours)))
+    for row in range(len(texts)):
+        dense[row, indices[indptr[row] : indptr[row + 1]]] = values[indptr[row] : indptr[row + 1]]
+    assert np.allclose(dense, theirs.transform(texts).toarray())
+
+
+# -- the shipped model ----------------------------------------------------------------------------
+
+
+def test_model_file_is_plain_arrays_not_a_pickle():
+    assert zipfile.is_zipfile(MODEL_PATH)
+    with np.load(MODEL_PATH, allow_pickle=False) as data:
+        for key in data.files:
+            assert data[key].dtype != object, key
+    assert MODEL_PATH.stat().st_size <= 20 * 1024 * 1024
+    assert (MODEL_PATH.parent / "README.md").is_file()
+
+
+def test_shipped_model_loads_and_finds_offline(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    finder = ClauseFinder.load()
+    assert finder.categories == NAMES
+    for key in ("trained_with", "data", "cv", "versions"):
+        assert key in finder.info
+    assert "Atticus" in finder.info["data"]["attribution"]
+    assert EXAMPLES, "examples/contracts/*.txt missing"
+    for path in EXAMPLES:
+        document = open_document(path)
+        text = document.text()
+        findings = finder.find(document.blocks())
+        assert findings, f"nothing found in {path.name}"
+        for finding in findings:
+            assert finding.category in NAMES
+            assert text[finding.char_start : finding.char_end] == finding.passage
+            assert 0.0 <= finding.score <= 1.0
+
+
+def test_thresholds(finder):
+    f1 = finder.thresholds()
+    assert f1.shape == (len(NAMES),) and np.all(f1 > 0)
+    previous = None
+    for level in RECALL_LEVELS:
+        t = finder.thresholds(f"recall{level:.2f}")
+        assert t.shape == (len(NAMES),)
+        if previous is not None:
+            assert np.all(t <= previous)  # more recall never needs a higher threshold
+        previous = t
+    with pytest.raises(KeyError):
+        finder.thresholds("nonsense")
+
+
+@needs_cuad
+def test_findings_are_verbatim_on_cuad_contracts(finder):
+    for name in ("cuad_000.txt", "cuad_100.txt", "cuad_314.txt"):  # cuad_314 is one long line
+        path = CUAD / "contracts" / name
+        with open(path, encoding="utf-8", newline="") as handle:
+            text = handle.read()
+        scored = list(finder.score(open_document(path).blocks()))
+        assert scored
+        for passage, scores in scored:
+            assert text[passage.char_start : passage.char_end] == passage.text
+            assert scores.shape == (len(NAMES),) and np.all((scores >= 0) & (scores <= 1))
+        findings = finder.find(open_document(path).blocks(), thresholds="recall0.90")
+        assert {f.category for f in findings} <= set(NAMES)
+        for f in findings:
+            assert text[f.char_start : f.char_end] == f.passage
+
+
+def test_scores_do_not_depend_on_blocking(finder):
+    text = EXAMPLES[0].read_text(encoding="utf-8")
+    whole = [(p, s) for p, s in finder.score([Block(text, 0)])]
+    pieces = [(p, s) for p, s in finder.score(blocks_of(text, (1, 50, 3000)))]
+    assert [p for p, _ in whole] == [p for p, _ in pieces]
+    assert np.allclose(np.array([s for _, s in whole]), np.array([s for _, s in pieces]))
+
+
+# -- streaming ------------------------------------------------------------------------------------
+
+
+def synthetic_contract(paragraphs: int):
+    """Blocks of a long synthetic contract, 10 paragraphs each, recording how many were read."""
+    state = {"read": 0}
+    clauses = ["This Agreement shall be governed by the laws of the State of New York.",
+               "Neither party may assign this Agreement without the prior written consent of the other party.",
+               "Licensee shall maintain insurance with reputable insurers during the Term.",
+               "The parties agree to meet quarterly to review performance."]
+
+    def generate():
+        at = 0
+        for start in range(0, paragraphs, 10):
+            text = "".join(f"{start + i + 1}. {clauses[(start + i) % len(clauses)]}\n\n" for i in range(10))
+            state["read"] += 1
+            yield Block(text, at)
+            at += len(text)
+
+    return generate(), state
+
+
+def test_score_reads_blocks_lazily(finder):
+    blocks, state = synthetic_contract(100_000)  # 10,000 blocks
+    stream = finder.score(blocks)
+    first_passage, _ = next(stream)
+    assert first_passage.char_start == 0
+    assert state["read"] <= 10, f"{state['read']} blocks read before the first passage came out"
+    for _ in range(500):
+        next(stream)
+    assert state["read"] <= 60
+
+
+def test_memory_is_flat_in_document_size(finder):
+    def peak(paragraphs: int) -> int:
+        blocks, _ = synthetic_contract(paragraphs)
+        tracemalloc.start()
+        try:
+            best = np.zeros(len(NAMES))
+            for _, scores in finder.score(blocks):
+                np.maximum(best, scores, out=best)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(2_000), peak(20_000)
+    assert large < 1.5 * small, f"peak memory grew {large / small:.1f}x for a 10x longer document"
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+
+@needs_cuad
+def test_training_is_deterministic(tmp_path):
+    pytest.importorskip("sklearn")
+    from rlmpipe.apps.contracts.finder_train import train
+
+    ids = sorted(p.stem for p in (CUAD / "contracts").glob("*.txt"))[:6]
+    first = tmp_path / "a" / "model.npz"
+    second = tmp_path / "b" / "model.npz"
+    info = train(CUAD, first, contract_ids=ids, folds=3)
+    train(CUAD, second, contract_ids=ids, folds=3)
+    assert first.read_bytes() == second.read_bytes()
+    assert info["data"]["contracts"] == 6 and len(info["data"]["sha256"]) == 64
+    model = ClauseFinder.load(first)
+    assert model.categories == NAMES
+    text = (CUAD / "contracts" / f"{ids[0]}.txt").read_text(encoding="utf-8")
+    assert any(f.category == "Document Name" for f in model.find([Block(text, 0)], thresholds="recall0.99"))
