@@ -21,6 +21,8 @@ from typing import Any, Callable, Iterator
 from rlmpipe.chunking import ChunkingConfig
 
 EXECUTORS = ("threads", "ray")
+#: what the contract analyzer's LM reads: the passages the clause finder flags, or every chunk
+READS = {"candidates": "cascade", "all": "full"}
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -84,10 +86,16 @@ class _Model:
     adapter: Any
     record: dict | None  # how to make it again (None: an LM object the caller built)
 
+    @property
+    def is_none(self) -> bool:
+        """No language model (``lm="none"``): only a pipeline that works without one can run."""
+        return bool(self.record) and self.record.get("lm") == "none"
+
 
 def _model(lm, *, api_base=None, model_path=None, max_output_tokens=None, adapter=None, default="local") -> _Model:
-    """``lm`` as a ready DSPy LM: a model string (checked before the run), a ``dspy.BaseLM``, or
-    None (DSPy's configured LM, else rlmpipe's default: RLMPIPE_LM, rlmpipe.toml, the local model)."""
+    """``lm`` as a ready DSPy LM: a model string (checked before the run; ``"none"`` for no model),
+    a ``dspy.BaseLM``, or None (DSPy's configured LM, else rlmpipe's default: RLMPIPE_LM,
+    rlmpipe.toml, then ``default``: the local model, or none for the contract analyzer)."""
     import dspy
 
     from rlmpipe.lm.models import ModelChoice, choose_model, prepare_model
@@ -141,9 +149,14 @@ def _result(summary, store, final=None, outputs=None, command="run") -> RunResul
 def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=None, on_start=None,
              finish: Callable | None = None) -> RunResult:
     """One run of ``pipeline``; ``command`` (how to make it again) is kept with the run for resume."""
+    from rlmpipe.lm.errors import FatalLMError
     from rlmpipe.runtime.runner import execute
     from rlmpipe.runtime.store import Store
 
+    if model.is_none and not getattr(pipeline, "works_without_lm", False):
+        raise FatalLMError(f"{command['name']} needs a language model (got 'none')",
+                           "give one with --lm (e.g. --lm openai/gpt-4o-mini), RLMPIPE_LM or rlmpipe.toml; "
+                           "'local' is the embedded model", kind="not_configured")
     options.adapter = options.adapter if options.adapter is not None else model.adapter
     run_config = {"command": {**command, "paths": [str(Path(p).resolve()) for p in paths], "model": model.record}}
     with Store(options.workspace) as store:
@@ -208,8 +221,9 @@ def summarize(inputs, *, pattern: str = "map-reduce", strategy: str = "structure
 
     pipeline = SummarizePipeline(ChunkingConfig(strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap),
                                  merge_input_tokens, pattern=pattern, window_tokens=window_tokens)
-    return _builtin("summarize", pipeline, inputs, lm=lm, api_base=api_base, model_path=model_path,
-                    max_output_tokens=max_output_tokens, outputs={"out": str(Path(out).resolve()) if out else None},
+    model = _model(lm, api_base=api_base, model_path=model_path, max_output_tokens=max_output_tokens)
+    return _builtin("summarize", pipeline, inputs, model=model,
+                    outputs={"out": str(Path(out).resolve()) if out else None},
                     events=events, on_start=on_start, finish=_write_summaries(out), **run_options)
 
 
@@ -230,17 +244,41 @@ def _write_summaries(out):
 
 
 def analyze_contracts(inputs, out: str | os.PathLike = "contracts-out", *, lm: str | None = None,
-                      api_base: str | None = None, model_path: str | None = None,
-                      max_output_tokens: int | None = None, chunk_tokens: int = 1024, overlap: int = 128,
-                      events=None, on_start=None, **run_options) -> RunResult:
-    """Clauses, risks, obligations, summary and risk score of every contract (``rlmpipe contracts
-    analyze``); writes contracts.jsonl, clauses.csv, failed.jsonl and report.html to ``out``."""
-    from rlmpipe.apps.contracts import ContractsPipeline, write_results
+                      read: str = "candidates", api_base: str | None = None, model_path: str | None = None,
+                      max_output_tokens: int | None = None, finder_model: str | os.PathLike | None = None,
+                      recall: str | None = None, context_chars: int | None = None, batch_tokens: int | None = None,
+                      chunk_tokens: int | None = None, overlap: int | None = None, events=None, on_start=None,
+                      **run_options) -> RunResult:
+    """Clauses, summary and risk score of every contract, with risks and obligations when there is a
+    language model (``rlmpipe contracts analyze``); writes contracts.jsonl, clauses.csv,
+    failed.jsonl and report.html to ``out``.
 
-    pipeline = ContractsPipeline(ChunkingConfig(strategy="structure", chunk_tokens=chunk_tokens, overlap=overlap))
+    Without a model (``lm="none"``, the default when none is configured) the trained clause finder
+    works alone, in seconds. With one, ``read="candidates"`` (the default) sends it only the
+    passages the finder flags at the ``recall`` threshold (``"recall0.85"`` .. ``"recall0.99"``),
+    with ``context_chars`` around each, in calls of at most ``batch_tokens``; ``read="all"`` has it
+    read every chunk (``chunk_tokens``, ``overlap``). The defaults are the ones bench/contracts_cost.py
+    chose (bench/RESULTS.md, "contracts-cost"). ``finder_model``: a model file made by
+    ``rlmpipe contracts train-finder`` instead of the shipped one."""
+    from rlmpipe.apps.contracts import ContractsPipeline, write_results
+    from rlmpipe.apps.contracts import pipeline as contracts
+
+    if read not in READS:
+        raise ValueError(f"unknown read {read!r} (choose from: {', '.join(READS)})")
+    model = _model(lm, api_base=api_base, model_path=model_path, max_output_tokens=max_output_tokens, default="none")
+    if model.is_none and read == "all":
+        raise ValueError("read='all' (--read all) needs a language model: give one with --lm")
+    mode = "finder" if model.is_none else READS[read]
+    default = contracts.DEFAULT_CHUNKING
+    chunking = ChunkingConfig(strategy="structure", chunk_tokens=chunk_tokens or default.chunk_tokens,
+                              overlap=default.overlap if overlap is None else overlap)
+    pipeline = ContractsPipeline(
+        chunking, mode=mode,
+        finder_model=finder_model, recall=recall or contracts.DEFAULT_RECALL,
+        context_chars=contracts.DEFAULT_CONTEXT_CHARS if context_chars is None else context_chars,
+        batch_tokens=batch_tokens or contracts.DEFAULT_BATCH_TOKENS)
     out = Path(out)
-    return _builtin("contracts", pipeline, inputs, lm=lm, api_base=api_base, model_path=model_path,
-                    max_output_tokens=max_output_tokens, outputs={"out": str(out.resolve())}, events=events,
+    return _builtin("contracts", pipeline, inputs, model=model, outputs={"out": str(out.resolve())}, events=events,
                     on_start=on_start, finish=lambda summary, store: write_results(summary, store, out),
                     **run_options)
 
@@ -256,8 +294,8 @@ def ask(inputs, question: str, *, max_depth: int = 2, max_iters: int = 12, max_l
     pipeline = AskPipeline(question, max_depth=max_depth, max_iters=max_iters, max_llm_calls=max_llm_calls,
                            sandbox={"timeout": exec_timeout})
     run_options.setdefault("concurrency", 4)
-    return _builtin("ask", pipeline, inputs, lm=lm, api_base=api_base, model_path=model_path,
-                    max_output_tokens=max_output_tokens, outputs={}, events=events, on_start=on_start,
+    model = _model(lm, api_base=api_base, model_path=model_path, max_output_tokens=max_output_tokens)
+    return _builtin("ask", pipeline, inputs, model=model, outputs={}, events=events, on_start=on_start,
                     finish=None, **run_options)
 
 
@@ -266,8 +304,7 @@ _RUN_OPTION_NAMES = ("concurrency", "requests_per_minute", "tokens_per_minute", 
                      "ray_address", "resume_run_id")
 
 
-def _builtin(name, pipeline, inputs, *, lm, api_base, model_path, max_output_tokens, outputs, events, on_start,
-             finish, **run_options) -> RunResult:
+def _builtin(name, pipeline, inputs, *, model: _Model, outputs, events, on_start, finish, **run_options) -> RunResult:
     from rlmpipe.runtime.runner import RunOptions
 
     unknown = set(run_options) - set(_RUN_OPTION_NAMES)
@@ -276,9 +313,6 @@ def _builtin(name, pipeline, inputs, *, lm, api_base, model_path, max_output_tok
     executor = run_options.pop("executor", "threads")
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r} (choose from: {', '.join(EXECUTORS)})")
-    default = "local"
-    model = _model(lm, api_base=api_base, model_path=model_path, max_output_tokens=max_output_tokens,
-                   default=default) if not _is_none(lm, api_base, model_path, default) else _Model(None, None, None)
     prices = run_options.pop("prices", None) or {}
     options = RunOptions(**run_options, prices=dict(prices), executor=executor)
     command = {"name": name, "settings": pipeline.settings(), "outputs": outputs,
@@ -286,12 +320,6 @@ def _builtin(name, pipeline, inputs, *, lm, api_base, model_path, max_output_tok
                            if key in ("concurrency", "requests_per_minute", "tokens_per_minute")}}
     return _execute(pipeline, _paths(inputs), model, options, command=command, events=events, on_start=on_start,
                     finish=finish)
-
-
-def _is_none(lm, api_base, model_path, default) -> bool:
-    from rlmpipe.lm.models import choose_model
-
-    return choose_model(lm, api_base, model_path, default=default).is_none
 
 
 def resume(run_id: str, *, workspace: str | os.PathLike | None = None, max_run_tokens: int | None = None,
@@ -337,7 +365,7 @@ def _rebuild_summarize(command, model, **options) -> RunResult:
 
     pipeline = SummarizePipeline.from_settings(command["settings"])
     out = (command.get("outputs") or {}).get("out")
-    return _builtin("summarize", pipeline, command["paths"], **_model_arguments(model),
+    return _builtin("summarize", pipeline, command["paths"], model=_model(**_model_arguments(model)),
                     outputs=command.get("outputs") or {}, finish=_write_summaries(out), **options)
 
 
@@ -346,7 +374,8 @@ def _rebuild_contracts(command, model, **options) -> RunResult:
 
     pipeline = ContractsPipeline.from_settings(command["settings"])
     out = Path(command["outputs"]["out"])
-    return _builtin("contracts", pipeline, command["paths"], **_model_arguments(model), outputs=command["outputs"],
+    return _builtin("contracts", pipeline, command["paths"], model=_model(**_model_arguments(model), default="none"),
+                    outputs=command["outputs"],
                     finish=lambda summary, store: write_results(summary, store, out), **options)
 
 
@@ -354,4 +383,5 @@ def _rebuild_ask(command, model, **options) -> RunResult:
     from rlmpipe.apps.ask import AskPipeline
 
     pipeline = AskPipeline.from_settings(command["settings"])
-    return _builtin("ask", pipeline, command["paths"], **_model_arguments(model), outputs={}, finish=None, **options)
+    return _builtin("ask", pipeline, command["paths"], model=_model(**_model_arguments(model)), outputs={},
+                    finish=None, **options)

@@ -429,23 +429,68 @@ app.add_typer(contracts_app, name="contracts")
 def contracts_analyze(
     paths: List[Path] = typer.Argument(..., help="Contracts, or folders of them (.txt .md .pdf .docx .html)."),
     out: Path = typer.Option(Path("contracts-out"), help="Folder for contracts.jsonl, clauses.csv, report.html."),
-    chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="Tokens per chunk."),
-    overlap: int = typer.Option(128, "--overlap", help="Tokens shared by consecutive chunks."),
+    read: str = typer.Option("candidates", "--read", help="What the LM reads: candidates (the passages the clause "
+                             "finder flags, with their context) or all (every chunk; costs several times more)."),
+    recall: Optional[str] = typer.Option(None, "--recall", help="How many of the clauses the finder must pass to "
+                                         "the LM: recall0.85 .. recall0.99 (default recall0.95)."),
+    context_chars: Optional[int] = typer.Option(None, "--context-chars", help="Characters of context the LM sees "
+                                                "on each side of a flagged passage."),
+    finder_model: Optional[Path] = typer.Option(None, "--finder-model", help="A clause finder trained with "
+                                                "'rlmpipe contracts train-finder' (default: the shipped one)."),
+    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Tokens per chunk (--read all; "
+                                               "default 4096)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Tokens shared by consecutive chunks (--read all; "
+                                          "default 0)."),
     old_resume: bool = typer.Option(False, "--resume", hidden=True),
     *, flags: RunFlags,
 ) -> None:
-    """Clauses, risks, obligations, summary and risk score for every contract, with verified evidence.
+    """Clauses, summary and risk score for every contract, every finding in the contract's own words.
 
-    Re-running the same command resumes it: finished contracts and chunks are not analysed again."""
+    Without a model (--lm none, the default when none is configured) the trained clause finder works
+    alone, in seconds. With --lm, the finder picks the passages the model reads, and the model
+    confirms the clauses and adds risks and obligations. Re-running the same command resumes it:
+    finished contracts and LM calls are not repeated."""
     from rlmpipe import api
 
     if old_resume:
         deprecated("--resume", "--force-resume")
         flags.force_resume = True
     with session(flags) as (events, on_start):
-        result = api.analyze_contracts(paths, out, chunk_tokens=chunk_tokens, overlap=overlap, events=events,
-                                       on_start=on_start, **flags.model(), **flags.run_options())
+        result = api.analyze_contracts(paths, out, read=read, recall=recall, context_chars=context_chars,
+                                       finder_model=finder_model, chunk_tokens=chunk_tokens, overlap=overlap,
+                                       events=events, on_start=on_start, **flags.model(), **flags.run_options())
     finish(result, wrote=result.outputs)
+
+
+@contracts_app.command("train-finder")
+def contracts_train_finder(
+    data_dir: Path = typer.Argument(..., help="A CUAD folder: contracts/*.txt, annotations.jsonl, "
+                                    "contract_labels.jsonl."),
+    out: Path = typer.Option(..., "--out", help="The model file to write (.npz)."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (by contract) for the thresholds."),
+    card: Optional[Path] = typer.Option(None, "--card", help="Also write the model card (a README.md) here."),
+) -> None:
+    """Train the clause finder on expert-annotated contracts (deterministic: same data, same bytes).
+
+    Needs scikit-learn (pip install 'rlmpipe[train]'); the model it writes needs only numpy. Use it
+    with: rlmpipe contracts analyze DIR --finder-model FILE"""
+    try:
+        from rlmpipe.apps.contracts import finder_train
+        import sklearn  # noqa: F401
+    except ImportError:
+        fail("train-finder needs scikit-learn: pip install 'rlmpipe[train]'")
+    for name in ("contracts", "annotations.jsonl", "contract_labels.jsonl"):
+        if not (data_dir / name).exists():
+            fail(f"{data_dir}: no {name} (a CUAD folder has contracts/, annotations.jsonl, contract_labels.jsonl)")
+    try:
+        info = finder_train.train(data_dir, out, folds=folds, log=lambda message: typer.echo(message, err=True))
+    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        fail(f"{data_dir}: {exc}")
+    if card is not None:
+        card.write_text(finder_train.model_card(info, out.name), encoding="utf-8")
+    cv = info["cv"]
+    typer.echo(f"wrote {out}: cross-validated contract-level macro F1 {cv['macro']['f1']:.3f}, "
+               f"micro F1 {cv['micro']['f1']:.3f}, passage recall {cv['passage_recall']:.3f}")
 
 
 # --- resume ---------------------------------------------------------------------------------------------------

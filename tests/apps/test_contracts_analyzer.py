@@ -50,7 +50,8 @@ def test_corpus_analysis_with_a_bad_file_verified_evidence_outputs_and_resume(op
             assert INVENTED not in evidence["quote"]
         stats = record["evidence"]
         assert stats["rejected"] >= record["chunks"], "each chunk's invented quote was rejected and counted"
-        assert stats["proposed"] == stats["verified"] + stats["rejected"] + stats["unknown_category"]
+        assert stats["proposed"] == (stats["verified"] + stats["rejected"] + stats["unknown_category"]
+                                     + stats["not_asked"])
         assert 0 <= record["risk_score"] <= 100
         assert record["risk_score"] == sum(item["points"] for item in record["risk_breakdown"])
         assert record["summary"]

@@ -175,7 +175,9 @@ class PreparedModel:
 def prepare_model(choice: ModelChoice, *, max_output_tokens: int | None = None, check: bool = True) -> PreparedModel:
     """The DSPy LM for a choice, after :func:`preflight`, with the model's own needs applied."""
     if choice.is_none:
-        raise ValueError("no language model was chosen ('none')")
+        from rlmpipe.lm.none import NoLM
+
+        return PreparedModel(NoLM(), None, choice)
     if check:
         preflight(choice)
     if choice.is_local:

@@ -16,12 +16,13 @@ __all__ = ["ContractsPipeline", "DEFAULT_CHUNKING", "analyze", "write_results"]
 
 
 def analyze(paths: list, lm, out: str | Path, *, options: RunOptions | None = None,
-            chunking: ChunkingConfig | None = None, store: Store | None = None, events=None,
+            chunking: ChunkingConfig | None = None, mode: str = "full", store: Store | None = None, events=None,
             run_config: dict | None = None, on_start=None) -> tuple[RunSummary, dict[str, Path]]:
-    """Analyse every contract under ``paths`` with the DSPy LM ``lm``; write the outputs to ``out``."""
+    """Analyse every contract under ``paths`` with the DSPy LM ``lm`` (``mode``: full, cascade or
+    finder, see :mod:`.pipeline`); write the outputs to ``out``."""
     options = options or RunOptions()
     store = store or Store(options.workspace)
-    summary = execute(ContractsPipeline(chunking), paths, lm, options=options, store=store, events=events,
+    summary = execute(ContractsPipeline(chunking, mode=mode), paths, lm, options=options, store=store, events=events,
                       run_config=run_config, on_start=on_start)
     return summary, write_results(summary, store, Path(out))
 

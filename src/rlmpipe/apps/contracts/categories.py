@@ -67,5 +67,8 @@ def normalize_category(text: str) -> str | None:
     return _BY_KEY.get(_KEY.sub("", (text or "").lower()))
 
 
-def category_guide() -> str:
-    return "\n".join(f"- {name}: {question}" for name, question in CATEGORIES.items())
+def category_guide(names=None) -> str:
+    """``- Name: what it means``, one line per category (all of them, or ``names`` in CUAD's order)."""
+    wanted = set(names) if names is not None else None
+    return "\n".join(f"- {name}: {question}" for name, question in CATEGORIES.items()
+                     if wanted is None or name in wanted)

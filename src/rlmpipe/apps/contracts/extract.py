@@ -1,11 +1,19 @@
-"""The two questions the analyzer asks a model: what is in this excerpt, and what is the gist."""
+"""The questions the analyzer asks a model: what is in this excerpt (a full read), are these suspected
+clauses really there (the cascade), and what is the gist."""
 
 from __future__ import annotations
 
 import dspy
 
 from rlmpipe.apps.contracts.categories import category_guide
-from rlmpipe.apps.contracts.schema import ClauseQuote, ObligationQuote, RiskQuote
+from rlmpipe.apps.contracts.schema import (
+    ClauseQuote,
+    ObligationQuote,
+    ReviewedClause,
+    ReviewedObligation,
+    ReviewedRisk,
+    RiskQuote,
+)
 
 EXTRACT_INSTRUCTIONS = f"""You review one excerpt of a commercial contract for a lawyer.
 
@@ -30,6 +38,28 @@ class ExtractFindings(dspy.Signature):
     obligations: list[ObligationQuote] = dspy.OutputField()
 
 
+REVIEW_INSTRUCTIONS = """You check excerpts of a commercial contract for a lawyer. A screening model
+suspects some clause categories in each excerpt; the categories are explained below.
+
+For each excerpt, confirm each suspected category that the excerpt really contains, and only those
+(leave out the ones it does not), quoting the shortest passage of that excerpt that shows it. Also
+list the risks the excerpts create for either party (severity low, medium or high) and the
+obligations they place on a party (who must do what, by when or on what condition).
+
+Every quote must be copied word for word from the excerpt named with it: it is checked against the
+contract, and a quote that is not found there is discarded."""
+
+
+class ReviewExcerpts(dspy.Signature):
+    __doc__ = REVIEW_INSTRUCTIONS
+
+    categories: str = dspy.InputField(desc="what each suspected category means")
+    excerpts: str = dspy.InputField(desc="numbered excerpts, each with the categories suspected in it")
+    clauses: list[ReviewedClause] = dspy.OutputField()
+    risks: list[ReviewedRisk] = dspy.OutputField()
+    obligations: list[ReviewedObligation] = dspy.OutputField()
+
+
 class SummarizeContract(dspy.Signature):
     """Write a short executive summary of a contract for a busy reader (at most 120 words): what it
     is, between whom, its term, the main obligations, and the main risks. Use only the findings
@@ -45,10 +75,19 @@ class Extractor:
 
     def __init__(self) -> None:
         self.extract = dspy.Predict(ExtractFindings)
+        self.review = dspy.Predict(ReviewExcerpts)
         self.summarize = dspy.Predict(SummarizeContract)
 
     def findings(self, excerpt: str) -> dict:
         prediction = self.extract(excerpt=excerpt)
+        return {
+            "clauses": [item.model_dump() for item in prediction.clauses or []],
+            "risks": [item.model_dump() for item in prediction.risks or []],
+            "obligations": [item.model_dump() for item in prediction.obligations or []],
+        }
+
+    def reviewed(self, categories: str, excerpts: str) -> dict:
+        prediction = self.review(categories=categories, excerpts=excerpts)
         return {
             "clauses": [item.model_dump() for item in prediction.clauses or []],
             "risks": [item.model_dump() for item in prediction.risks or []],

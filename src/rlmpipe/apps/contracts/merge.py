@@ -67,6 +67,8 @@ def _merge_group(kind: str, items: list[dict]) -> list[dict]:
             last = merged[-1]
             if item["end"] > last["end"]:
                 last["end"] = item["end"]
+            if item.get("score") is not None:
+                last["score"] = max(item["score"], last.get("score") or 0.0)
             if kind == "risks" and SEVERITY_ORDER.get(item.get("severity"), 0) > SEVERITY_ORDER.get(last.get("severity"), 0):
                 last["severity"], last["why"] = item["severity"], item.get("why", last.get("why", ""))
             continue
@@ -87,7 +89,8 @@ def merge_findings(verified: Verified, text_of) -> tuple[list[Clause], list[Risk
     def evidence(item: dict) -> Evidence:
         return Evidence(quote=text_of(item["start"], item["end"]), char_start=item["start"], char_end=item["end"])
 
-    clauses = [Clause(category=i["category"], evidence=evidence(i)) for i in out["clauses"]]
+    clauses = [Clause(category=i["category"], evidence=evidence(i), score=i.get("score"), confirmed=i.get("confirmed"))
+               for i in out["clauses"]]
     risks = [Risk(what=i.get("what", ""), severity=i.get("severity", "low"), why=i.get("why", ""),
                   evidence=evidence(i)) for i in out["risks"]]
     obligations = [Obligation(party=i.get("party", ""), action=i.get("action", ""), due=i.get("due", "") or "",

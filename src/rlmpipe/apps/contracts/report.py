@@ -31,6 +31,9 @@ mark{background:#fff3a3;border-radius:2px}mark.risk{background:#ffd6d1}mark.obli
 mark:target,mark.flash{outline:2px solid #d97706}
 ul.findings li{margin:.25rem 0}.quote{color:#475467;font-style:italic}
 .warning{background:#fff4e5;border-left:4px solid #d97706;padding:.6rem .9rem;border-radius:4px}
+.note{background:#eef4ff;border-left:4px solid #1a56b0;padding:.6rem .9rem;border-radius:4px}
+.finder-score{background:#eef0f4;color:#344054}.confirmed{background:#e6f4ea;color:#1e6b35}
+.unconfirmed{background:#f3f0ff;color:#5b3cc4}
 """
 
 SCRIPT = """
@@ -143,16 +146,17 @@ def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> 
             f'</a>{_partial_pill(record)}<div class="muted">{e(Path(record["path"]).name)}</div></td>'
             f'<td class="num score" data-value="{record["risk_score"]}">{record["risk_score"]}</td>'
             f'<td class="num" data-value="{len(present)}">{len(present)}</td>'
-            f'<td data-value="{len(record["risks"])}">{_severity_counts(record)}</td>'
-            f'<td class="num">{len(record["obligations"])}</td>'
+            f'<td data-value="{len(record["risks"])}">{_needs_lm("risks", record) or _severity_counts(record)}</td>'
+            f'<td class="num">{_needs_lm("obligations", record) or len(record["obligations"])}</td>'
             f'<td class="num">{record["evidence"]["rejected"]}</td></tr>')
     options = "".join(f'<option value="{e(name)}">{e(name)}</option>' for name in NAMES)
     failed = "".join(f"<li><b>{e(Path(f['path']).name)}</b> ({e(f.get('status', 'failed'))}): {e(f['error'])}</li>"
                      for f in failures)
-    model = f" · model {e(run['model'])} · run {e(run['run_id'])}" if run else ""
-    banner = ""
+    model = (f" · {'no language model' if run['model'] == 'none' else 'model ' + e(run['model'])}"
+             f" · run {e(run['run_id'])}") if run else ""
+    banner = _mode_note(records)
     if run and run.get("status") not in (None, "done"):
-        banner = (f'<p class="warning" role="alert" id="run-status">This run {e(run["status"])} before it finished '
+        banner += (f'<p class="warning" role="alert" id="run-status">This run {e(run["status"])} before it finished '
                   f'({e(run.get("stop_reason") or "")}): these outputs are partial and hold what was done. Resume it '
                   f'with <code>rlmpipe resume {e(run["run_id"])}</code>.</p>')
     body = (
@@ -203,8 +207,9 @@ def contract_page(record: dict, text: str | None) -> str:
         anchor = f"clause-{index}"
         ev = clause["evidence"]
         spans.append((ev["char_start"], ev["char_end"], anchor, "clause"))
-        items.append(("clause", clause["category"], f'<li><b>{e(clause["category"])}</b> <a href="#{anchor}">'
-                      f'[{ev["char_start"]}-{ev["char_end"]}]</a> <span class="quote">{e(_clip(ev["quote"]))}</span></li>'))
+        items.append(("clause", clause["category"], f'<li><b>{e(clause["category"])}</b> {_clause_pills(clause)}'
+                      f'<a href="#{anchor}">[{ev["char_start"]}-{ev["char_end"]}]</a> '
+                      f'<span class="quote">{e(_clip(ev["quote"]))}</span></li>'))
     risk_items = []
     for index, risk in enumerate(record["risks"]):
         anchor = f"risk-{index}"
@@ -229,15 +234,16 @@ def contract_page(record: dict, text: str | None) -> str:
     stats = record["evidence"]
     body = (
         f'<p><a href="../report.html">&larr; all contracts</a></p><h1>{e(record["title"] or Path(record["path"]).name)}</h1>'
-        f'<p class="muted">{e(record["path"])} · {record["chunks"]} chunk(s) · document {e(record["doc_id"])}</p>'
+        f'<p class="muted">{e(record["path"])} · {_how_read(record)} · document {e(record["doc_id"])}</p>'
         f'<div class="cards"><div class="card"><b>{record["risk_score"]}</b>risk score</div>'
         f'<div class="card"><b>{stats["verified"]}</b>verified quotes</div>'
         f'<div class="card"><b>{stats["rejected"]}</b>quotes rejected (not in the contract)</div></div>'
-        + _nothing_verified_note([record])
+        + _mode_note([record]) + _nothing_verified_note([record])
         + f'<h2>Summary</h2><p>{e(record["summary"])}</p>'
         f'<h2>Score</h2><ul>{breakdown or "<li>no rubric line applied</li>"}</ul>'
-        f'<h2>Risks</h2><ul class="findings">{"".join(risk_items) or "<li>none found</li>"}</ul>'
-        f'<h2>Obligations</h2><ul class="findings">{"".join(obligation_items) or "<li>none found</li>"}</ul>'
+        f'<h2>Risks</h2><ul class="findings">{"".join(risk_items) or _none_found("risks", record)}</ul>'
+        f'<h2>Obligations</h2><ul class="findings">{"".join(obligation_items) or _none_found("obligations", record)}'
+        '</ul>'
         f'<h2>Clauses</h2><ul class="findings">{"".join(i for _, _, i in items) or "<li>none found</li>"}</ul>'
         f'<h2>CUAD categories present</h2>{categories}'
         + (f'<p class="muted">Extraction failed on {len(record["failed_chunks"])} chunk(s); their findings are missing.</p>'
@@ -249,10 +255,58 @@ def contract_page(record: dict, text: str | None) -> str:
     return _page(record["title"] or Path(record["path"]).name, body, script=True)
 
 
+def _mode_note(records: list[dict]) -> str:
+    """How the findings were made, when a language model did not read everything."""
+    modes = {r.get("mode", "full") for r in records}
+    notes = []
+    if "finder" in modes:
+        notes.append('<p class="note" role="note" id="mode-finder">Found by the trained clause finder alone, '
+                     "without a language model: each clause is a passage of the contract whose finder score "
+                     "(0-1) cleared its category's threshold. Risks and obligations need a language model: run "
+                     "again with <code>--lm MODEL</code> to have one confirm these clauses and add them.</p>")
+    if "cascade" in modes:
+        notes.append('<p class="note" role="note" id="mode-cascade">The clause finder chose the passages; the '
+                     "language model read only those (with their context), confirmed each clause it lists "
+                     "(<i>LM-confirmed</i>) and added the risks and obligations. Passages the finder scored low "
+                     "were not read: <code>--read all</code> has the model read everything.</p>")
+    return "".join(notes)
+
+
+def _clause_pills(clause: dict) -> str:
+    pills = ""
+    if clause.get("score") is not None:
+        pills += f'<span class="pill finder-score" title="the clause finder\'s score">score {clause["score"]:.2f}</span> '
+    if clause.get("confirmed"):
+        pills += '<span class="pill confirmed" title="a language model found or confirmed it">LM-confirmed</span> '
+    elif clause.get("score") is not None:
+        pills += '<span class="pill unconfirmed" title="no language model checked it">finder only</span> '
+    return pills
+
+
+def _needs_lm(kind: str, record: dict) -> str:
+    return '<span class="muted">needs an LM</span>' if kind in (record.get("needs_lm") or []) else ""
+
+
+def _none_found(kind: str, record: dict) -> str:
+    if kind in (record.get("needs_lm") or []):
+        return (f'<li class="muted">not looked for: {kind} need a language model '
+                "(<code>--lm MODEL</code>)</li>")
+    return "<li>none found</li>"
+
+
+def _how_read(record: dict) -> str:
+    mode = record.get("mode", "full")
+    if mode == "finder":
+        return "clause finder only (no language model)"
+    if mode == "cascade":
+        return f'{record["chunks"]} LM call(s) on the passages the finder flagged'
+    return f'{record["chunks"]} chunk(s) read by the LM'
+
+
 def _nothing_verified_note(records: list[dict]) -> str:
     """A warning where contracts have no verified finding at all: their score then comes only from the
     rubric's "no X" lines, and "absent" means "the model found nothing", not "the contract lacks it"."""
-    empty = [r for r in records if r["evidence"]["verified"] == 0]
+    empty = [r for r in records if r["evidence"]["verified"] == 0 and r.get("mode", "full") != "finder"]
     if not empty:
         return ""
     proposed = sum(r["evidence"]["proposed"] for r in empty)

@@ -35,6 +35,20 @@ class ObligationQuote(BaseModel):
     quote: str = Field(description="the exact words of the excerpt it comes from")
 
 
+class ReviewedClause(BaseModel):
+    excerpt: int = Field(description="the number of the excerpt it is in")
+    category: str = Field(description="one of the excerpt's suspected categories, exactly as written")
+    quote: str = Field(description="the shortest passage of that excerpt that shows it, copied word for word")
+
+
+class ReviewedRisk(RiskQuote):
+    excerpt: int = Field(description="the number of the excerpt the quote is from")
+
+
+class ReviewedObligation(ObligationQuote):
+    excerpt: int = Field(description="the number of the excerpt the quote is from")
+
+
 # --- what the analyzer writes -------------------------------------------------------------------------
 class Evidence(BaseModel):
     quote: str = Field(description="the text of the contract at [char_start, char_end)")
@@ -45,6 +59,9 @@ class Evidence(BaseModel):
 class Clause(BaseModel):
     category: str
     evidence: Evidence
+    score: float | None = Field(None, description="the clause finder's score for this passage and category (0-1)")
+    confirmed: bool | None = Field(
+        None, description="true: a language model found or confirmed it; null: found by the clause finder alone")
 
 
 class Risk(BaseModel):
@@ -77,6 +94,7 @@ class EvidenceStats(BaseModel):
     verified: int = Field(description="quotes found in the contract")
     rejected: int = Field(description="quotes not found in the contract (invented or altered): dropped")
     unknown_category: int = Field(0, description="clauses with a category name that is not a CUAD category: dropped")
+    not_asked: int = Field(0, description="cascade: clauses of a category the excerpt was not asked about: dropped")
 
 
 class ContractRecord(BaseModel):
@@ -85,7 +103,8 @@ class ContractRecord(BaseModel):
     doc_id: str = Field(description="hash of the file's bytes")
     path: str
     title: str = ""
-    chunks: int
+    chunks: int = Field(description="LM calls that read the contract: chunks (full read) or batches of excerpts "
+                                    "(cascade); 0 without an LM")
     clauses: list[Clause]
     categories: list[CategoryResult] = Field(description="all 41 CUAD categories, present or absent")
     risks: list[Risk]
@@ -97,3 +116,8 @@ class ContractRecord(BaseModel):
     failed_chunks: list[str] = Field(default_factory=list, description="chunks whose extraction failed")
     status: Literal["complete", "partial"] = Field(
         "complete", description="partial: some chunks could not be analysed (see failed_chunks): findings may be missing")
+    mode: Literal["finder", "cascade", "full"] = Field(
+        "full", description="finder: the trained clause finder alone, no LM; cascade: the finder, then an LM on the "
+                            "passages it flagged; full: an LM read every chunk")
+    needs_lm: list[str] = Field(default_factory=list,
+                                description="what this analysis left empty because no LM was used (risks, obligations)")
