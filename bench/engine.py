@@ -123,6 +123,8 @@ def src_state() -> str:
 def machine() -> str:
     import dspy
 
+    import rlmpipe
+
     cpu = cpu_model()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
     return (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, Python {platform.python_version()}, "

@@ -103,7 +103,7 @@ def test_a_missing_file_and_a_misnamed_one_get_their_line(openai_server, contrac
         assert f"error: {tmp_path / 'missing.txt'}: no such file" in error_lines(result.stderr)
         assert (f"note: {contracts / 'notes.pdf'}: the file is plain text, not a PDF as its name says: read as "
                 "plain text") in result.stderr.splitlines()
-        assert f"document(s) failed, 0 partial; details: rlmpipe runs show" in result.stderr
+        assert "document(s) failed, 0 partial; details: rlmpipe runs show" in result.stderr
 
 
 def test_chunk_stats_prints_the_statistics_only(tmp_path):

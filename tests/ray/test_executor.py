@@ -3,7 +3,6 @@ the work is LM calls to the loopback server, not computation)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -4,7 +4,6 @@ same output as a run that was never interrupted."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal

@@ -58,7 +58,7 @@ DENO_GONE = "ReferenceError: Deno is not defined"
 def refused(err: str, access: str, target: str = "") -> bool:
     """Node's compatibility APIs that the sandboxed code can still import either find the Deno namespace
     gone (they look it up when called) or hit Deno's refusal of the permission: both mean not done."""
-    return DENO_GONE in err or f'NotCapable: Requires {access} access{f" to " + chr(34) + target + chr(34) if target else ""}' in err
+    return DENO_GONE in err or f'NotCapable: Requires {access} access{" to " + chr(34) + target + chr(34) if target else ""}' in err
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import math
 import re
 from collections import Counter, defaultdict
