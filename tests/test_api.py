@@ -233,3 +233,52 @@ def test_kill_9_mid_run_then_the_same_call_resumes_without_repeating_a_finished_
         later = [c for c in store.calls(run_id) if c["session"] > 1]
     assert not {c["step_key"] for c in later} & done, "no committed step was called again"
     assert json.loads((tmp_path / "out.json").read_text()) == expected, "the same output as an uninterrupted run"
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_a_window_chain_then_the_same_command_repeats_no_finished_call(openai_server,
+                                                                                             folder, tmp_path):
+    """``summarize --pattern window``: each call carries the previous one's context, so a resume
+    must replay the chain from the store exactly (the same prompts, hence the same output)."""
+    openai_server.set_default(any_reply)
+    openai_server.set_latency(0.05)
+    document = folder / "ip_agreement_msci.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def start(workspace, out):
+        return subprocess.Popen([sys.executable, "-m", "rlmpipe.cli", "summarize", str(document), "--pattern", "window",
+                                 "--chunk-tokens", "64", "--window-tokens", "48", "--lm", "openai/test-model",
+                                 "--api-base", openai_server.base_url, "--workspace", str(workspace), "--out",
+                                 str(out), "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=tmp_path)
+
+    reference = start(tmp_path / "ref-ws", tmp_path / "ref.jsonl")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    expected = (tmp_path / "ref.jsonl").read_text()
+    links = json.loads(expected)["result"]["chunks"]
+    assert links >= 10, "a chain long enough to cut in the middle"
+
+    workspace = tmp_path / "ws"
+    process = start(workspace, tmp_path / "out.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # until part of the chain is committed
+        if (workspace / "runs.sqlite").exists():
+            with Store(workspace) as store:
+                runs = store.list_runs()
+                if runs and store.step_counts(runs[0]["run_id"]).get("done", 0) >= 4:
+                    break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    with Store(workspace) as store:
+        run_id = store.list_runs()[0]["run_id"]
+        done = {s.step_key for s in store.steps(run_id) if s.status == "done"}
+    assert 0 < len(done) < links, "the kill came in the middle of the chain"
+
+    resumed = start(workspace, tmp_path / "out.jsonl")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    with Store(workspace) as store:
+        later = [c for c in store.calls(run_id) if c["session"] > 1]
+    assert later, "the rest of the chain was asked"
+    assert not {c["step_key"] for c in later} & done, "no committed step of the chain was called again"
+    assert (tmp_path / "out.jsonl").read_text() == expected, "the same output as an uninterrupted run"
