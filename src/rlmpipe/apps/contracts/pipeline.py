@@ -347,8 +347,30 @@ def _title(clauses, head: str, document: Document) -> str:
     else the file's name."""
     names = [c for c in clauses if c.category == "Document Name"]
     best = max(names, key=lambda c: c.score or 0.0).evidence.quote if names else ""
-    title = _title_line(best) or best or _title_line(head)
+    title = _title_line(best) or _title_phrase(best) or _title_line(head) or _title_phrase(head[:HEAD_CHARS])
     return " ".join(title.split())[:200] or Path(document.path).stem.replace("_", " ")
+
+
+TITLE_PHRASE = re.compile(
+    r"((?:[A-Z][\w&'.-]*,?\s+){0,7}(?:AGREEMENT|Agreement|CONTRACT|Contract|LICENSE|License|LEASE|Lease"
+    r"|AMENDMENT|Amendment|ADDENDUM|Addendum)\b)")
+
+
+def _title_phrase(text: str) -> str:
+    """The capitalised name of the document in a sentence ('This Intellectual Property Agreement
+    (the "Agreement") is entered into ...' -> 'Intellectual Property Agreement')."""
+    match = TITLE_PHRASE.search(text)
+    if not match:
+        return ""
+    words = match.group(1).split()
+    while words and words[0].lower().strip(",") in ("this", "the", "exhibit", "an", "a"):
+        words = words[1:]
+    while words and re.fullmatch(r"[\d.]+,?", words[0]):
+        words = words[1:]
+    half = len(words) // 2
+    if len(words) % 2 == 0 and words[:half] == words[half:]:  # a heading printed twice
+        words = words[:half]
+    return " ".join(words) if len(words) > 1 else ""
 
 
 def _title_line(text: str) -> str:
