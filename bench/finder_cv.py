@@ -87,6 +87,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
+#: figures of earlier full runs (macro / micro F1), quoted when a table is written from a subset
+EARLIER = {"C16-500": "0.717 / 0.850", "1000-nb": "0.667 / -", "1000-posw5": "0.714 / -",
+           "trunc5-mc3": "0.714 / 0.853", "trunc6-mc3-C64": "0.722 / 0.855", "trunc6-lead6": "0.720 / 0.856"}
+
+
 def config_of(name: str) -> dict:
     return {**BASELINE, **VARIANTS[name][1]}
 
@@ -143,8 +148,8 @@ def cmd_cv(args) -> None:
         rows.append((name, result, seconds))
         print(f"  macro F1 {result['macro']['f1']:.3f}  micro F1 {result['micro']['f1']:.3f}  "
               f"passage recall {result['passage_recall']:.3f}  ({seconds:.0f} s)", file=sys.stderr, flush=True)
-    if args.limit or args.variants:
-        return  # a partial run prints; only the full run writes RESULTS.md
+    if args.limit or (args.variants and not args.write):
+        return  # a partial run prints; the full run (or --write) writes RESULTS.md
     write_results(rows)
 
 
@@ -170,6 +175,11 @@ def write_results(rows) -> None:
                      f"{pct(r['macro']['recall'])} | {pct(r['macro']['f1'])} | {pct(r['micro']['precision'])} | "
                      f"{pct(r['micro']['recall'])} | {pct(r['micro']['f1'])} | {pct(r['passage_recall'])} | "
                      f"{pct(r['passages_selected'])} | {seconds:.0f} |")
+    skipped = [name for name in VARIANTS if name not in {row[0] for row in rows}]
+    if skipped:
+        lines += ["", "Not re-run for this table (`--variants`): " + ", ".join(skipped) + ". Earlier runs of the "
+                  "same code on the same data (macro / micro F1): " + "; ".join(
+                      f"{name} {EARLIER[name]}" for name in skipped if name in EARLIER) + "."]
     if chosen_name is not None:
         corpus, scores, result, _ = run_variant(chosen_name, None)
         lines += ["", detail_tables(corpus, scores, result)]
@@ -247,6 +257,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     cv = sub.add_parser("cv", help="cross-validate the variants; write the finder section of RESULTS.md")
     cv.add_argument("--variants", help="comma-separated variant names (default: all; then RESULTS.md is written)")
+    cv.add_argument("--write", action="store_true", help="write RESULTS.md from the --variants given")
     cv.add_argument("--limit", type=int, help="only the first N contracts (a quick look; nothing is written)")
     speed = sub.add_parser("speed", help="time the finder over all contracts")
     speed.add_argument("--model", help="model file (default: the shipped one; then RESULTS.md is written)")

@@ -177,8 +177,8 @@ def test_chunks_that_run_out_of_retries_make_their_contract_partial(openai_serve
     openai_server.set_default(extraction_reply)
     openai_server.fail("server_error", pattern=r"(?i)governed by")  # these chunks never get an answer
     result = rlmpipe("contracts", "analyze", contracts, "--lm", "openai/test-model", "--api-base",
-                     openai_server.base_url, "--out", tmp_path / "out", "--chunk-tokens", "256", "--quiet",
-                     cwd=tmp_path, timeout=600)
+                     openai_server.base_url, "--out", tmp_path / "out", "--read", "all", "--chunk-tokens", "256",
+                     "--quiet", cwd=tmp_path, timeout=600)
     assert result.returncode == 1, result.stderr
     records = [json.loads(line) for line in (tmp_path / "out" / "contracts.jsonl").read_text().splitlines()]
     partial = [r for r in records if r["status"] == "partial"]
@@ -186,7 +186,7 @@ def test_chunks_that_run_out_of_retries_make_their_contract_partial(openai_serve
     failed = [json.loads(line) for line in (tmp_path / "out" / "failed.jsonl").read_text().splitlines()]
     assert {f["path"] for f in failed if f["status"] == "partial"} == {r["path"] for r in partial}
     for record in partial:
-        assert any(line.startswith(f"error: {record['path']}: extraction failed on") for line in result.stderr.splitlines())
+        assert any(line.startswith(f"error: {record['path']}: the LM failed on") for line in result.stderr.splitlines())
     report = (tmp_path / "out" / "report.html").read_text()
     assert "partial (some chunks failed)" in report and ">partial</span>" in report
 
