@@ -260,6 +260,13 @@ def run_engine(pipeline, oracle, contracts, annotations) -> dict:
         summary = execute(pipeline, [str(contract_path(c["contract_id"])) for c in contracts], lm,
                           options=RunOptions(concurrency=CONCURRENCY, workspace=Path(workspace)))
         totals = served(server, len(contracts))
+    failed = summary.documents.get("failed", 0)
+    return {**totals, "reached": share_reached(summary, contracts, annotations),
+            "seconds": time.perf_counter() - started, "failed": failed}
+
+
+def share_reached(summary, contracts, annotations) -> float:
+    """The share of annotated passages an output clause of their category covers (cuad_eval.reached)."""
     by_path = {item["path"]: item["result"] for item in summary.results}
     hit = total = 0
     for contract in contracts:
@@ -267,8 +274,7 @@ def run_engine(pipeline, oracle, contracts, annotations) -> dict:
         for annotation in annotations[contract["contract_id"]]:
             total += 1
             hit += reached(annotation, record["clauses"])
-    failed = summary.documents.get("failed", 0)
-    return {**totals, "reached": hit / total, "seconds": time.perf_counter() - started, "failed": failed}
+    return hit / total
 
 
 def cascade(honest, contracts, annotations, level: str, context_chars: int, batch_tokens: int | None = None) -> dict:
@@ -284,15 +290,8 @@ def finder_alone(honest, contracts, annotations) -> dict:
     with tempfile.TemporaryDirectory() as workspace:
         summary = execute(pipeline, [str(contract_path(c["contract_id"])) for c in contracts], NoLM(),
                           options=RunOptions(concurrency=2, workspace=Path(workspace)))
-    by_path = {item["path"]: item["result"] for item in summary.results}
-    hit = total = 0
-    for contract in contracts:
-        record = by_path.get(str(contract_path(contract["contract_id"]))) or {"clauses": []}
-        for annotation in annotations[contract["contract_id"]]:
-            total += 1
-            hit += reached(annotation, record["clauses"])
-    return {"calls": 0.0, "prompt": 0.0, "completion": 0.0, "unanswered": 0, "reached": hit / total,
-            "seconds": time.perf_counter() - started}
+    return {"calls": 0.0, "prompt": 0.0, "completion": 0.0, "unanswered": 0,
+            "reached": share_reached(summary, contracts, annotations), "seconds": time.perf_counter() - started}
 
 
 def row(label: str, result: dict, seed_prompt: float) -> str:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import dspy
@@ -19,6 +17,7 @@ import pytest
 import rlmpipe
 from rlmpipe.lm.recording import RetryPolicy
 from rlmpipe.runtime.store import Store
+from tests.support.kills import kill_after_steps, later_calls
 from tests.support.replies import any_reply
 from tests.support.scripted_lm import ScriptedLM, chat_reply
 
@@ -211,26 +210,12 @@ def test_kill_9_mid_run_then_the_same_call_resumes_without_repeating_a_finished_
     expected = json.loads((tmp_path / "ref.json").read_text())
 
     workspace = tmp_path / "ws"
-    process = start(workspace, tmp_path / "out.json")
-    deadline = time.time() + 120
-    while time.time() < deadline:  # until some steps are committed
-        if (workspace / "runs.sqlite").exists():
-            with Store(workspace) as store:
-                runs = store.list_runs()
-                if runs and store.step_counts(runs[0]["run_id"]).get("done", 0) >= 10:
-                    break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    with Store(workspace) as store:
-        run_id = store.list_runs()[0]["run_id"]
-        done = {s.step_key for s in store.steps(run_id) if s.status == "done"}
+    run_id, done = kill_after_steps(start(workspace, tmp_path / "out.json"), workspace, 10)
     assert done, "the kill came after some steps were committed"
 
     resumed = start(workspace, tmp_path / "out.json")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    with Store(workspace) as store:
-        later = [c for c in store.calls(run_id) if c["session"] > 1]
+    later = later_calls(workspace, run_id)
     assert not {c["step_key"] for c in later} & done, "no committed step was called again"
     assert json.loads((tmp_path / "out.json").read_text()) == expected, "the same output as an uninterrupted run"
 
@@ -259,26 +244,12 @@ def test_kill_9_in_the_middle_of_a_window_chain_then_the_same_command_repeats_no
     assert links >= 10, "a chain long enough to cut in the middle"
 
     workspace = tmp_path / "ws"
-    process = start(workspace, tmp_path / "out.jsonl")
-    deadline = time.time() + 120
-    while time.time() < deadline:  # until part of the chain is committed
-        if (workspace / "runs.sqlite").exists():
-            with Store(workspace) as store:
-                runs = store.list_runs()
-                if runs and store.step_counts(runs[0]["run_id"]).get("done", 0) >= 4:
-                    break
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    with Store(workspace) as store:
-        run_id = store.list_runs()[0]["run_id"]
-        done = {s.step_key for s in store.steps(run_id) if s.status == "done"}
+    run_id, done = kill_after_steps(start(workspace, tmp_path / "out.jsonl"), workspace, 4, poll=0.02)
     assert 0 < len(done) < links, "the kill came in the middle of the chain"
 
     resumed = start(workspace, tmp_path / "out.jsonl")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    with Store(workspace) as store:
-        later = [c for c in store.calls(run_id) if c["session"] > 1]
+    later = later_calls(workspace, run_id)
     assert later, "the rest of the chain was asked"
     assert not {c["step_key"] for c in later} & done, "no committed step of the chain was called again"
     assert (tmp_path / "out.jsonl").read_text() == expected, "the same output as an uninterrupted run"

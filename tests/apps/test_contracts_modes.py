@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from rlmpipe.runtime.store import Store
 from tests.support import browser
 from tests.support.cli import error_lines, rlmpipe, start
 from tests.support.contract_replies import INVENTED, extraction_reply, review_excerpts
+from tests.support.kills import kill_after_steps, later_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = ROOT / "examples" / "contracts"
@@ -233,26 +232,12 @@ def test_kill_9_mid_cascade_then_the_same_command_repeats_no_finished_call(opena
     assert reference.returncode == 0, reference.stderr
 
     workspace = tmp_path / "ws"
-    process = start(*command(workspace, tmp_path / "out"), cwd=tmp_path, env=env)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # until some LM calls are committed
-        if (workspace / "runs.sqlite").exists():
-            with Store(workspace) as store:
-                runs = store.list_runs()
-                if runs and store.step_counts(runs[0]["run_id"]).get("done", 0) >= 4:
-                    break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-    with Store(workspace) as store:
-        run_id = store.list_runs()[0]["run_id"]
-        done = {s.step_key for s in store.steps(run_id) if s.status == "done"}
+    run_id, done = kill_after_steps(start(*command(workspace, tmp_path / "out"), cwd=tmp_path, env=env), workspace, 4)
     assert done, "the kill came after some calls were committed"
 
     resumed = rlmpipe(*command(workspace, tmp_path / "out"), cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    with Store(workspace) as store:
-        later = [c for c in store.calls(run_id) if c["session"] > 1]
+    later = later_calls(workspace, run_id)
     assert later, "the resumed session had calls left to make"
     assert not {c["step_key"] for c in later} & done, "no committed call was made again"
 

@@ -19,6 +19,7 @@ from rlmpipe.lm.models import ModelChoice, make_lm
 from rlmpipe.lm.recording import RetryPolicy
 from rlmpipe.runtime.runner import RunOptions, execute
 from rlmpipe.runtime.store import Store
+from tests.support.kills import kill_after_steps
 from tests.support.replies import numbered_document, summary_reply, user_text
 
 pytestmark = pytest.mark.ray
@@ -169,19 +170,7 @@ def test_a_driver_killed_and_run_again_repeats_no_committed_step(cluster, openai
                cluster.address, "--workspace", str(tmp_path / "ws"), "--quiet", "--out", str(tmp_path / "out.jsonl")]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     driver = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (tmp_path / "ws" / "runs.sqlite").exists():
-            with Store(tmp_path / "ws") as store:
-                runs = store.list_runs()
-                if runs and store.step_counts(runs[0]["run_id"]).get("done", 0) >= 15:
-                    break
-        time.sleep(0.05)
-    driver.send_signal(signal.SIGKILL)
-    driver.communicate(timeout=60)
-    with Store(tmp_path / "ws") as store:
-        run_id = store.list_runs()[0]["run_id"]
-        committed = {s.step_key for s in store.steps(run_id) if s.status == "done"}
+    run_id, committed = kill_after_steps(driver, tmp_path / "ws", 15)
     assert committed
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
