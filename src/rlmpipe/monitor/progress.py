@@ -22,6 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from rlmpipe.lm.models import NONE
 from rlmpipe.lm.usage import Usage
 
 RECENT_SECONDS = 60.0
@@ -131,11 +132,18 @@ class RunProgress:
         return self.rate(self._recent_calls) * 60
 
     def eta_seconds(self) -> float | None:
-        """Remaining steps (estimated) over the recent step rate; None until there is a rate."""
+        """Remaining steps (estimated) over the recent step rate; for a run without steps (the
+        finder alone), remaining bytes over the bytes rate so far; 0 once every document is
+        finished; None until there is a rate."""
         with self._lock:
+            if self.documents_total and self.documents_finished >= self.documents_total:
+                return 0.0
             rate = self.rate(self._recent_steps)
             if rate <= 0:
-                return None
+                if self.steps_done or self.steps_running or not self.bytes_done:
+                    return None
+                elapsed = max(1e-3, time.time() - self.started)
+                return sum(self._sizes.values()) / (self.bytes_done / elapsed)
             steps_seen = self.steps_done + self.steps_reused
             bytes_seen = self.bytes_done or 0
             finished_steps = sum(n for doc, n in self._doc_steps.items() if doc not in self._sizes)
@@ -273,13 +281,16 @@ class LiveReporter:
         table.add_row("documents", bar)
         table.add_row("", f"{finished}/{p.documents_total} ({p.documents_failed} failed"
                           + (f", {p.documents_partial} partial" if p.documents_partial else "") + ")")
-        table.add_row("steps", f"{p.steps_done} done, {p.steps_reused} reused, {p.steps_failed} failed")
-        table.add_row("calls now", f"{p.at_model} at the model, {p.queued} queued")
-        table.add_row("tokens", f"{p.prompt_tokens:,} in / {p.completion_tokens:,} out")
-        u = p.usage
-        table.add_row("cost", f"${p.cost:.4f}" + (f" (+{u.unpriced} calls of unknown price)" if u.unpriced else ""))
-        table.add_row("calls", f"{u.calls} ({p.calls_per_minute:.0f}/min), {u.cached} cached, "
-                               f"{u.retries} retries, {u.errors} errors")
+        if p.model == NONE:  # nothing to count but documents
+            table.add_row("LM", "none: no calls, no tokens, no cost")
+        else:
+            table.add_row("steps", f"{p.steps_done} done, {p.steps_reused} reused, {p.steps_failed} failed")
+            table.add_row("calls now", f"{p.at_model} at the model, {p.queued} queued")
+            table.add_row("tokens", f"{p.prompt_tokens:,} in / {p.completion_tokens:,} out")
+            u = p.usage
+            table.add_row("cost", f"${p.cost:.4f}" + (f" (+{u.unpriced} calls of unknown price)" if u.unpriced else ""))
+            table.add_row("calls", f"{u.calls} ({p.calls_per_minute:.0f}/min), {u.cached} cached, "
+                                   f"{u.retries} retries, {u.errors} errors")
         table.add_row("ETA", format_seconds(p.eta_seconds()))
         if p.stop_reason:
             table.add_row("stopping", p.stop_reason)
