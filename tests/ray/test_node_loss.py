@@ -70,7 +70,6 @@ def test_losing_a_node_mid_run_ends_with_the_same_output(two_nodes, openai_serve
     with Store(tmp_path / "ws") as store:
         run = store.get_run(result.run_id)
         done = [s for s in store.steps(result.run_id) if s.status == "done"]
-        calls = store.calls(result.run_id)
     nodes = run["config"]["executor"]["nodes"]
     assert len(nodes) == 2, nodes
     from tests.ray.test_executor import excerpt_asks

@@ -210,7 +210,7 @@ class Run:
         worker = threading.current_thread().name
         self.events.emit(ev.StepStart(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
                          chunk_id=chunk_id, depth=depth, worker=worker))
-        reasks = 0
+        reasks, feedback = 0, ""
         try:
             # Pool threads do not inherit the caller's DSPy settings: give every step the run's LM.
             settings = {"lm": self.lm, **({"adapter": self.options.adapter} if self.options.adapter else {})}
