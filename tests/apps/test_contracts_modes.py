@@ -131,6 +131,23 @@ def test_what_needs_a_model_is_refused_with_one_line(tmp_path):
 
 
 # -- the cascade -------------------------------------------------------------------------------------
+def test_a_review_prompt_names_categories_by_code_and_answers_may_use_either():
+    from rlmpipe.apps.contracts.cascade import Window, excerpts_text
+    from rlmpipe.apps.contracts.categories import category_guide, code, normalize_category
+
+    windows = [Window(0, 10, "first text", {"Insurance": 0.5, "Governing Law": 0.9}), Window(20, 30, "second", {})]
+    text = excerpts_text(windows)
+    law, insurance = code("Governing Law"), code("Insurance")
+    assert f"### Excerpt 1 (suspected: {law}, {insurance})\nfirst text" in text  # CUAD's order
+    assert "Governing Law" not in text
+    guide = category_guide(["Insurance", "Governing Law"], codes=True)
+    assert guide.splitlines()[0].startswith(f"- [{law}] Governing Law: ") and len(guide.splitlines()) == 2
+    for answer in (law, f"[{law}]", " c%s " % law[1:], "governing law", "GOVERNING-LAW"):
+        assert normalize_category(answer) == "Governing Law", answer
+    assert normalize_category("C0") is None and normalize_category("C42") is None
+    assert [normalize_category(code(name)) for name in NAMES] == list(NAMES)
+
+
 def test_the_cascade_sends_only_flagged_passages_and_verifies_what_comes_back(tmp_path):
     from rlmpipe import api
     from rlmpipe.apps.contracts.cascade import candidate_windows
@@ -150,23 +167,28 @@ def test_the_cascade_sends_only_flagged_passages_and_verifies_what_comes_back(tm
     assert reviews and not any("[[ ## excerpt ## ]]" in p for p in prompts), "no full-read extraction call"
 
     finder = ClauseFinder.load()
-    thresholds = finder.thresholds(level)
+    select, ask = finder.cascade_thresholds(level)
+    assert np.all(select == select[0]), "one selection threshold for every category"
     sent = "\n".join(prompts)
     never_flagged = 0
     for path in sorted(CONTRACTS.glob("*.txt")):
         text = text_of(str(path))
-        windows = list(candidate_windows(open_document(path).blocks(), finder.score, finder.categories, thresholds,
-                                         context_chars=DEFAULT_CONTEXT_CHARS))
+        windows = list(candidate_windows(open_document(path).blocks(), finder.score, finder.categories, select,
+                                         ask=ask, context_chars=DEFAULT_CONTEXT_CHARS))
         assert windows
         for window in windows:
             assert window.text == text[window.char_start:window.char_end]
             assert window.text.strip() in sent
         scored = list(finder.score([Block(text, 0)]))
         for passage, scores in scored:
+            if np.any(scores >= select):  # a candidate: inside a window asked about what it clears
+                window = next(w for w in windows if w.char_start <= passage.char_start < w.char_end)
+                assert {finder.categories[k] for k in np.flatnonzero(scores >= np.minimum(select, ask))} <= set(
+                    window.categories)
             inside = any(w.char_start < passage.char_end and passage.char_start < w.char_end for w in windows)
             if inside:
                 continue
-            assert not np.any(scores >= thresholds), "a flagged passage is inside a window"
+            assert not np.any(scores >= select), "a flagged passage is inside a window"
             if len(passage.text) >= 60 and text.count(passage.text) == 1:
                 never_flagged += 1
                 assert passage.text not in sent, f"a passage below every threshold was sent: {passage.text[:60]!r}"

@@ -129,6 +129,34 @@ def test_thresholds(finder):
         finder.thresholds("nonsense")
 
 
+def test_cascade_thresholds_select_on_the_best_score_and_ask_generously(finder):
+    previous = None
+    for level in RECALL_LEVELS:
+        select, ask = finder.cascade_thresholds(f"recall{level:.2f}")
+        assert select.shape == ask.shape == (len(NAMES),) and np.all(select == select[0]) and 0 < select[0] < 1
+        assert np.array_equal(ask, finder.thresholds("recall0.99"))
+        if previous is not None:
+            assert select[0] <= previous  # more recall never needs a higher threshold
+        previous = select[0]
+
+
+def test_selection_threshold_keeps_the_share_of_pieces_whose_every_passage_clears_it():
+    from rlmpipe.apps.contracts.finder_train import selection_threshold
+
+    class Contract:  # (the fields selection_threshold reads)
+        def __init__(self, annotations):
+            self.annotations = annotations
+
+    n = len(NAMES)
+    scores = np.zeros((4, n))
+    scores[0, 3], scores[1, 7], scores[2, 0], scores[3, 5] = 0.9, 0.2, 0.6, 0.4
+    # pieces: passage 0 alone (0.9); passages 1-2 (min of the best scores: 0.2); passage 3 (0.4)
+    corpus = [Contract([(3, 0, 10, 0, 1), (7, 10, 30, 1, 3), (5, 30, 40, 3, 4)])]
+    assert selection_threshold(corpus, [scores], 1 / 3) == 0.9
+    assert selection_threshold(corpus, [scores], 0.5) == 0.4  # two pieces of three: the second-best need
+    assert selection_threshold(corpus, [scores], 1.0) == 0.2
+
+
 @needs_cuad
 def test_findings_are_verbatim_on_cuad_contracts(finder):
     for name in ("cuad_000.txt", "cuad_100.txt", "cuad_314.txt"):  # cuad_314 is one long line

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from rlmpipe.apps.contracts.categories import NAMES
+from rlmpipe.apps.contracts.categories import NAMES, code, normalize_category
 from tests.support.replies import user_text
 from tests.support.scripted_lm import chat_reply
 
@@ -30,7 +30,7 @@ EXCERPT = re.compile(r"^### Excerpt (\d+) \(suspected: ([^)\n]*)\)\n", re.M)
 
 
 def review_excerpts(request: dict) -> list[tuple[int, list[str], str]]:
-    """The cascade's excerpts in a review prompt: ``(number, suspected categories, text)``."""
+    """The cascade's excerpts in a review prompt: ``(number, suspected categories' names, text)``."""
     text = user_text(request)
     match = re.search(r"\[\[ ## excerpts ## \]\]\n(.*?)\n\n(?:Respond with|\[\[ ##)", text, re.S)
     body = match.group(1) if match else ""
@@ -38,7 +38,8 @@ def review_excerpts(request: dict) -> list[tuple[int, list[str], str]]:
     out = []
     for head, following in zip(heads, heads[1:] + [None]):
         end = following.start() if following else len(body)
-        out.append((int(head.group(1)), [c.strip() for c in head.group(2).split(",")], body[head.end():end]))
+        suspected = [normalize_category(c) or c.strip() for c in head.group(2).split(",")]  # codes -> names
+        out.append((int(head.group(1)), suspected, body[head.end():end]))
     return out
 
 
@@ -49,8 +50,9 @@ def review_reply(request: dict) -> str:
     for number, suspected, excerpt in review_excerpts(request):
         for category, pattern in PATTERNS.items():
             match = re.search(pattern, excerpt, re.I)
-            if match and category in suspected:
-                clauses.append({"excerpt": number, "category": category, "quote": " ".join(match.group(0).split())})
+            if match and category in suspected:  # (Insurance answered by its code, as a model may)
+                clauses.append({"excerpt": number, "category": code(category) if category == "Insurance" else category,
+                                "quote": " ".join(match.group(0).split())})
         clauses.append({"excerpt": number, "category": suspected[0], "quote": INVENTED})
         unasked = next(name for name in NAMES if name not in suspected)
         clauses.append({"excerpt": number, "category": unasked, "quote": " ".join(excerpt.split()[:8])})
@@ -58,7 +60,7 @@ def review_reply(request: dict) -> str:
         if clause["category"] == "Cap On Liability":
             risks.append({"excerpt": clause["excerpt"], "what": "capped exposure", "severity": "medium",
                           "why": "a cap", "quote": clause["quote"]})
-        if clause["category"] == "Insurance":
+        if clause["category"] == code("Insurance"):
             obligations.append({"excerpt": clause["excerpt"], "party": "Company", "action": "keep insurance",
                                 "due": "", "quote": clause["quote"]})
     return chat_reply(clauses=clauses, risks=risks, obligations=obligations)

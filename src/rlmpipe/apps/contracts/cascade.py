@@ -1,9 +1,10 @@
 """The cascade: the clause finder reads the whole contract, a language model reads only what it must.
 
-The finder scores every passage for every category. A passage whose score for a category clears
-that category's *recall-oriented* threshold (the lowest score that kept, say, 97% of the experts'
-passages in cross-validation) is a candidate for it. Each candidate is shown to the LM inside a
-window of the contract around it (``context_chars`` on each side, cut at spaces), windows that
+The finder scores every passage for every category. A passage whose best score over the categories
+clears the *selection* threshold (the one score that kept, say, 95% of the experts' passages in
+cross-validation) is a candidate; it is asked about the categories whose scores clear that
+threshold or a generous per-category one (``ClauseFinder.cascade_thresholds``). Each candidate is
+shown to the LM inside a window of the contract around it (``context_chars`` on each side, cut at spaces), windows that
 touch are merged (up to ``max_window_chars``), and windows are packed into calls of at most
 ``batch_tokens`` tokens of text. The LM is asked only about each window's candidate categories: it
 confirms or rejects each, quotes the shortest passage that shows it, and adds the risks and
@@ -21,6 +22,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from rlmpipe.apps.contracts.categories import NAMES, code
+
+NONE = np.zeros(0, dtype=np.int64)
 #: a window grows by merging candidates within reach of each other up to about this many characters
 MAX_WINDOW_CHARS = 6000
 
@@ -85,19 +89,22 @@ class _Text:
 
 
 def candidate_windows(blocks: Iterable, score: Callable[[Iterable], Iterable], categories: tuple[str, ...],
-                      thresholds: np.ndarray, *, context_chars: int = 300,
+                      thresholds: np.ndarray, *, ask: np.ndarray | None = None, context_chars: int = 300,
                       max_window_chars: int = MAX_WINDOW_CHARS) -> Iterator[Window]:
-    """Windows around the passages whose scores clear ``thresholds``, in document order.
+    """Windows around the passages with a score clearing ``thresholds``, in document order.
 
     ``score(blocks)`` yields ``(passage, scores)`` (:meth:`ClauseFinder.score`), ``scores`` in
-    ``categories`` order. A candidate whose left context touches the current window's right context
-    joins it, unless the window would pass ``max_window_chars``. Windows never overlap."""
+    ``categories`` order. A candidate is asked about the categories clearing ``thresholds`` or
+    ``ask`` (default: ``thresholds`` alone). A candidate whose left context touches the current
+    window's right context joins it, unless the window would pass ``max_window_chars``. Windows
+    never overlap."""
     text = _Text()
     current: Window | None = None
     reach = 0  # where the current window's right context ends
     last_end = 0  # where the previous window ended
+    asked = thresholds if ask is None else np.minimum(thresholds, ask)
     for passage, scores in score(text.tee(blocks)):
-        hits = np.flatnonzero(scores >= thresholds)
+        hits = np.flatnonzero(scores >= asked) if (scores >= thresholds).any() else NONE
         if current is not None and (  # a candidate whose left context touches the right context joins
                 passage.char_start > reach + context_chars or passage.char_end - current.char_start > max_window_chars
                 if len(hits) else passage.char_start >= reach):
@@ -148,9 +155,10 @@ def batches(windows: Iterable[Window], count_tokens, batch_tokens: int) -> Itera
 
 
 def excerpts_text(group: list[Window]) -> str:
-    """The numbered excerpts of one call, each with the categories suspected in it."""
+    """The numbered excerpts of one call, each with the codes of the categories suspected in it
+    (``categories.code``; the call's guide explains each code once)."""
     parts = []
     for number, window in enumerate(group, start=1):
-        suspected = ", ".join(sorted(window.categories))
+        suspected = ", ".join(code(name) for name in NAMES if name in window.categories)
         parts.append(f"### Excerpt {number} (suspected: {suspected})\n{window.text.strip()}")
     return "\n\n".join(parts)

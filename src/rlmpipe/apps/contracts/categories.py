@@ -62,13 +62,28 @@ _KEY = re.compile(r"[^a-z]+")
 _BY_KEY = {_KEY.sub("", name.lower()): name for name in NAMES}
 
 
+_CODE = re.compile(r"\s*\[?\s*C(\d{1,2})\s*\]?\s*", re.I)
+
+
+def code(name: str) -> str:
+    """The short code of a category in the cascade's prompts (``C1`` .. ``C41``, CUAD's order): an
+    excerpt names its suspected categories by code, a few tokens instead of a few words each."""
+    return f"C{NAMES.index(name) + 1}"
+
+
 def normalize_category(text: str) -> str | None:
-    """The CUAD category a model meant ('non compete', 'NON-COMPETE' -> 'Non-Compete'), or None."""
+    """The CUAD category a model meant ('non compete', 'NON-COMPETE' -> 'Non-Compete'; its code
+    'C7' or '[C7]' -> the seventh), or None."""
+    match = _CODE.fullmatch(text or "")
+    if match:
+        number = int(match.group(1))
+        return NAMES[number - 1] if 1 <= number <= len(NAMES) else None
     return _BY_KEY.get(_KEY.sub("", (text or "").lower()))
 
 
-def category_guide(names=None) -> str:
-    """``- Name: what it means``, one line per category (all of them, or ``names`` in CUAD's order)."""
+def category_guide(names=None, *, codes: bool = False) -> str:
+    """``- Name: what it means``, one line per category (all of them, or ``names`` in CUAD's order);
+    with ``codes``, ``- [C7] Name: what it means``."""
     wanted = set(names) if names is not None else None
-    return "\n".join(f"- {name}: {question}" for name, question in CATEGORIES.items()
-                     if wanted is None or name in wanted)
+    return "\n".join(f"- {f'[{code(name)}] ' if codes else ''}{name}: {question}"
+                     for name, question in CATEGORIES.items() if wanted is None or name in wanted)

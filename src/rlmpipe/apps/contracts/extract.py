@@ -39,7 +39,8 @@ class ExtractFindings(dspy.Signature):
 
 
 REVIEW_INSTRUCTIONS = """You check excerpts of a commercial contract for a lawyer. A screening model
-suspects some clause categories in each excerpt; the categories are explained below.
+suspects some clause categories in each excerpt, named by their codes (C1, C2, ...); the categories
+are listed below with their codes and explained.
 
 For each excerpt, confirm each suspected category that the excerpt really contains, and only those
 (leave out the ones it does not), quoting the shortest passage of that excerpt that shows it. Also
@@ -53,8 +54,8 @@ contract, and a quote that is not found there is discarded."""
 class ReviewExcerpts(dspy.Signature):
     __doc__ = REVIEW_INSTRUCTIONS
 
-    categories: str = dspy.InputField(desc="what each suspected category means")
-    excerpts: str = dspy.InputField(desc="numbered excerpts, each with the categories suspected in it")
+    categories: str = dspy.InputField(desc="each suspected category: its code, its name, what it means")
+    excerpts: str = dspy.InputField(desc="numbered excerpts, each with the codes of the categories suspected in it")
     clauses: list[ReviewedClause] = dspy.OutputField()
     risks: list[ReviewedRisk] = dspy.OutputField()
     obligations: list[ReviewedObligation] = dspy.OutputField()

@@ -285,6 +285,18 @@ class ClauseFinder:
             raise KeyError(f"no {kind!r} thresholds; have {sorted(self._thresholds)}")
         return self._thresholds[kind].copy()
 
+    def cascade_thresholds(self, level: str) -> tuple[np.ndarray, np.ndarray]:
+        """What the cascade shows an LM at ``level`` (``"recall0.95"``): ``(select, ask)``. A passage
+        is shown when its best score clears ``select`` (one threshold for all categories,
+        ``select0.95``); it is asked about every category clearing ``select`` or the generous
+        per-category ``recall0.99``, so a piece shown is rarely asked about the wrong category.
+        A model without selection thresholds falls back to the per-category ``level`` for both."""
+        select = "select" + level[len("recall"):]
+        if select not in self._thresholds:
+            return self.thresholds(level), self.thresholds(level)
+        ask = self.thresholds("recall0.99") if "recall0.99" in self._thresholds else self.thresholds(level)
+        return self.thresholds(select), ask
+
     def recall_levels(self) -> list[str]:
         """The recall-oriented threshold kinds this model has (``"recall0.97"``, ...)."""
         return sorted(kind for kind in self._thresholds if kind.startswith("recall"))

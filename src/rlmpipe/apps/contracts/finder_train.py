@@ -371,12 +371,37 @@ def recall_thresholds(corpus: list[Contract], scores: list[np.ndarray], level: f
     return choose(low)[0]
 
 
+def selection_threshold(corpus: list[Contract], scores: list[np.ndarray], level: float) -> float:
+    """One threshold on a passage's *best* score over all categories that keeps ``level`` of all
+    annotated pieces: the highest ``t`` such that that share of pieces has every passage it
+    overlaps scoring at least ``t`` for some category (a piece reaches the LM only if all of it is
+    shown).
+
+    Chosen over per-category recall thresholds by cross-validation (bench/contracts_cost.py): a
+    passage that two categories would each select costs its characters once, and a passage the
+    model is sure of for *any* category is worth showing; at the same share of pieces kept it
+    selects about a quarter fewer characters."""
+    need = []
+    for contract, s in zip(corpus, scores):
+        best = s.max(axis=1) if len(s) else np.zeros(0)
+        for _, _, _, first, last in contract.annotations:
+            need.append(float(best[first:last].min()) if last > first else 0.0)
+    if not need:
+        return 1.0 + 1e-9
+    values = np.sort(np.array(need))[::-1]  # descending: keeping the first i + 1 needs t <= values[i]
+    index = min(len(values) - 1, max(0, int(np.ceil(level * len(values) - 1e-9)) - 1))
+    return float(values[index])
+
+
 def all_thresholds(corpus: list[Contract], scores: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Every kind of threshold the finder ships: ``f1``, per-category ``recallX`` and the cascade's
+    single selection threshold ``selectX`` (stored per category, all equal, like the others)."""
     best = contract_max(scores)
     present = np.vstack([c.present for c in corpus])
     out = {"f1": f1_thresholds(best, present)}
     for level in RECALL_LEVELS:
         out[f"recall{level:.2f}"] = recall_thresholds(corpus, scores, level)
+        out[f"select{level:.2f}"] = np.full(len(NAMES), selection_threshold(corpus, scores, level))
     return out
 
 
@@ -540,7 +565,10 @@ def model_card(info: dict, model_file: str = "clause_finder.npz") -> str:
         "Thresholds shipped: `f1` (per category, best contract-level F1 on the out-of-fold scores) and "
         "`recall0.85` .. `recall0.99`: the cheapest per-category thresholds (fewest characters selected) "
         "that together keep that share of all annotated passages on the out-of-fold scores "
-        "(`finder_train.recall_thresholds`); the cascade shows a language model only what clears them. "
+        "(`finder_train.recall_thresholds`); and `select0.85` .. `select0.99`: one threshold on a "
+        "passage's best score over the categories keeping that share of the annotated passages "
+        "(`finder_train.selection_threshold`). The cascade shows a language model the passages that "
+        "clear `selectX` and asks it about the categories clearing `selectX` or `recall0.99` there. "
         "Categories with few examples (Price Restrictions, Most Favored Nation, ...) are found poorly: "
         "the finder alone misses them, and a recall level may give one up when it would cost far more "
         "text than it keeps.",

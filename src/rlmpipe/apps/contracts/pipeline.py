@@ -155,8 +155,9 @@ class ContractsPipeline:
         finder = self.finder_for(document)
         head = _Head()
         tokenizer = get_tokenizer(self.chunking.tokenizer)
-        windows = candidate_windows(head.tee(document.blocks()), finder.score, finder.categories,
-                                    finder.thresholds(self.recall), context_chars=self.context_chars)
+        select, ask = finder.cascade_thresholds(self.recall)
+        windows = candidate_windows(head.tee(document.blocks()), finder.score, finder.categories, select,
+                                    ask=ask, context_chars=self.context_chars)
         groups: dict[str, list] = {}
 
         def calls():
@@ -171,7 +172,7 @@ class ContractsPipeline:
         def ask(chunk: Chunk) -> dict:
             group = groups[chunk.chunk_id]
             names = sorted({name for window in group for name in window.categories})
-            return self.extractor.reviewed(category_guide(names), chunk.text)
+            return self.extractor.reviewed(category_guide(names, codes=True), chunk.text)
 
         verified = Verified()
         texts = _Pieces()

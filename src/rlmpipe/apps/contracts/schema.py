@@ -37,7 +37,7 @@ class ObligationQuote(BaseModel):
 
 class ReviewedClause(BaseModel):
     excerpt: int = Field(description="the number of the excerpt it is in")
-    category: str = Field(description="one of the excerpt's suspected categories, exactly as written")
+    category: str = Field(description="the name of one of the excerpt's suspected categories, as written in the list")
     quote: str = Field(description="the shortest passage of that excerpt that shows it, copied word for word")
 
 
