@@ -11,21 +11,23 @@ when there are more calls than ``MAX_TIMELINE_BARS`` (and says so), histograms a
 have a fixed number of bins, and long tables are cut (and say so).
 
 All text that comes from the store or the event log (paths, errors, step names, reasons) is
-escaped with ``html.escape``.
+escaped (:func:`rlmpipe.monitor.html.esc`); the page is assembled by the report kit,
+:mod:`rlmpipe.monitor.html`.
 """
 
 from __future__ import annotations
 
 import datetime
-import html
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from rlmpipe.lm.usage import percentile
+from rlmpipe.monitor.html import (Column, card, count, esc, figure, legend, nice_ticks, num, page, svg_line,
+                                  svg_plot, svg_rect, svg_text, table, tick_label)
 from rlmpipe.monitor.metrics import run_tables
 from rlmpipe.monitor.render import run_state
 from rlmpipe.runtime.eventlog import read_events
@@ -64,19 +66,6 @@ def write_report(store: Store, run_id: str, path: str | Path) -> Path:
 
 
 # --- small helpers ------------------------------------------------------------------------------
-def esc(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(value: float) -> str:
-    """A coordinate: short, no exponent."""
-    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
-
-
-def count(value: int | None) -> str:
-    return "" if value is None else f"{value:,}"
-
-
 def usd(value: float | None) -> str:
     if value is None:
         return "unknown"
@@ -168,73 +157,6 @@ def nice_time_step(raw: float) -> float:
         if step >= raw:
             return step
     return 86400 * math.ceil(raw / 86400)
-
-
-def nice_ticks(high: float, target: int = 5) -> list[float]:
-    """0, step, 2*step, ... covering [0, high] with about ``target`` intervals."""
-    if high <= 0:
-        return [0.0]
-    raw = high / target
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    return [i * step for i in range(math.ceil(high / step - 1e-9) + 1)]
-
-
-def tick_label(value: float) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 1:
-        return f"{value:g}"
-    return f"{value:.6f}".rstrip("0").rstrip(".")
-
-
-def _text(x: float, y: float, text: str, *, anchor: str = "start", size: int = 12, cls: str = "",
-          weight: str = "", rotate: bool = False, fill: str = "") -> str:
-    attributes = f'x="{_num(x)}" y="{_num(y)}" font-size="{size}"'
-    if anchor != "start":
-        attributes += f' text-anchor="{anchor}"'
-    if cls:
-        attributes += f' class="{cls}"'
-    if weight:
-        attributes += f' font-weight="{weight}"'
-    if fill:
-        attributes += f' fill="{fill}"'
-    if rotate:
-        attributes += f' transform="rotate(-90 {_num(x)} {_num(y)})"'
-    return f"<text {attributes}>{esc(text)}</text>"
-
-
-def _rect(x: float, y: float, w: float, h: float, fill: str, title: str | None = None,
-          extra: str = "") -> str:
-    body = (f'<rect x="{_num(x)}" y="{_num(y)}" width="{_num(max(w, 0))}" height="{_num(max(h, 0))}" '
-            f'fill="{fill}"{extra}')
-    return f"{body}><title>{esc(title)}</title></rect>" if title else body + "/>"
-
-
-def _line(x1: float, y1: float, x2: float, y2: float, stroke: str = "#999", extra: str = "") -> str:
-    return (f'<line x1="{_num(x1)}" y1="{_num(y1)}" x2="{_num(x2)}" y2="{_num(y2)}" stroke="{stroke}"'
-            f"{extra}/>")
-
-
-def _svg(plot_id: str, title: str, height: float, body: Iterable[str], attributes: str = "") -> str:
-    height = math.ceil(height)
-    return (f'<svg id="{plot_id}" class="plot" role="img"{attributes} '
-            f'width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
-            f'preserveAspectRatio="xMinYMin meet"><title>{esc(title)}</title>'
-            + "".join(body) + "</svg>")
-
-
-def _figure(plot_id: str, title: str, svg: str, caption: str, legend: str = "") -> str:
-    return (f'<figure class="figure" id="figure-{plot_id}"><h3>{esc(title)}</h3>{legend}'
-            f'<div class="plot-wrap">{svg}</div><figcaption>{caption}</figcaption></figure>')
-
-
-def _legend(items: Iterable[tuple[str, str]]) -> str:
-    spans = "".join(f'<span class="key"><i style="background:{colour}"></i>{esc(label)}</span>' if colour
-                    else f'<span class="key muted">{esc(label)}</span>' for colour, label in items)
-    return f'<div class="legend">{spans}</div>'
 
 
 def _shade(outcome: str, depth: int) -> str:
@@ -381,31 +303,31 @@ class TimeAxis:
             value = first
             while value <= session.end - self.run_start + 1e-9:
                 x = segment.x_at(self.run_start + value)
-                parts.append(_line(x, bottom, x, bottom + 5, "#666"))
-                parts.append(_line(x, top, x, bottom, "#e6e6e6"))
+                parts.append(svg_line(x, bottom, x, bottom + 5, "#666"))
+                parts.append(svg_line(x, top, x, bottom, "#e6e6e6"))
                 crowded = ((index > 0 and x < segment.x + 24)  # labels of neighbouring sessions would touch
                            or (index < len(segments) - 1 and x > segment.x + segment.width - 24))
                 if not crowded:
-                    parts.append(_text(x, bottom + 18, clock(value, step), anchor="middle", size=11))
+                    parts.append(svg_text(x, bottom + 18, clock(value, step), anchor="middle", size=11))
                 value += step
-            parts.append(_line(segment.x, bottom, segment.x + segment.width, bottom, "#666"))
+            parts.append(svg_line(segment.x, bottom, segment.x + segment.width, bottom, "#666"))
             if len(segments) > 1:
                 name = f"session {session.number}" if segment.width >= 64 else f"{session.number}"
-                parts.append(_text(segment.x + 2, top - 8, name, size=11, weight="bold"))
+                parts.append(svg_text(segment.x + 2, top - 8, name, size=11, weight="bold"))
             if previous is not None:
                 gap_x = previous.x + previous.width
                 idle = session.start - previous.session.end
-                parts.append(_rect(gap_x + 4, top, self.GAP - 8, bottom - top, f"url(#{pattern})",
+                parts.append(svg_rect(gap_x + 4, top, self.GAP - 8, bottom - top, f"url(#{pattern})",
                                    f"session {session.number} starts: resumed after {duration(idle)} idle"))
-                parts.append(_line(segment.x, top - 20, segment.x, bottom + 5, "#333",
+                parts.append(svg_line(segment.x, top - 20, segment.x, bottom + 5, "#333",
                                    ' stroke-dasharray="4 3"'))
                 for dx in (3, 9):  # the axis break mark //
-                    parts.append(_line(gap_x + dx, bottom + 6, gap_x + dx + 8, bottom - 6, "#333"))
+                    parts.append(svg_line(gap_x + dx, bottom + 6, gap_x + dx + 8, bottom - 6, "#333"))
                 if segment.width >= 240:
-                    parts.append(_text(segment.x + 70, top - 8, f"(resumed, +{duration(idle)} idle)", size=10,
-                                       cls="muted"))
+                    parts.append(svg_text(segment.x + 70, top - 8, f"(resumed, +{duration(idle)} idle)",
+                                          size=10, cls="muted"))
             previous = segment
-        parts.append(_text(self.x0 + self.width / 2, bottom + 38,
+        parts.append(svg_text(self.x0 + self.width / 2, bottom + 38,
                            "time since run start (idle time between sessions cut out)", anchor="middle",
                            size=12))
         return parts
@@ -420,9 +342,9 @@ def _break_pattern(pattern: str) -> str:
 
 # --- plots --------------------------------------------------------------------------------------
 def _empty(plot_id: str, title: str, message: str, height: int = 120) -> str:
-    return _svg(plot_id, title, height, [
-        _rect(0.5, 0.5, WIDTH - 1, height - 1, "#fafafa", extra=' stroke="#ddd"'),
-        _text(WIDTH / 2, height / 2, message, anchor="middle", size=14, cls="muted")])
+    return svg_plot(plot_id, title, WIDTH, height, [
+        svg_rect(0.5, 0.5, WIDTH - 1, height - 1, "#fafafa", extra=' stroke="#ddd"'),
+        svg_text(WIDTH / 2, height / 2, message, anchor="middle", size=14, cls="muted")])
 
 
 def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, max_bars: int) -> str:
@@ -430,7 +352,7 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
     caption_tail = ""
     if not calls:
         svg = _empty(plot_id, title, "no LM calls recorded")
-        return _figure(plot_id, title, svg, "No LM call was recorded for this run.")
+        return figure(plot_id, title, svg, "No LM call was recorded for this run.")
     lanes = sorted({call["worker"] or "(unknown)" for call in calls}, key=_natural)
     lane_index = {name: i for i, name in enumerate(lanes)}
     lane_h = max(5.0, min(22.0, 560.0 / len(lanes)))
@@ -447,14 +369,14 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
     parts = [_break_pattern(f"{plot_id}-break")]
     for i in range(len(lanes)):
         if i % 2:
-            parts.append(_rect(left, top + i * lane_h, WIDTH - left - right, lane_h, "#f7f7f7"))
+            parts.append(svg_rect(left, top + i * lane_h, WIDTH - left - right, lane_h, "#f7f7f7"))
     parts.extend(axis.draw(top, bottom, f"{plot_id}-break"))
     label_size = max(8, min(12, int(lane_h * 0.75)))
     label_every = 1 if lane_h >= 8 else math.ceil(9 / lane_h)
     for name, i in lane_index.items():
         if i % label_every == 0:
-            parts.append(_text(left - 6, top + i * lane_h + lane_h / 2 + label_size / 3, name, anchor="end",
-                               size=label_size))
+            parts.append(svg_text(left - 6, top + i * lane_h + lane_h / 2 + label_size / 3, name,
+                                  anchor="end", size=label_size))
     bar_h = max(lane_h - 3, 2)
     bars = markers = 0
     for (worker, session), members in groups.items():
@@ -482,15 +404,15 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
                          + ", ".join(f"{n} at depth {d}" for d, n in sorted(depths.items()))
                          + f" · session {session}")
             outcome = outcomes.most_common(1)[0][0]
-            parts.append(_rect(x1, y, max(x2 - x1, 1.0), bar_h, _shade(outcome, depth), label))
+            parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), bar_h, _shade(outcome, depth), label))
             bars += 1
             if len(chunk) > 1 and outcomes.get("error") and outcome != "error":
                 share = outcomes["error"] / len(chunk)
-                parts.append(_rect(x1, y, max(x2 - x1, 1.0), max(bar_h / 3, 1.5), _shade("error", 0),
+                parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), max(bar_h / 3, 1.5), _shade("error", 0),
                                    extra=f' fill-opacity="{min(1.0, 0.15 + share * 3):.2f}"'))
                 markers += 1
-    parts.append(_text(16, top + plot_h / 2, "worker thread", anchor="middle", size=12, rotate=True))
-    svg = _svg(plot_id, title, bottom + 50, parts, f' data-calls="{len(calls)}" data-bars="{bars}"'
+    parts.append(svg_text(16, top + plot_h / 2, "worker thread", anchor="middle", size=12, rotate=True))
+    svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts, f' data-calls="{len(calls)}" data-bars="{bars}"'
                f' data-error-marks="{markers}" data-per-bar="{per_bar}"')
     depths = sorted({c["depth"] or 0 for c in calls})
     legend_items = [(_shade(o, 0), o) for o in ("ok", "error", "cached")]
@@ -512,14 +434,14 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
                "thread that made it, from its start to its start plus its latency; colour says the outcome "
                "(ok, error, cached) and the shade its recursion depth (darker is shallower)."
                + sessions_text + caption_tail)
-    return _figure(plot_id, title, svg, caption, _legend(legend_items))
+    return figure(plot_id, title, svg, caption, legend(legend_items))
 
 
 def latency_plot(calls: list[dict]) -> str:
     plot_id, title = "plot-latency", "Latency of successful LM calls"
     latencies = sorted(c["latency"] for c in calls if c["outcome"] == "ok")
     if not latencies:
-        return _figure(plot_id, title, _empty(plot_id, title, "no successful LM calls"),
+        return figure(plot_id, title, _empty(plot_id, title, "no successful LM calls"),
                        "No call succeeded, so there is no latency to show.")
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
     top_value = latencies[-1]
@@ -546,43 +468,44 @@ def latency_plot(calls: list[dict]) -> str:
         return left + v / upper * plot_w
     parts: list[str] = []
     for tick in y_ticks:
-        parts.append(_line(left, y(tick), left + plot_w, y(tick), "#eee"))
-        parts.append(_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
+        parts.append(svg_line(left, y(tick), left + plot_w, y(tick), "#eee"))
+        parts.append(svg_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
     for i, n in enumerate(counts):
         if n:
             lo, hi = i * width_s, (i + 1) * width_s
-            parts.append(_rect(x(lo) + 0.5, y(n), x(hi) - x(lo) - 1, bottom - y(n), OUTCOME_SHADES["ok"][1],
-                               f"{lo:.3f}s – {hi:.3f}s: {n} calls"))
+            parts.append(svg_rect(x(lo) + 0.5, y(n), x(hi) - x(lo) - 1, bottom - y(n),
+                                  OUTCOME_SHADES["ok"][1], f"{lo:.3f}s – {hi:.3f}s: {n} calls"))
     for tick in nice_ticks(upper, 8):
         if tick <= upper + 1e-12:
-            parts.append(_line(x(tick), bottom, x(tick), bottom + 5, "#666"))
-            parts.append(_text(x(tick), bottom + 18, duration(tick), anchor="middle", size=11))
+            parts.append(svg_line(x(tick), bottom, x(tick), bottom + 5, "#666"))
+            parts.append(svg_text(x(tick), bottom + 18, duration(tick), anchor="middle", size=11))
     if overflow:
         ox = left + plot_w + 20
-        parts.append(_rect(ox, y(overflow), 40, bottom - y(overflow), OUTCOME_SHADES["ok"][2],
+        parts.append(svg_rect(ox, y(overflow), 40, bottom - y(overflow), OUTCOME_SHADES["ok"][2],
                            f"{overflow} calls slower than {upper:.3f}s (up to {top_value:.3f}s)"))
-        parts.append(_text(ox + 20, bottom + 18, f"> {duration(upper)}", anchor="middle", size=11))
-    parts.append(_line(left, bottom, left + plot_w, bottom, "#666"))
-    parts.append(_line(left, top, left, bottom, "#666"))
+        parts.append(svg_text(ox + 20, bottom + 18, f"> {duration(upper)}", anchor="middle", size=11))
+    parts.append(svg_line(left, bottom, left + plot_w, bottom, "#666"))
+    parts.append(svg_line(left, top, left, bottom, "#666"))
     for value, name, row in ((p50, "p50", 0), (p95, "p95", 1)):
         px = x(min(value, upper))
-        parts.append(_line(px, top - 4 + row * 14, px, bottom, "#c0392b" if name == "p95" else "#222",
+        parts.append(svg_line(px, top - 4 + row * 14, px, bottom, "#c0392b" if name == "p95" else "#222",
                            ' stroke-width="1.5" stroke-dasharray="5 3"'))
         label = f"{name} {duration(value)}"
         # near the right edge the label goes left of its line (it was clipped by the plot's edge)
         fits = px + 4 + 7 * len(label) <= WIDTH - 4
-        parts.append(_text(px + 4 if fits else px - 4, top + 6 + row * 14, label, anchor="start" if fits else "end",
-                           size=11, weight="bold", fill="#c0392b" if name == "p95" else "#222"))
-    parts.append(_text(left + plot_w / 2, bottom + 38, "latency (seconds)", anchor="middle", size=12))
-    parts.append(_text(18, top + height / 2, "calls", anchor="middle", size=12, rotate=True))
-    svg = _svg(plot_id, title, bottom + 50, parts)
+        parts.append(svg_text(px + 4 if fits else px - 4, top + 6 + row * 14, label,
+                              anchor="start" if fits else "end", size=11, weight="bold",
+                              fill="#c0392b" if name == "p95" else "#222"))
+    parts.append(svg_text(left + plot_w / 2, bottom + 38, "latency (seconds)", anchor="middle", size=12))
+    parts.append(svg_text(18, top + height / 2, "calls", anchor="middle", size=12, rotate=True))
+    svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts)
     caption = (f"How long the {count(len(latencies))} successful calls took (request to reply, retries not "
                f"included), in {bins} bins of {duration(width_s)}; dashed lines mark the median (p50 "
                f"{duration(p50)}) and the 95th percentile (p95 {duration(p95)}) of these calls; the slowest "
                f"took {duration(top_value)}.")
     if overflow:
         caption += f" {count(overflow)} calls slower than the 99th percentile are gathered in the last bar."
-    return _figure(plot_id, title, svg, caption)
+    return figure(plot_id, title, svg, caption)
 
 
 @dataclass
@@ -599,7 +522,7 @@ class BarRow:
 
 def tokens_cost_plot(plot_id: str, title: str, rows: list[BarRow], what: str, caption: str) -> str:
     if not rows:
-        return _figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"), caption)
+        return figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"), caption)
     row_h, top, label_w = 24, 34, 230
     tokens_x, tokens_w = label_w, 500
     cost_x, cost_w = tokens_x + tokens_w + 70, WIDTH - (tokens_x + tokens_w + 70) - 90
@@ -611,63 +534,63 @@ def tokens_cost_plot(plot_id: str, title: str, rows: list[BarRow], what: str, ca
     cost_ticks = nice_ticks(max_cost, 3) if max_cost > 0 else [0.0]
     cost_max = cost_ticks[-1] or 1
     parts: list[str] = [
-        _text(label_w - 16, top - 14, what, anchor="end", size=12, weight="bold"),
-        _text(tokens_x + 4, top - 14, "tokens (in + out)", size=12, weight="bold"),
-        _text(cost_x, top - 14, "cost (USD)", size=12, weight="bold"),
+        svg_text(label_w - 16, top - 14, what, anchor="end", size=12, weight="bold"),
+        svg_text(tokens_x + 4, top - 14, "tokens (in + out)", size=12, weight="bold"),
+        svg_text(cost_x, top - 14, "cost (USD)", size=12, weight="bold"),
     ]
     for tick in token_ticks:
         tx = tokens_x + tick / token_max * tokens_w
-        parts.append(_line(tx, top, tx, bottom, "#eee"))
-        parts.append(_text(tx, bottom + 16, tick_label(tick), anchor="middle", size=11))
+        parts.append(svg_line(tx, top, tx, bottom, "#eee"))
+        parts.append(svg_text(tx, bottom + 16, tick_label(tick), anchor="middle", size=11))
     for tick in cost_ticks if max_cost > 0 else []:
         cx = cost_x + tick / cost_max * cost_w
-        parts.append(_line(cx, top, cx, bottom, "#eee"))
-        parts.append(_text(cx, bottom + 16, "$" + tick_label(tick), anchor="middle", size=11))
+        parts.append(svg_line(cx, top, cx, bottom, "#eee"))
+        parts.append(svg_text(cx, bottom + 16, "$" + tick_label(tick), anchor="middle", size=11))
     for i, row in enumerate(rows):
         y = top + i * row_h + 4
         h = row_h - 8
         parts.append(f'<g><title>{esc(row.hover)}</title>'
-                     + _text(label_w - 8, y + h / 2 + 4, row.label, anchor="end", size=12) + "</g>")
+                     + svg_text(label_w - 8, y + h / 2 + 4, row.label, anchor="end", size=12) + "</g>")
         if row.aggregate:
-            parts.append(_text(tokens_x + 6, y + h / 2 + 4,
+            parts.append(svg_text(tokens_x + 6, y + h / 2 + 4,
                                f"{count(row.prompt_tokens)} in + {count(row.completion_tokens)} out "
                                f"({count(row.calls)} calls; not drawn)", size=11, cls="muted"))
-            parts.append(_text(cost_x + 4, y + h / 2 + 4, cost_text(row.cost, row.unpriced), size=11,
+            parts.append(svg_text(cost_x + 4, y + h / 2 + 4, cost_text(row.cost, row.unpriced), size=11,
                                cls="muted"))
             continue
         w_in = row.prompt_tokens / token_max * tokens_w
         w_out = row.completion_tokens / token_max * tokens_w
-        parts.append(_rect(tokens_x, y, w_in, h, TOKEN_IN,
+        parts.append(svg_rect(tokens_x, y, w_in, h, TOKEN_IN,
                            f"{row.label}: {count(row.prompt_tokens)} tokens in"))
-        parts.append(_rect(tokens_x + w_in, y, w_out, h, TOKEN_OUT,
+        parts.append(svg_rect(tokens_x + w_in, y, w_out, h, TOKEN_OUT,
                            f"{row.label}: {count(row.completion_tokens)} tokens out"))
-        parts.append(_text(tokens_x + w_in + w_out + 4, y + h / 2 + 4,
+        parts.append(svg_text(tokens_x + w_in + w_out + 4, y + h / 2 + 4,
                            count(row.prompt_tokens + row.completion_tokens), size=11))
         label = cost_text(row.cost, row.unpriced)
         w_cost = row.cost / cost_max * cost_w if max_cost > 0 else 0
         if w_cost:
-            parts.append(_rect(cost_x, y, w_cost, h, COST_COLOUR, f"{row.label}: {label}"))
-        parts.append(_text(cost_x + w_cost + 4, y + h / 2 + 4, label, size=11,
+            parts.append(svg_rect(cost_x, y, w_cost, h, COST_COLOUR, f"{row.label}: {label}"))
+        parts.append(svg_text(cost_x + w_cost + 4, y + h / 2 + 4, label, size=11,
                            cls="muted" if label == "unknown" else ""))
-    parts.append(_line(tokens_x, bottom, tokens_x + tokens_w, bottom, "#666"))
-    parts.append(_line(tokens_x, top, tokens_x, bottom, "#666"))
-    parts.append(_line(cost_x, bottom, cost_x + cost_w, bottom, "#666"))
-    parts.append(_line(cost_x, top, cost_x, bottom, "#666"))
-    parts.append(_text(tokens_x + tokens_w / 2, bottom + 36, "tokens", anchor="middle", size=12))
-    parts.append(_text(cost_x + cost_w / 2, bottom + 36,
+    parts.append(svg_line(tokens_x, bottom, tokens_x + tokens_w, bottom, "#666"))
+    parts.append(svg_line(tokens_x, top, tokens_x, bottom, "#666"))
+    parts.append(svg_line(cost_x, bottom, cost_x + cost_w, bottom, "#666"))
+    parts.append(svg_line(cost_x, top, cost_x, bottom, "#666"))
+    parts.append(svg_text(tokens_x + tokens_w / 2, bottom + 36, "tokens", anchor="middle", size=12))
+    parts.append(svg_text(cost_x + cost_w / 2, bottom + 36,
                        "cost (USD)" if max_cost > 0 else "cost (USD): no known price", anchor="middle",
                        size=12))
-    svg = _svg(plot_id, title, bottom + 48, parts)
-    legend = _legend([(TOKEN_IN, "tokens in (prompt)"), (TOKEN_OUT, "tokens out (completion)"),
-                      (COST_COLOUR, "cost")])
-    return _figure(plot_id, title, svg, caption, legend)
+    svg = svg_plot(plot_id, title, WIDTH, bottom + 48, parts)
+    keys = legend([(TOKEN_IN, "tokens in (prompt)"), (TOKEN_OUT, "tokens out (completion)"),
+                    (COST_COLOUR, "cost")])
+    return figure(plot_id, title, svg, caption, keys)
 
 
 def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
     plot_id, title = "plot-failures", "Retries and failures over time"
     attempts = [c for c in calls if c["outcome"] != "cached"]
     if not attempts or not sessions:
-        return _figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"),
+        return figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"),
                        "No LM call was recorded.")
     left, right, top, height = 70, 20, 40, 220
     bottom = top + height
@@ -694,10 +617,10 @@ def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
     def y(v: float) -> float:
         return bottom - v / y_max * height
     for tick in y_ticks:
-        parts.append(_line(left, y(tick), WIDTH - right, y(tick), "#eee"))
-        parts.append(_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
+        parts.append(svg_line(left, y(tick), WIDTH - right, y(tick), "#eee"))
+        parts.append(svg_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
     parts.extend(axis.draw(top, bottom, f"{plot_id}-break"))
-    parts.append(_line(left, top, left, bottom, "#666"))
+    parts.append(svg_line(left, top, left, bottom, "#666"))
     for number, segment in axis.segments.items():
         session = segment.session
         buckets = max(1, math.ceil(max(session.seconds, 1e-6) / bucket - 1e-9))
@@ -712,86 +635,42 @@ def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
                 if n:
                     span = f"{duration(t0 - axis.run_start)} – {duration(t0 + bucket - axis.run_start)}"
                     hover = f"{span}: {n} {kind} errors (of {totals.get((number, b), 0)} attempts)"
-                    parts.append(_rect(x1 + 0.5, y(stacked + n), w, y(stacked) - y(stacked + n),
+                    parts.append(svg_rect(x1 + 0.5, y(stacked + n), w, y(stacked) - y(stacked + n),
                                        colours[kind], hover))
                     stacked += n
             points.append(((x1 + x2) / 2, y(retries.get((number, b), 0)), retries.get((number, b), 0), t0))
         if points:
-            path = " ".join(f"{_num(px)},{_num(py)}" for px, py, _, _ in points)
+            path = " ".join(f"{num(px)},{num(py)}" for px, py, _, _ in points)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{RETRY_COLOUR}" '
                          'stroke-width="1.5"/>')
             for px, py, n, t0 in points:
                 if n:
                     hover = esc(f"{duration(t0 - axis.run_start)}: {n} retries")
-                    parts.append(f'<circle cx="{_num(px)}" cy="{_num(py)}" r="2.5" fill="{RETRY_COLOUR}">'
+                    parts.append(f'<circle cx="{num(px)}" cy="{num(py)}" r="2.5" fill="{RETRY_COLOUR}">'
                                  f"<title>{hover}</title></circle>")
     if not peak:
-        parts.append(_text(left + (WIDTH - left - right) / 2, top + height / 2, "no errors and no retries",
+        parts.append(svg_text(left + (WIDTH - left - right) / 2, top + height / 2, "no errors and no retries",
                            anchor="middle", size=14, cls="muted"))
-    parts.append(_text(18, top + height / 2, "attempts per bucket", anchor="middle", size=12, rotate=True))
-    svg = _svg(plot_id, title, bottom + 50, parts)
-    legend = _legend([(colours[k], f"error: {k}") for k in error_types] + [(RETRY_COLOUR, "retries (line)")])
+    parts.append(svg_text(18, top + height / 2, "attempts per bucket", anchor="middle", size=12, rotate=True))
+    svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts)
+    keys = legend([(colours[k], f"error: {k}") for k in error_types] + [(RETRY_COLOUR, "retries (line)")])
     total_errors = sum(sum(c.values()) for c in errors.values())
     caption = (f"LM call attempts that failed, stacked by error type, and retries (attempts after a call's "
                f"first, the line), per bucket of {duration(bucket)} of run time ({count(total_errors)} "
                f"errors and {count(sum(retries.values()))} retries in all)."
                + (" Sessions are separated as in the timeline." if len(sessions) > 1 else ""))
-    return _figure(plot_id, title, svg, caption, legend)
+    return figure(plot_id, title, svg, caption, keys)
 
 
 # --- tables -------------------------------------------------------------------------------------
-@dataclass
-class Column:
-    key: str
-    label: str
-    kind: str = "text"  # text | int | seconds | cost | code
-    fmt: Callable[[dict], str] | None = None  # plain text (escaped by ``table``)
-    markup: Callable[[dict], str] | None = None  # HTML (the callable escapes what it takes from the store)
-
-
-def table(table_id: str, columns: list[Column], rows: list[dict], *, empty: str = "nothing to show") -> str:
-    head = "".join(f'<th class="{"num" if c.kind in ("int", "seconds", "cost") else ""}">{esc(c.label)}</th>'
-                   for c in columns)
-    body = []
-    for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column.key)
-            if column.fmt is not None:
-                text = column.fmt(row)
-            elif column.kind == "int":
-                text = count(value) if value is not None else ""
-            elif column.kind == "seconds":
-                text = "" if value is None else f"{value:.3f}s"
-            elif column.kind == "cost":
-                text = cost_text(value, row.get("unpriced_calls") or 0)
-            else:
-                text = "" if value is None else str(value)
-            sort_value = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-            attributes = f' data-v="{sort_value}"' if sort_value is not None else ""
-            if column.kind in ("int", "seconds", "cost"):
-                attributes += ' class="num"'
-            elif column.kind == "error":
-                attributes += ' class="error"'
-            elif column.kind == "code":
-                attributes += ' class="code"'
-            elif column.kind == "document":
-                attributes += ' class="document"'
-            if column.markup is not None:
-                cells.append(f"<td{attributes}>{column.markup(row)}</td>")
-            else:
-                cells.append(f"<td{attributes}>{esc(text)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    if not rows:
-        body.append(f'<tr><td colspan="{len(columns)}" class="muted">{esc(empty)}</td></tr>')
-    return (f'<div class="table-wrap"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+def _cost_cell(row: dict) -> str:
+    return cost_text(row.get("cost"), row.get("unpriced_calls") or 0)
 
 
 LM_COLUMNS = [
     Column("calls", "calls", "int"), Column("errors", "errors", "int"), Column("retries", "retries", "int"),
     Column("cached", "cached", "int"), Column("prompt_tokens", "tokens in", "int"),
-    Column("completion_tokens", "tokens out", "int"), Column("cost", "cost", "cost"),
+    Column("completion_tokens", "tokens out", "int"), Column("cost", "cost", "num", fmt=_cost_cell),
     Column("seconds", "model time", "seconds"), Column("queued_seconds", "queued", "seconds"),
     Column("p50_latency", "p50 latency", "seconds"), Column("p95_latency", "p95 latency", "seconds"),
 ]
@@ -803,91 +682,8 @@ def _step_columns() -> list[Column]:
         Column("step", "step"), Column("document", "document"), Column("chunk_id", "chunk", "code"),
         Column("status", "status"), Column("depth", "depth", "int"), Column("seconds", "time", "seconds"),
         Column("attempts", "attempts", "int"), Column("tokens", "tokens", "int"),
-        Column("cost", "cost", "cost", fmt=lambda r: "unknown" if r["cost"] is None else usd(r["cost"])),
+        Column("cost", "cost", "num", fmt=lambda r: "unknown" if r["cost"] is None else usd(r["cost"])),
     ]
-
-
-# --- the page -----------------------------------------------------------------------------------
-CSS = """
-:root { --fg:#1d2330; --muted:#667085; --line:#e3e6eb; --bg:#ffffff; --panel:#f6f7f9; --bad:#b3261e; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--fg); background: var(--bg);
-       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 18px; margin: 36px 0 10px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 0 0 6px; }
-code, .code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
-.muted { color: var(--muted); fill: var(--muted); }
-.facts { display: grid; grid-template-columns: max-content 1fr max-content 1fr; gap: 4px 14px;
-         margin: 14px 0; }
-.facts dt { color: var(--muted); } .facts dd { margin: 0; overflow-wrap: anywhere; }
-.cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 14px 0 8px; }
-.card { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px;
-        min-width: 120px; }
-.card .label { color: var(--muted); font-size: 12px; } .card .value { font-size: 20px; font-weight: 600; }
-.card.bad .value { color: var(--bad); }
-.note { background: #fff8e6; border: 1px solid #f0d9a0; border-radius: 6px; padding: 8px 12px;
-        margin: 8px 0; }
-.status-done { color: #1e7d32; font-weight: 600; } .status-failed { color: var(--bad); font-weight: 600; }
-.status-stopped, .status-running { color: #a45d00; font-weight: 600; }
-.figure { margin: 22px 0 30px; } .plot-wrap { overflow-x: auto; }
-svg.plot { display: block; max-width: 100%; height: auto; background: #fff; font-family: inherit; }
-svg.plot text { fill: var(--fg); } svg.plot text.muted { fill: var(--muted); }
-figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; max-width: 1000px; }
-.legend { display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 12px; margin: 2px 0 6px; }
-.legend .key i { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 5px;
-                 vertical-align: -2px; }
-.table-wrap { overflow-x: auto; margin: 6px 0 18px; }
-table { border-collapse: collapse; font-size: 13px; min-width: 60%; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: var(--panel); position: sticky; top: 0; cursor: pointer; user-select: none;
-     white-space: nowrap; }
-th.num, td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.error { color: var(--bad); min-width: 260px; max-width: 520px; overflow-wrap: anywhere; }
-td.document { min-width: 280px; max-width: 480px; overflow-wrap: anywhere; }
-td.document .error { color: var(--bad); font-size: 12px; margin-top: 2px; }
-.card .sub { color: var(--muted); font-size: 11px; }
-tr.failed td:first-child { border-left: 3px solid var(--bad); }
-footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
-"""
-
-# the page loads nothing: no network, no file, only its own inline style and script
-CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
-       "base-uri 'none'; form-action 'none'")
-
-SCRIPT = """
-(function () {
-  function key(cell) {
-    var v = cell.getAttribute('data-v');
-    return v === null ? cell.textContent.toLowerCase() : parseFloat(v);
-  }
-  var tables = document.querySelectorAll('table.sortable');
-  for (var t = 0; t < tables.length; t++) {
-    (function (table) {
-      var heads = table.tHead ? table.tHead.rows[0].cells : [];
-      for (var i = 0; i < heads.length; i++) {
-        (function (index, th) {
-          th.title = 'sort';
-          th.addEventListener('click', function () {
-            var body = table.tBodies[0];
-            var rows = Array.prototype.slice.call(body.rows);
-            var down = th.getAttribute('data-order') !== 'desc';
-            rows.sort(function (a, b) {
-              var x = key(a.cells[index]), y = key(b.cells[index]);
-              if (x === y) { return 0; }
-              return (x < y ? -1 : 1) * (down ? -1 : 1);
-            });
-            for (var k = 0; k < heads.length; k++) { heads[k].removeAttribute('data-order'); }
-            th.setAttribute('data-order', down ? 'desc' : 'asc');
-            for (var r = 0; r < rows.length; r++) { body.appendChild(rows[r]); }
-          });
-        })(i, heads[i]);
-      }
-    })(tables[t]);
-  }
-})();
-"""
 
 
 def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BARS) -> str:
@@ -938,11 +734,8 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
         ("errors", "errors", count(totals["errors"]), totals["errors"] > 0, ""),
         ("cached", "cached", count(totals["cached"]), False, ""),
     ]
-    cards_html = "".join(
-        f'<div class="card{" bad" if bad else ""}"><div class="label">{esc(label)}</div>'
-        f'<div class="value" data-total="{key}">{esc(value)}</div>'
-        + (f'<div class="sub">{esc(sub)}</div>' if sub else "") + "</div>"
-        for key, label, value, bad, sub in cards)
+    cards_html = "".join(card(label, value, key=key, bad=bad, sub=sub)
+                         for key, label, value, bad, sub in cards)
     notes = []
     if totals["unpriced_calls"]:
         model = f"<code>{esc(run['model'] or '')}</code>"
@@ -1077,19 +870,7 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
                           f'<p class="muted">{intro}</p>{body}</section>'
                           for title, tid, intro, body in sections)
     generated = when(datetime.datetime.now().timestamp())
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<meta name="generator" content="rlmpipe">
-<title>rlmpipe run {esc(run['run_id'])} · {esc(run['pipeline'])} · {esc(state)}</title>
-<style>{CSS}</style>
-</head>
-<body>
-<main>
-<header>
+    body = f"""<header>
 <h1>Run <code>{esc(run['run_id'])}</code> · {esc(run['pipeline'])}</h1>
 <dl class="facts">{facts_html}</dl>
 <div class="cards" id="totals">{cards_html}</div>
@@ -1104,12 +885,8 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
 {tables_html}
 <footer>Written by rlmpipe on {esc(generated)} from {esc(store.path.name)} (workspace
 <code>{esc(store.workspace)}</code>). Self-contained: opens offline, loads nothing.
-Click a table heading to sort by it.</footer>
-</main>
-<script>{SCRIPT}</script>
-</body>
-</html>
-"""
+Click a table heading to sort by it.</footer>"""
+    return page(f"rlmpipe run {run['run_id']} · {run['pipeline']} · {state}", body)
 
 
 def _document_cell(row: dict) -> str:
