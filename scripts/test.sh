@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 pip install --quiet --quiet --upgrade pip  # -qq: errors only (some pip configurations warn per package)
 pip install --quiet --quiet -e ".[dev,local]"
+source scripts/_llama_portable.sh
 # Headless Chromium checks the HTML reports; Debian's package, when we may install it.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
