@@ -13,6 +13,10 @@ have a fixed number of bins, and long tables are cut (and say so).
 All text that comes from the store or the event log (paths, errors, step names, reasons) is
 escaped (:func:`rlmpipe.monitor.html.esc`); the page is assembled by the report kit,
 :mod:`rlmpipe.monitor.html`.
+
+Two halves: the data model, :class:`RunReport`, which :func:`collect` reads from the store and the
+event log (the only reading done here), and the page, :func:`render`: a template whose parts
+(facts, cards, notes, sessions, plots, tables) are each one function of the model.
 """
 
 from __future__ import annotations
@@ -686,20 +690,97 @@ def _step_columns() -> list[Column]:
     ]
 
 
+@dataclass
+class RunReport:
+    """What the run report shows: the data model, read from the run store and the event log by
+    :func:`collect`. :func:`render` turns it into HTML and reads nothing else."""
+
+    run: dict
+    totals: dict
+    calls: list[dict]
+    documents: list[dict]  # run_tables' rows, with ``doc_seconds``: the document's wall time
+    steps: list[dict]  # by step name
+    depths: list[dict]  # by recursion depth
+    slowest_steps: list[dict]
+    costliest_steps: list[dict]
+    failed_steps: list[dict]  # steps whose last attempt failed (at most MAX_TABLE_ROWS)
+    trajectories: list[dict]  # RLM code executions, by step
+    sessions: list[Session]
+    notes: list[str]  # the run's notes from its event log, oldest first
+    store_name: str
+    workspace: str
+    generated: float  # when the report was written (epoch seconds)
+
+    @property
+    def doc_paths(self) -> dict:
+        return {d["doc_id"]: d["path"] for d in self.documents}
+
+
+def collect(store: Store, run_id: str) -> RunReport:
+    """Read everything the report of ``run_id`` shows (the only function here that reads)."""
+    tables = run_tables(store, run_id)
+    run, calls = tables["run"], tables["calls"]
+    events = read_run_events(store.workspace, run_id)
+    # run_tables' document rows carry the LM time as "seconds" (its Group figures win over the document's
+    # wall time of the same name), so the wall time is taken from the store here
+    wall = {d["doc_id"]: (d["finished"] - d["started"]) if d["finished"] and d["started"] else None
+            for d in store.documents(run_id)}
+    documents = [{**d, "doc_seconds": wall.get(d["doc_id"])} for d in tables["documents"]]
+    doc_paths = {d["doc_id"]: d["path"] for d in documents}
+    failed_steps = [{"name": s.name, "document": doc_paths.get(s.doc_id, s.doc_id or ""), "chunk_id": s.chunk_id,
+                     "attempts": s.attempts, "error": s.error}
+                    for s in store.steps(run_id) if s.status == "failed"][:MAX_TABLE_ROWS]
+    return RunReport(
+        run=run, totals=tables["totals"], calls=calls, documents=documents, steps=tables["steps"],
+        depths=tables["depths"], slowest_steps=tables["slowest_steps"], costliest_steps=tables["costliest_steps"],
+        failed_steps=failed_steps, trajectories=tables.get("trajectories", []),
+        sessions=build_sessions(run, calls, events),
+        notes=[e.get("message") or "" for e in events if e.get("type") == "note"][:MAX_NOTES],
+        store_name=store.path.name, workspace=str(store.workspace),
+        generated=datetime.datetime.now().timestamp())
+
+
 def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BARS) -> str:
     """The report of ``run_id`` as one HTML string."""
-    tables = run_tables(store, run_id)
-    run, totals, calls = tables["run"], tables["totals"], tables["calls"]
-    events = read_run_events(store.workspace, run_id)
-    sessions = build_sessions(run, calls, events)
-    documents = tables["documents"]
-    doc_paths = {d["doc_id"]: d["path"] for d in documents}
-    state = run_state(run)
+    return render(collect(store, run_id), max_bars=max_bars)
 
-    # header
-    start = sessions[0].start if sessions else run["created"]
-    end = max([s.end for s in sessions] + [run["updated"] or 0]) if sessions else run["updated"]
-    document_counts = Counter(d["status"] for d in documents)
+
+def render(report: RunReport, *, max_bars: int = MAX_TIMELINE_BARS) -> str:
+    """The page: the template below, filled by one function per part."""
+    run = report.run
+    body = f"""<header>
+<h1>Run <code>{esc(run['run_id'])}</code> · {esc(run['pipeline'])}</h1>
+<dl class="facts">{_facts(report)}</dl>
+<div class="cards" id="totals">{_cards(report)}</div>
+{''.join(_notes(report))}
+</header>
+<section id="section-sessions"><h2>Sessions</h2>
+<p class="muted">Each start or resume of the run is a session; LM figures include every session.</p>
+{_sessions_table(report.sessions)}</section>
+<section id="section-plots"><h2>Plots</h2>
+{''.join(_plots(report, max_bars))}
+</section>
+{''.join(f'<section id="section-{tid}"><h2>{esc(title)}</h2><p class="muted">{intro}</p>{body}</section>'
+         for title, tid, intro, body in _sections(report))}
+<footer>Written by rlmpipe on {esc(when(report.generated))} from {esc(report.store_name)} (workspace
+<code>{esc(report.workspace)}</code>). Self-contained: opens offline, loads nothing.
+Click a table heading to sort by it.</footer>"""
+    return page(f"rlmpipe run {run['run_id']} · {run['pipeline']} · {run_state(run)}", body)
+
+
+def _span(report: RunReport) -> tuple[float, float]:
+    """When the run started and last ended (or was last updated)."""
+    run, sessions = report.run, report.sessions
+    if not sessions:
+        return run["created"], run["updated"]
+    return sessions[0].start, max([s.end for s in sessions] + [run["updated"] or 0])
+
+
+def _facts(report: RunReport) -> str:
+    run, sessions = report.run, report.sessions
+    state = run_state(run)
+    start, end = _span(report)
+    document_counts = Counter(d["status"] for d in report.documents)
     facts = [
         ("run", f"<code>{esc(run['run_id'])}</code>"),
         ("pipeline", esc(run["pipeline"])),
@@ -717,10 +798,18 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
         ("fingerprint", f"<code>{esc(run['fingerprint'])}</code>"),
         ("concurrency", esc(((run.get("config") or {}).get("options") or {}).get("concurrency", ""))),
     ]
-    facts_html = "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
-    priced_calls = sum(1 for c in calls
+    return "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
+
+
+def _total_cost(report: RunReport) -> str:
+    priced_calls = sum(1 for c in report.calls
                        if c["outcome"] != "cached" and c["prompt_tokens"] + c["completion_tokens"])
-    total_cost = cost_text(totals["cost"], totals["unpriced_calls"], priced_calls)
+    return cost_text(report.totals["cost"], report.totals["unpriced_calls"], priced_calls)
+
+
+def _cards(report: RunReport) -> str:
+    totals = report.totals
+    total_cost = _total_cost(report)
     cost_sub = ""
     if totals["unpriced_calls"]:
         cost_sub = (f"lower bound {usd(totals['cost'])}: {count(totals['unpriced_calls'])} calls unpriced"
@@ -734,12 +823,15 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
         ("errors", "errors", count(totals["errors"]), totals["errors"] > 0, ""),
         ("cached", "cached", count(totals["cached"]), False, ""),
     ]
-    cards_html = "".join(card(label, value, key=key, bad=bad, sub=sub)
-                         for key, label, value, bad, sub in cards)
+    return "".join(card(label, value, key=key, bad=bad, sub=sub) for key, label, value, bad, sub in cards)
+
+
+def _notes(report: RunReport) -> list[str]:
+    totals = report.totals
     notes = []
     if totals["unpriced_calls"]:
-        model = f"<code>{esc(run['model'] or '')}</code>"
-        if total_cost == "unknown":
+        model = f"<code>{esc(report.run['model'] or '')}</code>"
+        if _total_cost(report) == "unknown":
             notes.append(
                 f'<p class="note" id="cost-note"><strong>Cost unknown.</strong> None of the '
                 f"{count(totals['unpriced_calls'])} calls that used tokens has a known price (the price "
@@ -751,29 +843,32 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
                 f"{count(totals['unpriced_calls'])} of {count(totals['calls'])} calls have no known price "
                 f"(no entry in the price table for their model; run model {model}): their cost is not "
                 f"counted, so the run cost at least {esc(usd(totals['cost']))}.</p>")
-    for event in [e for e in events if e.get("type") == "note"][:MAX_NOTES]:
-        notes.append(f'<p class="note">{esc(event.get("message"))}</p>')
+    notes += [f'<p class="note">{esc(message)}</p>' for message in report.notes]
+    return notes
 
-    # sessions table
-    session_rows = [{
+
+def _sessions_table(sessions: list[Session]) -> str:
+    rows = [{
         "session": s.number, "started": when(s.start), "ended": when(s.end), "seconds": s.seconds,
         "attempts": s.attempts, "errors": s.errors, "retries": s.retries,
         "status": s.status or "",
         "reason": s.reason or "",
     } for s in sessions]
-    sessions_table = table("table-sessions", [
+    return table("table-sessions", [
         Column("session", "session", "int"), Column("started", "started"), Column("ended", "ended"),
         Column("seconds", "duration", "seconds", fmt=lambda r: duration(r["seconds"])),
         Column("attempts", "LM calls", "int"), Column("errors", "errors", "int"),
         Column("retries", "retries", "int"),
         Column("status", "status at end"), Column("reason", "stop reason", "error"),
-    ], session_rows, empty="no session recorded")
+    ], rows, empty="no session recorded")
 
-    # plots
+
+def _plots(report: RunReport, max_bars: int) -> list[str]:
+    calls, sessions, doc_paths = report.calls, report.sessions, report.doc_paths
     depth_rows = [BarRow(f"depth {r['depth']}", f"depth {r['depth']}: {count(r['calls'])} calls",
                          r["prompt_tokens"], r["completion_tokens"], r["cost"], r["unpriced_calls"],
-                         r["calls"]) for r in tables["depths"]]
-    ranked = sorted(documents, key=lambda r: (r["tokens"], r["calls"]), reverse=True)
+                         r["calls"]) for r in report.depths]
+    ranked = sorted(report.documents, key=lambda r: (r["tokens"], r["calls"]), reverse=True)
     doc_rows = [BarRow(_short_path(r["path"]), f"{r['path']} ({r['status']}): {count(r['calls'])} calls",
                        r["prompt_tokens"], r["completion_tokens"], r["cost"], r["unpriced_calls"], r["calls"])
                 for r in ranked[:MAX_PLOT_DOCUMENTS]]
@@ -789,7 +884,7 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
     if outside is not None:
         doc_rows.append(outside)
     unknown_note = " A cost marked ≥ is a lower bound (some calls have no known price); “unknown”: none has."
-    plots = [
+    return [
         timeline_plot(calls, sessions, doc_paths, max_bars),
         latency_plot(calls),
         tokens_cost_plot("plot-tokens-depth", "Tokens and cost by recursion depth", depth_rows,
@@ -804,7 +899,10 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
         failures_plot(calls, sessions),
     ]
 
-    # tables
+
+def _sections(report: RunReport) -> list[tuple[str, str, str, str]]:
+    """The tables after the plots, each as (title, id, intro, body)."""
+    documents, doc_paths = report.documents, report.doc_paths
     step_columns = [Column("step", "step"), Column("done", "done", "int"), Column("failed", "failed", "int"),
                     *LM_COLUMNS, Column("step_seconds", "step time", "seconds")]
     depth_columns = [Column("depth", "depth", "int"), *LM_COLUMNS]
@@ -815,48 +913,40 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
     doc_columns = [Column("path", "document (and error)", "document", markup=_document_cell),
                    Column("status", "status"), Column("steps", "steps", "int"),
                    Column("doc_seconds", "time", "seconds"), *DOC_LM_COLUMNS]
-    # run_tables' document rows carry the LM time as "seconds" (its Group figures win over the document's
-    # wall time of the same name), so the wall time is taken from the store here
-    wall = {d["doc_id"]: (d["finished"] - d["started"]) if d["finished"] and d["started"] else None
-            for d in store.documents(run_id)}
-    doc_table_rows = [{**d, "doc_seconds": wall.get(d["doc_id"])} for d in doc_table_rows]
 
     def step_rows(rows: list[dict]) -> list[dict]:
         return [{**r, "document": doc_paths.get(r["doc_id"], r["doc_id"] or "")} for r in rows]
 
-    failed_steps = [s for s in store.steps(run_id) if s.status == "failed"][:MAX_TABLE_ROWS]
-    error_types = _error_type_rows(calls)
     sections = [
         ("Steps", "table-steps",
          ("By step: LM calls (attempts), errors, retries, tokens, cost, summed model time (sending to reply), "
           "time queued before sending (rate limits, the model's one slot), p50/p95 latency, "
-          "and the summed wall time of the steps."), table("table-steps", step_columns, tables["steps"])),
+          "and the summed wall time of the steps."), table("table-steps", step_columns, report.steps)),
         ("Documents", "table-documents",
          "By document, failed ones first, with their one-line error."
          + (f" Showing {len(doc_table_rows)} of {len(documents)} documents (all failed ones first); "
             "<code>rlmpipe runs show</code> lists them all." if len(documents) > len(doc_table_rows) else ""),
          table("table-documents", doc_columns, doc_table_rows, empty="no documents")),
         ("Recursion depth", "table-depths", "By recursion depth.", table("table-depths", depth_columns,
-                                                                        tables["depths"])),
+                                                                        report.depths)),
         ("Slowest steps", "table-slowest", "The 10 steps that took longest (wall time, retries included).",
-         table("table-slowest", _step_columns(), step_rows(tables["slowest_steps"]))),
+         table("table-slowest", _step_columns(), step_rows(report.slowest_steps))),
         ("Most expensive steps", "table-costliest",
          "The 10 steps that cost most (by cost, then tokens; a cost is unknown when a price was).",
-         table("table-costliest", _step_columns(), step_rows(tables["costliest_steps"]))),
+         table("table-costliest", _step_columns(), step_rows(report.costliest_steps))),
         ("LM errors by type", "table-error-types", "Failed LM call attempts by error type, with one example.",
          table("table-error-types", [Column("type", "error type"), Column("count", "attempts", "int"),
                                      Column("retried", "retried after", "int"),
-                                     Column("example", "example", "error")], error_types,
+                                     Column("example", "example", "error")], _error_type_rows(report.calls),
                empty="no LM call failed")),
         ("Failed steps", "table-failed-steps", "Steps whose last attempt failed.",
          table("table-failed-steps", [Column("name", "step"), Column("document", "document"),
                                       Column("chunk_id", "chunk", "code"),
                                       Column("attempts", "attempts", "int"),
                                       Column("error", "error", "error")],
-               [{"name": s.name, "document": doc_paths.get(s.doc_id, s.doc_id or ""), "chunk_id": s.chunk_id,
-                 "attempts": s.attempts, "error": s.error} for s in failed_steps], empty="no step failed")),
+               report.failed_steps, empty="no step failed")),
     ]
-    for trajectory in tables.get("trajectories", []):
+    for trajectory in report.trajectories:
         entries = "".join(
             f'<details{" open" if number < 3 else ""}><summary>#{number} · depth {entry["depth"]} · '
             f'{entry["seconds"]:.2f}s{" · error" if entry["error"] else ""}</summary>'
@@ -866,27 +956,7 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
         sections.append((f"RLM trajectory: step {trajectory['step']}", f"trajectory-{trajectory['step_key'][:8]}",
                          f"Every execution of model-written code ({esc(by_depth)}), status {esc(trajectory['status'])}; "
                          "the LM calls at each depth are in the tables above.", entries))
-    tables_html = "".join(f'<section id="section-{tid}"><h2>{esc(title)}</h2>'
-                          f'<p class="muted">{intro}</p>{body}</section>'
-                          for title, tid, intro, body in sections)
-    generated = when(datetime.datetime.now().timestamp())
-    body = f"""<header>
-<h1>Run <code>{esc(run['run_id'])}</code> · {esc(run['pipeline'])}</h1>
-<dl class="facts">{facts_html}</dl>
-<div class="cards" id="totals">{cards_html}</div>
-{''.join(notes)}
-</header>
-<section id="section-sessions"><h2>Sessions</h2>
-<p class="muted">Each start or resume of the run is a session; LM figures include every session.</p>
-{sessions_table}</section>
-<section id="section-plots"><h2>Plots</h2>
-{''.join(plots)}
-</section>
-{tables_html}
-<footer>Written by rlmpipe on {esc(generated)} from {esc(store.path.name)} (workspace
-<code>{esc(store.workspace)}</code>). Self-contained: opens offline, loads nothing.
-Click a table heading to sort by it.</footer>"""
-    return page(f"rlmpipe run {run['run_id']} · {run['pipeline']} · {state}", body)
+    return sections
 
 
 def _document_cell(row: dict) -> str:
