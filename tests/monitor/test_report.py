@@ -172,6 +172,29 @@ def test_write_report_creates_folders_and_writes_utf8(resumed_run):
     assert "≥".encode() in report.read_bytes(), "non-ASCII text is written as UTF-8"
 
 
+def test_the_page_is_made_from_the_data_model_alone(resumed_run, tmp_path):
+    """collect() reads the store and the event log once; render() needs neither: the same page comes out
+    of a model whose workspace is gone, and the model holds what the page shows."""
+    import dataclasses
+
+    from rlmpipe.monitor.report import RunReport, collect, render
+
+    report = collect(resumed_run["store"], resumed_run["run_id"])
+    assert isinstance(report, RunReport) and len(report.sessions) == 2
+    assert report.totals["calls"] == run_tables(resumed_run["store"], resumed_run["run_id"])["totals"]["calls"]
+    assert all("doc_seconds" in d for d in report.documents) and report.failed_steps
+    page = render(report)
+    copy = dataclasses.replace(report, documents=[dict(d) for d in report.documents])
+    moved = resumed_run["base"] / "ws"
+    hidden = tmp_path / "ws-hidden"
+    moved.rename(hidden)  # nothing of the run is readable while the page is rendered again
+    try:
+        assert render(copy) == page
+    finally:
+        hidden.rename(moved)
+    assert f"<code>{report.run['run_id']}</code>" in page and "table-failed-steps" in page
+
+
 def test_cli_runs_report_writes_the_file(resumed_run, tmp_path):
     from typer.testing import CliRunner
 
