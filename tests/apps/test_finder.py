@@ -157,6 +157,56 @@ def test_selection_threshold_keeps_the_share_of_pieces_whose_every_passage_clear
     assert selection_threshold(corpus, [scores], 1.0) == 0.2
 
 
+def test_passage_threshold_is_the_best_passage_level_f1_cut():
+    from rlmpipe.apps.contracts.finder_train import passage_thresholds
+
+    class Contract:  # (the field passage_thresholds reads)
+        def __init__(self, labels):
+            self.labels = labels
+
+    n = len(NAMES)
+    scores, labels = np.zeros((6, n)), np.zeros((6, n), dtype=bool)
+    scores[:, 2] = [0.9, 0.8, 0.7, 0.3, 0.2, 0.1]
+    labels[:, 2] = [True, True, False, True, False, False]
+    # cuts: above 0.9 F1 0; 0.85 -> 2/4; 0.75 -> 4/5; 0.5 -> 4/6; 0.25 -> 6/7 (best); 0.15 -> 6/8; 0.05 -> 6/9
+    t = passage_thresholds([Contract(labels[:3]), Contract(labels[3:])], [scores[:3], scores[3:]])
+    assert t[2] == pytest.approx(0.25)
+    assert t[0] > 0  # a category never annotated: above every score seen, so never found
+    assert np.all(t[[k for k in range(n) if k != 2]] > scores.max(axis=0)[[k for k in range(n) if k != 2]])
+
+
+def _with_thresholds(finder: ClauseFinder, f1: np.ndarray, passage: float) -> ClauseFinder:
+    weights = {name: w for name, w in (("self", finder.w_self), ("context", finder.w_context),
+                                      ("position", finder.w_position)) if w is not None}
+    return ClauseFinder(finder.features, weights, finder.intercept,
+                        {"f1": f1, "passage": np.full(len(NAMES), passage)}, finder.info)
+
+
+def test_further_findings_of_a_category_must_clear_the_passage_threshold(finder):
+    """--lm none keeps up to 3 findings a category: the best clears the contract-level f1 threshold,
+    the others the passage threshold too (a category almost every contract has, like Document Name,
+    has an f1 threshold near 0 that weak passages clear)."""
+    assert finder.thresholds("passage").shape == (len(NAMES),)  # the shipped model has them
+    text = EXAMPLES[0].read_text(encoding="utf-8")
+    rows = np.array([s for _, s in finder.score([Block(text, 0)])])
+    k = int(np.argmax(np.sort(rows, axis=0)[-3]))  # the category whose third-best passage scores highest
+    top = np.sort(rows[:, k])[::-1][:3]
+    assert top[0] > top[1] > top[2]
+    f1 = np.ones(len(NAMES))
+    f1[k] = top[2] - 1e-9  # exactly the 3 best clear it
+
+    def scores(model, **kw):
+        return [f.score for f in model.find([Block(text, 0)], **kw)]
+
+    in_order = [float(v) for v in rows[:, k] if v >= f1[k]]  # document order
+    assert scores(_with_thresholds(finder, f1, 0.0), per_category=3) == pytest.approx(in_order)
+    kept = scores(_with_thresholds(finder, f1, (top[1] + top[2]) / 2), per_category=3)
+    assert sorted(kept) == pytest.approx(sorted(top[:2]))  # the third is below the passage threshold
+    strict = _with_thresholds(finder, f1, 1.0)
+    assert scores(strict, per_category=3) == pytest.approx([top[0]])  # the best always stays
+    assert len(scores(strict)) == 3  # without per_category: every passage above f1, as before
+
+
 @needs_cuad
 def test_findings_are_verbatim_on_cuad_contracts(finder):
     for name in ("cuad_000.txt", "cuad_100.txt", "cuad_314.txt"):  # cuad_314 is one long line

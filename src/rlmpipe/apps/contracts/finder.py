@@ -306,7 +306,9 @@ class ClauseFinder:
         """Findings for every passage and category whose score is at or above the category's
         threshold (default: the F1 thresholds), in document order. ``per_category``: keep only that
         many of each category's best-scoring findings (categories found in nearly every contract,
-        such as Parties, have low thresholds that many passages clear)."""
+        such as Parties, have low thresholds that many passages clear); then every one after a
+        category's best must also clear the model's ``passage`` threshold (the best passage says
+        the category is present; the others must each be likely right on their own)."""
         if thresholds is None or isinstance(thresholds, str):
             thresholds = self.thresholds(thresholds or "f1")
         thresholds = np.asarray(thresholds, dtype=np.float64)
@@ -326,10 +328,14 @@ class ClauseFinder:
                     heapq.heappush(kept[k], (finding.score, -order, finding))
                 elif (finding.score, -order) > kept[k][0][:2]:  # equal scores: the earlier passage stays
                     heapq.heapreplace(kept[k], (finding.score, -order, finding))
-        if per_category is not None:
-            ranked = sorted((item for heap in kept for item in heap), key=lambda item: -item[1])
-            found = [item[2] for item in ranked]
-        return found
+        if per_category is None:
+            return found
+        others = self._thresholds.get("passage")
+        ranked = []
+        for k, heap in enumerate(kept):
+            best_first = sorted(heap, reverse=True)
+            ranked += best_first[:1] + [item for item in best_first[1:] if others is None or item[0] >= others[k]]
+        return [item[2] for item in sorted(ranked, key=lambda item: -item[1])]
 
     def present(self, blocks: Iterable, thresholds: np.ndarray | str | None = None) -> dict[str, float]:
         """Each category's best passage score in the document (present when >= its threshold)."""

@@ -319,6 +319,30 @@ def f1_thresholds(best: np.ndarray, present: np.ndarray, max_ratio: float = MAX_
     return out
 
 
+def passage_thresholds(corpus: list[Contract], scores: list[np.ndarray]) -> np.ndarray:
+    """Per category, the threshold on a passage's own score with the best passage-level F1 (a passage
+    is right when an annotation of that category overlaps it; midway between neighbouring scores).
+
+    What a category's second and third findings must clear: the contract-level ``f1`` threshold only
+    decides that a category is present, and for one found in nearly every contract (Document Name:
+    about 0.001) it lets almost any passage through once the best one has."""
+    stacked, labels = np.vstack(scores), np.vstack([contract.labels for contract in corpus])
+    out = np.ones(stacked.shape[1])
+    for k in range(stacked.shape[1]):
+        order = np.argsort(-stacked[:, k], kind="stable")
+        values, right = stacked[order, k], labels[order, k]
+        if not right.any():
+            out[k] = min(1.0, values[0] + 1e-6)  # never annotated: above every score seen
+            continue
+        tp = np.cumsum(right)
+        f1 = 2 * tp / (np.arange(1, len(values) + 1) + right.sum())
+        # a cut can only fall between different scores: the last index of each run of equal ones
+        last = np.r_[values[1:] != values[:-1], True]
+        best = np.flatnonzero(last)[np.argmax(f1[last])]
+        out[k] = (values[best] + values[best + 1]) / 2 if best + 1 < len(values) else values[best] / 2
+    return out
+
+
 def recall_thresholds(corpus: list[Contract], scores: list[np.ndarray], level: float,
                       context_chars: int = 300) -> np.ndarray:
     """Per category thresholds that together keep ``level`` of *all* annotated passages (every
@@ -394,11 +418,11 @@ def selection_threshold(corpus: list[Contract], scores: list[np.ndarray], level:
 
 
 def all_thresholds(corpus: list[Contract], scores: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Every kind of threshold the finder ships: ``f1``, per-category ``recallX`` and the cascade's
+    """Every kind of threshold the finder ships: ``f1``, ``passage``, per-category ``recallX`` and the cascade's
     single selection threshold ``selectX`` (stored per category, all equal, like the others)."""
     best = contract_max(scores)
     present = np.vstack([c.present for c in corpus])
-    out = {"f1": f1_thresholds(best, present)}
+    out = {"f1": f1_thresholds(best, present), "passage": passage_thresholds(corpus, scores)}
     for level in RECALL_LEVELS:
         out[f"recall{level:.2f}"] = recall_thresholds(corpus, scores, level)
         out[f"select{level:.2f}"] = np.full(len(NAMES), selection_threshold(corpus, scores, level))
@@ -562,7 +586,9 @@ def model_card(info: dict, model_file: str = "clause_finder.npz") -> str:
         f"that clears it): {cv['passage_recall']:.3f}. Weakest categories (F1): "
         + ", ".join(f"{name} {f1:.2f}" for name, f1 in worst) + ".",
         "",
-        "Thresholds shipped: `f1` (per category, best contract-level F1 on the out-of-fold scores) and "
+        "Thresholds shipped: `f1` (per category, best contract-level F1 on the out-of-fold scores: is the "
+        "category present?); `passage` (per category, best passage-level F1: what a category's second and "
+        "third findings must clear without a language model, `finder_train.passage_thresholds`); "
         "`recall0.85` .. `recall0.99`: the cheapest per-category thresholds (fewest characters selected) "
         "that together keep that share of all annotated passages on the out-of-fold scores "
         "(`finder_train.recall_thresholds`); and `select0.85` .. `select0.99`: one threshold on a "
