@@ -2,7 +2,7 @@
 # pip's wheel cache does not tell builds with different CMAKE_ARGS apart, so a wheel built earlier for
 # this CPU's own features (AVX-512, AMX) is reused as is -- and such a build crashed here with SIGSEGV
 # in its first decode. The library reports the features it was compiled with; rebuild if they are not
-# the portable set (about 10 minutes on 2 cores, once: the rebuilt wheel replaces the cached one).
+# the portable set (4-12 minutes on 2 cores, once: the rebuilt wheel replaces the cached one).
 if [[ "${CMAKE_ARGS:-}" == *GGML_NATIVE=OFF* ]] && python - <<'PY'
 import sys
 try:
