@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ from rlmpipe.lm.errors import BudgetExceeded, classify
 from rlmpipe.lm.limits import Budget, RateLimiter
 from rlmpipe.lm.models import ModelChoice, make_lm
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy
-from rlmpipe.lm.usage import Usage, UsageRecorder, price
+from rlmpipe.lm.usage import Pricing, Usage, UsageRecorder, price
 from tests.support.scripted_lm import ScriptedLM, chat_reply
 
 FAST = RetryPolicy(max_attempts=5, initial_wait=0.001, max_wait=0.01, jitter=0.0, max_retry_after=0.05)
@@ -161,3 +163,17 @@ def test_prices_known_and_unknown():
     assert price("openai/gpt-4o-mini", 1_000_000, 0) > 0
     assert price("openai/test-model", 10, 10) is None
     assert price("local/SmolLM2-135M-Instruct", 10, 10) == 0.0
+
+
+def test_resolved_prices_answer_without_litellm():
+    """A Ray worker gets the run's prices already looked up: importing litellm there took tens of
+    seconds under load, inside the first step, while that step's finished LM call waited to be stored."""
+    resolved = Pricing().resolved("openai/gpt-4o-mini").resolved("openai/test-model")
+    assert resolved.looked_up == {"openai/gpt-4o-mini": Pricing().per_token("openai/gpt-4o-mini"),
+                                  "openai/test-model": None}
+    assert Pricing({"*": (1.0, 2.0)}).resolved("m").cost("m", 10**6, 10**6) == 3.0  # the user's price wins
+    script = ("import sys; from rlmpipe.lm.usage import Pricing; "
+              "p = Pricing(looked_up={'a': (1e-6, 2e-6), 'b': None}); "
+              "assert abs(p.cost('a', 10, 10) - 3e-5) < 1e-15 and p.cost('b', 10, 10) is None; "
+              "assert 'litellm' not in sys.modules, 'litellm was imported'")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)

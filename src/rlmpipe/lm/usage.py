@@ -185,16 +185,26 @@ class Pricing:
     """USD per token for each model: litellm's price list, overridden by prices the user gives
     (``--price``) for models it does not know (or knows wrongly)."""
 
-    def __init__(self, overrides: dict[str, tuple[float, float]] | None = None):
+    def __init__(self, overrides: dict[str, tuple[float, float]] | None = None,
+                 looked_up: dict[str, tuple[float, float] | None] | None = None):
         #: model (or "*": the run's model, whatever it is) -> (input, output) USD per million tokens
         self.overrides = dict(overrides or {})
+        #: litellm's answers, already looked up elsewhere (USD per token, None: unknown)
+        self.looked_up = dict(looked_up or {})
 
     def per_token(self, model: str) -> tuple[float, float] | None:
         given = self.overrides.get(model) or self.overrides.get("*")
         if given is not None:
             prompt, completion = given
             return prompt / 1e6, completion / 1e6
+        if model in self.looked_up:
+            return self.looked_up[model]
         return _prices(model)
+
+    def resolved(self, model: str) -> "Pricing":
+        """These prices with ``model``'s looked up now: for processes that should not import litellm
+        (a Ray worker took tens of seconds to, in its first step, holding its finished LM calls)."""
+        return Pricing(self.overrides, {**self.looked_up, model: self.per_token(model)})
 
     def known(self, model: str) -> bool:
         return self.per_token(model) is not None

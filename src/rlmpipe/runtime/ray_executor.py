@@ -8,8 +8,8 @@ Two actors per run, both on the driver's node:
 
 * :class:`StoreActor` owns the run's SQLite store. A worker commits each step through it *before*
   the step returns, so a step is done when it is in the store; at a document's start the worker
-  reads all of that document's done steps in one call. Workers' events come back through it to
-  the driver, which logs and shows them as for threads.
+  reads all of that document's done steps in one call, and asks again before any other step.
+  Workers' events come back through it to the driver, which logs and shows them as for threads.
 * :class:`LimitsActor` holds what must be global: the per-minute windows, the budget counters
   (seeded from the store on resume), the stop flag and reason, the circuit breaker, and a "hold
   until" time so a ``Retry-After`` seen by one worker pauses all of them. Every method answers at
@@ -279,12 +279,15 @@ class RemoteStore:
 
     def __init__(self, actor, run_id: str, doc_id: str):
         self.actor = actor
-        # every step of this document that was done before this task started (a task is the only one
-        # running its document: a second with the same bytes waits for the first), so the rest are not
+        # every step of this document that was done before this task started: a replay costs one call
         self._done = _ray().get(actor.done_steps.remote(run_id, doc_id))
 
     def done_step(self, key: str):
-        return self._done.get(key)
+        # A step not done at the start is asked about again: the task this one re-executes may still be
+        # running and committing (a node declared lost keeps its processes for a moment, or for good
+        # behind a network partition). One round trip per step that will call the model.
+        done = self._done.get(key)
+        return done if done is not None else _ray().get(self.actor.done_step.remote(key))
 
     def commit_step(self, row, calls, session: int) -> None:
         _ray().get(self.actor.commit_step.remote(row, calls, session))  # done means stored: wait for it
@@ -333,7 +336,7 @@ class WorkerContext:
     options: Any
     pipeline: Any
     lm: Any
-    prices: dict
+    pricing: Any  # the run's Pricing, the model's price already looked up
     store: Any  # StoreActor handle
     limits: Any  # LimitsActor handle
 
@@ -351,7 +354,7 @@ def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
     """The body of the Ray task: open, chunk and process one document; (status, entry)."""
     from rlmpipe.ingest import open_document
     from rlmpipe.lm.recording import RecordingLM
-    from rlmpipe.lm.usage import Pricing, UsageRecorder
+    from rlmpipe.lm.usage import UsageRecorder
     from rlmpipe.offline import configure_offline_defaults
     from rlmpipe.runtime.events import EventBus, LMCallEvent, LMCallStart
     from rlmpipe.runtime.runner import Run, process_document
@@ -367,7 +370,7 @@ def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
     recorder.subscribe(lambda call: events.emit(LMCallEvent.of(call)))
     recorder.subscribe_starts(lambda start: events.emit(LMCallStart(**start)))
     lm = RecordingLM(context.lm, recorder, retry=context.options.retry, limiter=limits.limiter, budget=limits.budget,
-                     control=limits.control, breaker=limits.breaker, pricing=Pricing(context.prices))
+                     control=limits.control, breaker=limits.breaker, pricing=context.pricing)
     run = Run(run_id=context.run_id, fingerprint=context.fingerprint, session=context.session,
               store=RemoteStore(context.store, context.run_id, document.doc_id), lm=lm, recorder=recorder,
               events=events, options=context.options, control=limits.control)
@@ -422,7 +425,7 @@ class Cluster:
         store_actor = self.StoreActor.options(scheduling_strategy=self._here()).remote(str(run.store.workspace))
         self._actors.append(store_actor)
         context = self.ray.put(WorkerContext(run.id, run.fingerprint, run.session, run.options, pipeline, inner_lm,
-                                             pricing.overrides, store_actor, self._limits_actor))
+                                             pricing.resolved(inner_lm.model), store_actor, self._limits_actor))
         cpus = max(1, int(self.ray.cluster_resources().get("CPU", 1)))
         in_flight = run.options.documents_in_flight or 2 * cpus
         pending: dict = {}  # task -> document path
