@@ -9,6 +9,9 @@
    Ray minus on threads (actor round trips: admission, rate window, breaker, commit).
 3. What a kill costs: one document of 80 chunks on Ray, its worker SIGKILLed after 20 calls: calls
    repeated (counted at the server) and seconds added, against the same run undisturbed.
+4. A cold start: the first run on a new cluster, its worker processes new, with the run model's price
+   looked up once by the driver and sent to the workers (now), against each worker looking it up
+   itself, importing litellm inside its first step (rlmpipe before; ``Pricing.resolved`` undone).
 
 Ray is started inside a loopback-only network namespace: it probes the network at start-up even with
 usage statistics off, and no benchmark may send a packet outside 127.0.0.0/8.
@@ -133,8 +136,46 @@ def main() -> None:
                 kill = kill_cost(server, scratch)
             ray.shutdown()
             cluster.shutdown()
+        cold = {name: cold_start(server, scratch / name, paths[:4], ship) for name, ship in
+                (("looked up by each worker (rlmpipe before 8807958)", False), ("looked up once by the driver, sent (now)", True))}
     shutil.rmtree(scratch, ignore_errors=True)
-    write_section("ray", report(throughput, in_flight, overhead, kill))
+    write_section("ray", report(throughput, in_flight, overhead, kill, cold))
+
+
+def cold_start(server, scratch: Path, paths: list[str], ship_prices: bool) -> dict:
+    """One run on a new one-node cluster: seconds to the first committed step, and in all."""
+    import sqlite3
+
+    from rlmpipe.lm.usage import Pricing
+
+    server.set_latency(0.2)
+    ray, cluster = ray_cluster(1)
+    resolved = Pricing.resolved
+    if not ship_prices:
+        Pricing.resolved = lambda self, model: self  # as before: the workers get no looked-up prices
+    first: list[float] = []
+    started = time.perf_counter()
+
+    def watch() -> None:
+        database = scratch / "runs.sqlite"
+        while not first:
+            if database.exists():
+                with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+                    if connection.execute("SELECT 1 FROM steps WHERE status = 'done' LIMIT 1").fetchone():
+                        first.append(time.perf_counter() - started)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        seconds, calls = timed_run(server, paths, scratch, concurrency=4, executor="ray")
+    finally:
+        Pricing.resolved = resolved
+        ray.shutdown()
+        cluster.shutdown()
+    watcher.join(5)
+    print("cold", ship_prices, first, seconds, flush=True)
+    return {"first_step": first[0] if first else float("nan"), "seconds": seconds, "calls": calls}
 
 
 def kill_cost(server, scratch: Path) -> dict:
@@ -171,7 +212,7 @@ def kill_cost(server, scratch: Path) -> dict:
             "killed_calls": sum(asks.values()), "repeated": sum(n - 1 for n in asks.values() if n > 1)}
 
 
-def report(throughput, in_flight, overhead, kill) -> str:
+def report(throughput, in_flight, overhead, kill, cold) -> str:
     import ray
 
     lines = [
@@ -201,6 +242,11 @@ def report(throughput, in_flight, overhead, kill) -> str:
               "| run | LM calls | repeated calls | seconds |", "|---|---:|---:|---:|",
               f"| undisturbed | {kill['calm_calls']} | 0 | {kill['calm_seconds']:.1f} |",
               f"| worker killed after 20 calls | {kill['killed_calls']} | {kill['repeated']} | {kill['killed_seconds']:.1f} |",
+              "", "A cold start (4 documents, 200 ms calls, on a new one-node cluster whose worker processes start "
+              "with the run): until a step's result is stored, its finished LM call is lost with its worker.", "",
+              "| the run model's price | first step stored after (s) | run (s) | LM calls |", "|---|---:|---:|---:|",
+              *[f"| {name} | {row['first_step']:.1f} | {row['seconds']:.1f} | {row['calls']} |"
+                for name, row in cold.items()],
               "", "What one 2-core machine cannot show: speed-ups from more CPUs (the work here is waiting on the "
               "model, so more workers only help up to what the server and two cores sustain); network latency and "
               "bandwidth between real nodes (the actors' round trips are loopback here); GPU nodes serving a local "
