@@ -136,8 +136,9 @@ def main() -> None:
                 kill = kill_cost(server, scratch)
             ray.shutdown()
             cluster.shutdown()
-        cold = {name: cold_start(server, scratch / name, paths[:4], ship) for name, ship in
-                (("looked up by each worker (rlmpipe before 8807958)", False), ("looked up once by the driver, sent (now)", True))}
+        variants = (("looked up by each worker (rlmpipe before 8807958)", False),
+                    ("looked up once by the driver, sent (now)", True))
+        cold = {name: cold_start(server, scratch / f"cold{ship}", paths[:4], ship) for name, ship in variants}
     shutil.rmtree(scratch, ignore_errors=True)
     write_section("ray", report(throughput, in_flight, overhead, kill, cold))
 
