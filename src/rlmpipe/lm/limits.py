@@ -187,10 +187,6 @@ class Budget:
             raise problem
 
 
-class ProviderDown(RuntimeError):
-    """The circuit breaker opened: the provider failed every attempt for a while."""
-
-
 @dataclass
 class CircuitBreaker:
     """Stops a run whose provider keeps failing: ``failures`` attempts in a row that failed for

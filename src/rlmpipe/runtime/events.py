@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, dataclass_transform
 
 log = logging.getLogger("rlmpipe.events")
 
@@ -57,8 +57,12 @@ class Event(Mapping):
 EVENT_TYPES: dict[str, type[Event]] = {}
 
 
-def _kind(name: str):
+@dataclass_transform(kw_only_default=True, frozen_default=True)
+def event_kind(name: str):
+    """An event kind: a frozen, keyword-only dataclass, registered under ``name`` (its ``type``)."""
+
     def register(cls):
+        cls = dataclass(frozen=True, kw_only=True)(cls)
         cls.type = name
         EVENT_TYPES[name] = cls
         return cls
@@ -67,8 +71,7 @@ def _kind(name: str):
 
 
 # --- the run ---------------------------------------------------------------------------------------------
-@_kind("run_start")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("run_start")
 class RunStart(Event):
     session: int
     pipeline: str
@@ -78,14 +81,12 @@ class RunStart(Event):
     executor: str = "threads"
 
 
-@_kind("run_stopping")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("run_stopping")
 class StopRequested(Event):
     reason: str
 
 
-@_kind("run_end")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("run_end")
 class RunEnd(Event):
     status: str
     reason: str | None
@@ -93,8 +94,7 @@ class RunEnd(Event):
     steps: dict
 
 
-@_kind("note")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("note")
 class Note(Event):
     message: str
 
@@ -106,39 +106,33 @@ class DocumentEvent(Event):
     path: str
 
 
-@_kind("document_queued")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("document_queued")
 class DocumentQueued(DocumentEvent):
     size: int
 
 
-@_kind("document_start")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("document_start")
 class DocumentStart(DocumentEvent):
     size: int
 
 
-@_kind("document_done")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("document_done")
 class DocumentDone(DocumentEvent):
     pass
 
 
-@_kind("document_partial")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("document_partial")
 class DocumentPartial(DocumentEvent):
     error: str  # what is missing, naming the document
 
 
-@_kind("document_failed")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("document_failed")
 class DocumentFailed(DocumentEvent):
     error: str  # one line naming the document
     traceback: str | None = None  # a bug's traceback
 
 
-@_kind("document_stopped")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("document_stopped")
 class DocumentStopped(DocumentEvent):
     pass
 
@@ -157,16 +151,14 @@ class StepEvent(Event):
     doc_id: str | None
 
 
-@_kind("step_start")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("step_start")
 class StepStart(StepEvent):
     chunk_id: str | None
     depth: int
     worker: str
 
 
-@_kind("step_done")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("step_done")
 class StepDone(StepEvent):
     chunk_id: str | None
     depth: int
@@ -177,8 +169,7 @@ class StepDone(StepEvent):
     worker: str
 
 
-@_kind("step_reused")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("step_reused")
 class StepReused(StepEvent):
     chunk_id: str | None
     depth: int
@@ -187,8 +178,7 @@ class StepReused(StepEvent):
     cost: float | None
 
 
-@_kind("step_failed")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("step_failed")
 class StepFailedEvent(StepEvent):
     error: str
     error_type: str
@@ -196,21 +186,18 @@ class StepFailedEvent(StepEvent):
     traceback: str | None = None
 
 
-@_kind("step_stopped")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("step_stopped")
 class StepStopped(StepEvent):
     pass
 
 
-@_kind("reask")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("reask")
 class Reask(StepEvent):
     error: str
 
 
 # --- LM calls --------------------------------------------------------------------------------------------------
-@_kind("lm_call_start")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("lm_call_start")
 class LMCallStart(Event):
     """An attempt left the queue and was sent to the model."""
 
@@ -222,8 +209,7 @@ class LMCallStart(Event):
     depth: int
 
 
-@_kind("lm_call")
-@dataclass(frozen=True, kw_only=True)
+@event_kind("lm_call")
 class LMCallEvent(Event):
     """An attempt ended (the fields of :class:`rlmpipe.lm.usage.LMCall`)."""
 
