@@ -377,3 +377,15 @@ def test_many_sessions_a_dead_process_and_no_event_log(tmp_path):
     assert timeline.count("plot-timeline-break)") == 11
     widths = [float(w) for w in re.findall(r'<rect x="[\d.]+" y="[\d.]+" width="([\d.-]+)"', timeline)]
     assert widths and min(widths) > 0
+
+
+def test_more_worker_lanes_than_bars_draws_one_bar_per_lane():
+    """Each (worker, session) needs a bar of its own: with more of them than ``max_bars`` the merging
+    stops at one bar each (it used to loop for ever)."""
+    from rlmpipe.monitor.report import Session, timeline_plot
+
+    calls = [{"worker": f"w{w}", "session": 1, "started": float(i), "latency": 0.5, "outcome": "ok", "depth": 0,
+              "step_name": "s", "doc_id": None, "error_type": None, "attempt": 1, "prompt_tokens": 1,
+              "completion_tokens": 1, "error": None} for w in range(5) for i in range(4)]
+    svg = timeline_plot(calls, [Session(1, 0.0, 10.0)], {}, max_bars=3)
+    assert 'data-bars="5"' in svg and 'data-calls="20"' in svg

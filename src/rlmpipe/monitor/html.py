@@ -59,19 +59,12 @@ def tick_label(value: float) -> str:
 
 def svg_text(x: float, y: float, text: str, *, anchor: str = "start", size: int = 12, cls: str = "",
              weight: str = "", rotate: bool = False, fill: str = "") -> str:
-    """A <text> (escaped); ``rotate`` turns it a quarter left around (x, y), for a y-axis title."""
-    attributes = f'x="{num(x)}" y="{num(y)}" font-size="{size}"'
-    if anchor != "start":
-        attributes += f' text-anchor="{anchor}"'
-    if cls:
-        attributes += f' class="{cls}"'
-    if weight:
-        attributes += f' font-weight="{weight}"'
-    if fill:
-        attributes += f' fill="{fill}"'
-    if rotate:
-        attributes += f' transform="rotate(-90 {num(x)} {num(y)})"'
-    return f"<text {attributes}>{esc(text)}</text>"
+    """A <text> (escaped); ``rotate`` turns it a quarter left around (x, y), for a y-axis title.
+    Attributes left at their default are not written, so that large plots stay small."""
+    optional = {"text-anchor": "" if anchor == "start" else anchor, "class": cls, "font-weight": weight,
+                "fill": fill, "transform": f"rotate(-90 {num(x)} {num(y)})" if rotate else ""}
+    attributes = "".join(f' {name}="{value}"' for name, value in optional.items() if value)
+    return f'<text x="{num(x)}" y="{num(y)}" font-size="{size}"{attributes}>{esc(text)}</text>'
 
 
 def svg_rect(x: float, y: float, w: float, h: float, fill: str, title: str | None = None,
@@ -144,15 +137,22 @@ class Column:
     cls: str = ""  # more classes of the cells
 
 
-def _cell_text(column: Column, row: dict) -> str:
+def _cell(column: Column, row: dict) -> str:
+    """One <td> of :func:`table`: its markup, or its text (escaped); a number also in data-value."""
     value = row.get(column.key)
-    if column.fmt is not None:
-        return column.fmt(row)
-    if column.kind == "int":
-        return count(value)
-    if column.kind == "seconds":
-        return "" if value is None else f"{value:.3f}s"
-    return "" if value is None else str(value)
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    kind = "num" if column.kind in NUMERIC_KINDS else "" if column.kind == "text" else column.kind
+    classes = " ".join(c for c in (kind, column.cls) if c)
+    attributes = (f' data-value="{value}"' if numeric else "") + (f' class="{classes}"' if classes else "")
+    if column.markup is not None:
+        content = column.markup(row)
+    elif column.fmt is not None:
+        content = esc(column.fmt(row))
+    elif column.kind == "int":
+        content = esc(count(value))
+    else:
+        content = "" if value is None else esc(f"{value:.3f}s" if column.kind == "seconds" else value)
+    return f"<td{attributes}>{content}</td>"
 
 
 def table(table_id: str, columns: list[Column], rows: list[dict], *, empty: str | None = "nothing to show",
@@ -165,21 +165,9 @@ def table(table_id: str, columns: list[Column], rows: list[dict], *, empty: str 
                    else f"<th>{esc(c.label)}</th>" for c in columns)
     body = []
     for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column.key)
-            attributes = ""
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                attributes = f' data-value="{value}"'
-            kind = "num" if column.kind in NUMERIC_KINDS else "" if column.kind == "text" else column.kind
-            classes = " ".join(c for c in (kind, column.cls) if c)
-            if classes:
-                attributes += f' class="{classes}"'
-            content = column.markup(row) if column.markup is not None else esc(_cell_text(column, row))
-            cells.append(f"<td{attributes}>{content}</td>")
         extra = "".join(f' {name}="{esc(value)}"' for name, value in (row_attributes(row) if row_attributes
                                                                      else {}).items())
-        body.append(f"<tr{extra}>" + "".join(cells) + "</tr>")
+        body.append(f"<tr{extra}>" + "".join(_cell(column, row) for column in columns) + "</tr>")
     if not rows and empty is not None:
         body.append(f'<tr><td colspan="{len(columns)}" class="muted">{esc(empty)}</td></tr>')
     order = f' data-first-order="{first_order}"' if first_order != "desc" else ""

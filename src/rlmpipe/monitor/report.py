@@ -25,7 +25,7 @@ import datetime
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,31 +62,26 @@ RETRY_COLOUR = "#222222"
 
 def write_report(store: Store, run_id: str, path: str | Path) -> Path:
     """Write the HTML report of ``run_id`` to ``path`` (parent folders are created); returns the path."""
-    text = render_report(store, run_id)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_text(render_report(store, run_id), encoding="utf-8")
     return path
 
 
 # --- small helpers ------------------------------------------------------------------------------
 def usd(value: float | None) -> str:
+    """Dollars with enough decimals that a cheap call does not read as $0."""
     if value is None:
         return "unknown"
-    if value == 0:
-        return "$0"
-    return f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}"
+    return "$0" if value == 0 else f"${value:,.4f}" if value >= 0.01 else f"${value:.6f}"
 
 
 def cost_text(cost: float | None, unpriced: int, calls_with_tokens: int | None = None) -> str:
     """A cost, honest about unknown prices: 'unknown' if no call had a price, '>= $x' if some had none."""
-    if cost is None:
-        return "unknown"
-    if unpriced:
-        if not cost and (calls_with_tokens is None or unpriced >= calls_with_tokens):
-            return "unknown"
-        return f"≥ {usd(cost)}"
-    return usd(cost)
+    if cost is None or (unpriced and not cost
+                        and (calls_with_tokens is None or unpriced >= calls_with_tokens)):
+        return "unknown"  # no call with tokens had a price: $0 would be a lie
+    return f"≥ {usd(cost)}" if unpriced else usd(cost)
 
 
 def duration(seconds: float | None) -> str:
@@ -94,21 +89,14 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
     negative, seconds = seconds < 0, abs(seconds)
-    if seconds < 1:
-        text = f"{seconds:.3f}".rstrip("0").rstrip(".") + "s" if seconds else "0s"
-    elif seconds < 10:
-        text = f"{seconds:.2f}".rstrip("0").rstrip(".") + "s"
-    elif seconds < 60:
-        text = f"{seconds:.1f}".rstrip("0").rstrip(".") + "s"
-    elif seconds < 3600:
-        minutes, rest = divmod(round(seconds), 60)
-        text = f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
-    elif seconds < 86400:
-        hours, rest = divmod(round(seconds / 60), 60)
-        text = f"{hours}h{rest:02d}m" if rest else f"{hours}h"
-    else:
-        days, rest = divmod(round(seconds / 3600), 24)
-        text = f"{days}d{rest:02d}h" if rest else f"{days}d"
+    if seconds < 60:  # fewer decimals the longer it is, trailing zeros dropped
+        decimals = 3 if seconds < 1 else 2 if seconds < 10 else 1
+        text = f"{seconds:.{decimals}f}".rstrip("0").rstrip(".") + "s" if seconds else "0s"
+    else:  # two units: the largest one and the next, rounded to the next
+        unit, base, large, small = ((1, 60, "m", "s") if seconds < 3600 else (60, 60, "h", "m")
+                                    if seconds < 86400 else (3600, 24, "d", "h"))
+        amount, rest = divmod(round(seconds / unit), base)
+        text = f"{amount}{large}{rest:02d}{small}" if rest else f"{amount}{large}"
     return ("-" if negative else "") + text
 
 
@@ -119,32 +107,17 @@ def clock(value: float, step: float) -> str:
         decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
         return f"{value:.{decimals}f}s"
     smallest = 0 if step < 60 else 1 if step < 3600 else 2 if step < 86400 else 3
-    units = [("s", 60), ("m", 60), ("h", 24), ("d", None)]
     whole = round(value) if smallest == 0 else int(round(value / 60) * 60) if smallest == 1 else int(value)
-    amounts, rest = [], whole
-    for _, size in units:
-        if size is None:
-            amounts.append(rest)
-        else:
-            amounts.append(rest % size)
-            rest //= size
-    largest = max((i for i, amount in enumerate(amounts) if amount), default=smallest)
-    largest = max(largest, smallest)
-    parts = []
-    for index in range(largest, smallest - 1, -1):
-        amount = amounts[index]
-        parts.append(f"{amount}{units[index][0]}" if index == largest else f"{amount:02d}{units[index][0]}")
-    return "".join(parts)
+    amounts = [whole % 60, whole // 60 % 60, whole // 3600 % 24, whole // 86400]  # s, m, h, d
+    largest = max([smallest] + [i for i, amount in enumerate(amounts) if amount])
+    return "".join(f"{amounts[i]}{'smhd'[i]}" if i == largest else f"{amounts[i]:02d}{'smhd'[i]}"
+                   for i in range(largest, smallest - 1, -1))
 
 
 def when(epoch: float | None) -> str:
     if not epoch:
         return ""
     return datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z").strip()
-
-
-def _natural(text: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text or "")]
 
 
 def _short_path(path: str, limit: int = 30) -> str:
@@ -157,22 +130,13 @@ NICE_STEPS = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.
 
 
 def nice_time_step(raw: float) -> float:
-    for step in NICE_STEPS:
-        if step >= raw:
-            return step
-    return 86400 * math.ceil(raw / 86400)
+    """The smallest step of NICE_STEPS not below ``raw`` (whole days beyond), so ticks fall on round times."""
+    return next((step for step in NICE_STEPS if step >= raw), 86400 * math.ceil(raw / 86400))
 
 
 def _shade(outcome: str, depth: int) -> str:
     shades = OUTCOME_SHADES.get(outcome, OUTCOME_SHADES["ok"])
     return shades[min(max(depth or 0, 0), len(shades) - 1)]
-
-
-def _error_colours(types: Iterable[str]) -> dict[str, str]:
-    colours, extra = {}, iter(EXTRA_COLOURS * 10)
-    for name in types:
-        colours[name] = ERROR_TYPE_COLOURS.get(name) or next(extra)
-    return colours
 
 
 def _call_end(call: dict) -> float:
@@ -190,19 +154,15 @@ class Session:
     attempts: int = 0
     errors: int = 0
     retries: int = 0
-    has_end_event: bool = False
 
     @property
     def seconds(self) -> float:
         return max(self.end - self.start, 0.0)
 
 
-def read_run_events(workspace: Path, run_id: str) -> list:
-    """The events that draw the sessions: run start, stop and end, and notes."""
-    return read_events(workspace, run_id, kinds={"run_start", "run_end", "run_stopping", "note"})
-
-
 def build_sessions(run: dict, calls: list[dict], events: list[dict]) -> list[Session]:
+    """The sessions, from the event log's run_start and run_end events and the calls' own times (the
+    log may be gone, or may miss an end when a session was killed)."""
     starts: dict[int, float] = {}
     ends: dict[int, dict] = {}
     current: int | None = None
@@ -217,11 +177,8 @@ def build_sessions(run: dict, calls: list[dict], events: list[dict]) -> list[Ses
     for call in calls:
         number = call.get("session") or 1
         begin, finish = call["started"], _call_end(call)
-        if number in span:
-            span[number][0] = min(span[number][0], begin)
-            span[number][1] = max(span[number][1], finish)
-        else:
-            span[number] = [begin, finish]
+        low, high = span.get(number, (begin, finish))
+        span[number] = [min(low, begin), max(high, finish)]
         if call["outcome"] != "cached":
             per_session[number]["attempts"] += 1
             per_session[number]["errors"] += call["outcome"] == "error"
@@ -231,14 +188,10 @@ def build_sessions(run: dict, calls: list[dict], events: list[dict]) -> list[Ses
     for index, number in enumerate(numbers):
         begin = min(x for x in (starts.get(number), span.get(number, [None])[0]) if x is not None)
         end_event = ends.get(number)
-        finish_candidates = [span[number][1]] if number in span else []
-        if end_event is not None:
-            finish_candidates.append(float(end_event.get("time") or begin))
-        finish = max(finish_candidates) if finish_candidates else begin
-        session = Session(number, begin, max(finish, begin),
-                          status=end_event.get("status") if end_event else None,
-                          reason=end_event.get("reason") if end_event else None,
-                          has_end_event=end_event is not None, **per_session.get(number, {}))
+        finishes = ([span[number][1]] if number in span else []) + (
+            [float(end_event.get("time") or begin)] if end_event is not None else [])
+        session = Session(number, begin, max(finishes + [begin]), status=(end_event or {}).get("status"),
+                          reason=(end_event or {}).get("reason"), **per_session.get(number, {}))
         if end_event is None:
             last = index == len(numbers) - 1
             if last and run["status"] == "running":
@@ -258,9 +211,8 @@ class Segment:
     width: float
 
     def x_at(self, t: float) -> float:
-        span = max(self.session.seconds, 1e-6)
-        fraction = min(max((t - self.session.start) / span, 0.0), 1.0)
-        return self.x + fraction * self.width
+        fraction = (t - self.session.start) / max(self.session.seconds, 1e-6)
+        return self.x + min(max(fraction, 0.0), 1.0) * self.width
 
 
 class TimeAxis:
@@ -271,44 +223,34 @@ class TimeAxis:
     GAP = 30
 
     def __init__(self, sessions: list[Session], x0: float, width: float):
-        self.sessions = sessions
         self.run_start = sessions[0].start if sessions else 0.0
         self.x0, self.width = x0, width
         self.segments: dict[int, Segment] = {}
         count_ = len(sessions)
-        if not count_:
-            return
         available = width - self.GAP * (count_ - 1)
         minimum = min(0.08, 0.5 / count_) if count_ > 1 else 1.0
         durations = [max(s.seconds, 1e-6) for s in sessions]
-        total = sum(durations)
-        x = x0
+        total, x = sum(durations), x0
         for session, seconds in zip(sessions, durations, strict=True):
-            share = minimum + (1 - minimum * count_) * seconds / total if count_ > 1 else 1.0
-            segment = Segment(session, x, available * share)
+            segment = Segment(session, x, available * (minimum + (1 - minimum * count_) * seconds / total))
             self.segments[session.number] = segment
             x += segment.width + self.GAP
 
     def x(self, t: float, session: int | None) -> float:
-        segment = self.segments.get(session or 1) or next(iter(self.segments.values()))
-        return segment.x_at(t)
+        return (self.segments.get(session or 1) or next(iter(self.segments.values()))).x_at(t)
 
     def draw(self, top: float, bottom: float, pattern: str) -> list[str]:
         """Ticks, tick labels and the x-axis label under ``bottom``, session labels above ``top``,
         and the breaks between sessions (filled with the SVG pattern ``pattern``)."""
         parts: list[str] = []
-        previous: Segment | None = None
         segments = list(self.segments.values())
         for index, segment in enumerate(segments):
             session = segment.session
-            seconds = max(session.seconds, 1e-6)
-            step = nice_time_step(seconds * 90 / max(segment.width, 1))
-            first = math.ceil((session.start - self.run_start) / step - 1e-9) * step
-            value = first
+            step = nice_time_step(max(session.seconds, 1e-6) * 90 / max(segment.width, 1))
+            value = math.ceil((session.start - self.run_start) / step - 1e-9) * step
             while value <= session.end - self.run_start + 1e-9:
                 x = segment.x_at(self.run_start + value)
-                parts.append(svg_line(x, bottom, x, bottom + 5, "#666"))
-                parts.append(svg_line(x, top, x, bottom, "#e6e6e6"))
+                parts += [svg_line(x, bottom, x, bottom + 5, "#666"), svg_line(x, top, x, bottom, "#e6e6e6")]
                 crowded = ((index > 0 and x < segment.x + 24)  # labels of neighbouring sessions would touch
                            or (index < len(segments) - 1 and x > segment.x + segment.width - 24))
                 if not crowded:
@@ -318,22 +260,20 @@ class TimeAxis:
             if len(segments) > 1:
                 name = f"session {session.number}" if segment.width >= 64 else f"{session.number}"
                 parts.append(svg_text(segment.x + 2, top - 8, name, size=11, weight="bold"))
-            if previous is not None:
-                gap_x = previous.x + previous.width
-                idle = session.start - previous.session.end
-                parts.append(svg_rect(gap_x + 4, top, self.GAP - 8, bottom - top, f"url(#{pattern})",
-                                   f"session {session.number} starts: resumed after {duration(idle)} idle"))
-                parts.append(svg_line(segment.x, top - 20, segment.x, bottom + 5, "#333",
-                                   ' stroke-dasharray="4 3"'))
-                for dx in (3, 9):  # the axis break mark //
-                    parts.append(svg_line(gap_x + dx, bottom + 6, gap_x + dx + 8, bottom - 6, "#333"))
+            if index:  # the break before this session
+                previous = segments[index - 1]
+                gap_x, idle = previous.x + previous.width, session.start - previous.session.end
+                parts += [svg_rect(gap_x + 4, top, self.GAP - 8, bottom - top, f"url(#{pattern})",
+                                   f"session {session.number} starts: resumed after {duration(idle)} idle"),
+                          svg_line(segment.x, top - 20, segment.x, bottom + 5, "#333",
+                                   ' stroke-dasharray="4 3"')]
+                parts += [svg_line(gap_x + dx, bottom + 6, gap_x + dx + 8, bottom - 6, "#333")
+                          for dx in (3, 9)]  # the axis break mark //
                 if segment.width >= 240:
                     parts.append(svg_text(segment.x + 70, top - 8, f"(resumed, +{duration(idle)} idle)",
                                           size=10, cls="muted"))
-            previous = segment
-        parts.append(svg_text(self.x0 + self.width / 2, bottom + 38,
-                           "time since run start (idle time between sessions cut out)", anchor="middle",
-                           size=12))
+        parts.append(_axis_title(self.x0 + self.width / 2, bottom + 38,
+                                 "time since run start (idle time between sessions cut out)"))
         return parts
 
 
@@ -344,21 +284,47 @@ def _break_pattern(pattern: str) -> str:
             '<line x1="0" y1="0" x2="0" y2="6" stroke="#bbb" stroke-width="2"/></pattern></defs>')
 
 
+def _axis_title(x: float, y: float, text: str, rotate: bool = False) -> str:
+    """An axis's title centred on (x, y), turned a quarter left for a y axis."""
+    return svg_text(x, y, text, anchor="middle", size=12, rotate=rotate)
+
+
+def _axes(left: float, top: float, right: float, bottom: float) -> list[str]:
+    """The x axis along ``bottom`` and the y axis along ``left``."""
+    return [svg_line(left, bottom, right, bottom, "#666"), svg_line(left, top, left, bottom, "#666")]
+
+
+def _y_grid(ticks: list[float], y: Callable[[float], float], left: float, right: float) -> list[str]:
+    """A grid line from ``left`` to ``right`` at each tick (``y`` maps a value to its height), its
+    label left of the plot."""
+    return [part for tick in ticks for part in (
+        svg_line(left, y(tick), right, y(tick), "#eee"),
+        svg_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))]
+
+
+def _x_grid(ticks: list[float], x: Callable[[float], float], top: float, bottom: float,
+            label: Callable[[float], str] = tick_label) -> list[str]:
+    """A grid line from ``top`` to ``bottom`` at each tick (``x`` maps a value to its place), its
+    label under the plot."""
+    return [part for tick in ticks for part in (
+        svg_line(x(tick), top, x(tick), bottom, "#eee"),
+        svg_text(x(tick), bottom + 16, label(tick), anchor="middle", size=11))]
+
+
 # --- plots --------------------------------------------------------------------------------------
-def _empty(plot_id: str, title: str, message: str, height: int = 120) -> str:
-    return svg_plot(plot_id, title, WIDTH, height, [
+def _empty(plot_id: str, title: str, message: str, caption: str, height: int = 120) -> str:
+    """The figure of a plot with nothing to draw: a grey box that says why."""
+    return figure(plot_id, title, svg_plot(plot_id, title, WIDTH, height, [
         svg_rect(0.5, 0.5, WIDTH - 1, height - 1, "#fafafa", extra=' stroke="#ddd"'),
-        svg_text(WIDTH / 2, height / 2, message, anchor="middle", size=14, cls="muted")])
+        svg_text(WIDTH / 2, height / 2, message, anchor="middle", size=14, cls="muted")]), caption)
 
 
 def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, max_bars: int) -> str:
     plot_id, title = "plot-timeline", "Timeline of LM calls by worker thread"
-    caption_tail = ""
     if not calls:
-        svg = _empty(plot_id, title, "no LM calls recorded")
-        return figure(plot_id, title, svg, "No LM call was recorded for this run.")
-    lanes = sorted({call["worker"] or "(unknown)" for call in calls}, key=_natural)
-    lane_index = {name: i for i, name in enumerate(lanes)}
+        return _empty(plot_id, title, "no LM calls recorded", "No LM call was recorded for this run.")
+    lanes = sorted({call["worker"] or "(unknown)" for call in calls}, key=lambda name: [
+        int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])  # natural order
     lane_h = max(5.0, min(22.0, 560.0 / len(lanes)))
     left, right, top = 150, 20, 48
     plot_h = lane_h * len(lanes)
@@ -368,30 +334,27 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
     for call in calls:
         groups[(call["worker"] or "(unknown)", call.get("session") or 1)].append(call)
     per_bar = max(1, math.ceil(len(calls) / max_bars))
-    while sum(math.ceil(len(members) / per_bar) for members in groups.values()) > max_bars:
-        per_bar += 1  # every (worker, session) rounds up: merge a little more until the bars fit
+    largest = max(len(members) for members in groups.values())
+    while per_bar < largest and sum(math.ceil(len(m) / per_bar) for m in groups.values()) > max_bars:
+        per_bar += 1  # each (worker, session) rounds up: merge a little more until the bars fit, or one each
     parts = [_break_pattern(f"{plot_id}-break")]
-    for i in range(len(lanes)):
-        if i % 2:
-            parts.append(svg_rect(left, top + i * lane_h, WIDTH - left - right, lane_h, "#f7f7f7"))
-    parts.extend(axis.draw(top, bottom, f"{plot_id}-break"))
+    parts += [svg_rect(left, top + i * lane_h, WIDTH - left - right, lane_h, "#f7f7f7")
+              for i in range(1, len(lanes), 2)]  # every other lane shaded
+    parts += axis.draw(top, bottom, f"{plot_id}-break")
     label_size = max(8, min(12, int(lane_h * 0.75)))
     label_every = 1 if lane_h >= 8 else math.ceil(9 / lane_h)
-    for name, i in lane_index.items():
-        if i % label_every == 0:
-            parts.append(svg_text(left - 6, top + i * lane_h + lane_h / 2 + label_size / 3, name,
-                                  anchor="end", size=label_size))
+    parts += [svg_text(left - 6, top + i * lane_h + lane_h / 2 + label_size / 3, name, anchor="end",
+                       size=label_size) for i, name in enumerate(lanes) if i % label_every == 0]
     bar_h = max(lane_h - 3, 2)
     bars = markers = 0
     for (worker, session), members in groups.items():
         members.sort(key=lambda c: c["started"])
-        y = top + lane_index[worker] * lane_h + (lane_h - bar_h) / 2
+        y = top + lanes.index(worker) * lane_h + (lane_h - bar_h) / 2
         for start in range(0, len(members), per_bar):
             chunk = members[start:start + per_bar]
             x1 = axis.x(min(c["started"] for c in chunk), session)
             x2 = axis.x(max(_call_end(c) for c in chunk), session)
-            outcomes = Counter(c["outcome"] for c in chunk)
-            depth = Counter(c["depth"] or 0 for c in chunk).most_common(1)[0][0]
+            outcomes, depths = Counter(c["outcome"] for c in chunk), Counter(c["depth"] or 0 for c in chunk)
             if len(chunk) == 1:
                 call = chunk[0]
                 label = (f"{call['step_name'] or '(outside steps)'} · "
@@ -402,26 +365,26 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
                 if call["error"]:
                     label += f"\n{call['error'][:300]}"
             else:
-                depths = Counter(c["depth"] or 0 for c in chunk)
                 label = (f"{len(chunk)} calls merged: "
                          + ", ".join(f"{n} {k}" for k, n in outcomes.most_common()) + " · "
                          + ", ".join(f"{n} at depth {d}" for d, n in sorted(depths.items()))
                          + f" · session {session}")
-            outcome = outcomes.most_common(1)[0][0]
+            outcome, depth = outcomes.most_common(1)[0][0], depths.most_common(1)[0][0]
             parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), bar_h, _shade(outcome, depth), label))
             bars += 1
-            if len(chunk) > 1 and outcomes.get("error") and outcome != "error":
-                share = outcomes["error"] / len(chunk)
+            if len(chunk) > 1 and outcomes.get("error") and outcome != "error":  # errors hidden in the bar
+                opacity = min(1.0, 0.15 + outcomes["error"] / len(chunk) * 3)
                 parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), max(bar_h / 3, 1.5), _shade("error", 0),
-                                   extra=f' fill-opacity="{min(1.0, 0.15 + share * 3):.2f}"'))
+                                      extra=f' fill-opacity="{opacity:.2f}"'))
                 markers += 1
-    parts.append(svg_text(16, top + plot_h / 2, "worker thread", anchor="middle", size=12, rotate=True))
+    parts.append(_axis_title(16, top + plot_h / 2, "worker thread", rotate=True))
     svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts, f' data-calls="{len(calls)}" data-bars="{bars}"'
                f' data-error-marks="{markers}" data-per-bar="{per_bar}"')
     depths = sorted({c["depth"] or 0 for c in calls})
     legend_items = [(_shade(o, 0), o) for o in ("ok", "error", "cached")]
-    if len(depths) > 1 or depths != [0]:
+    if depths != [0]:
         legend_items += [("", "shade by depth:")] + [(_shade("ok", d), f"depth {d}") for d in depths]
+    caption_tail = " Hover a bar for its step, document, attempt, tokens and error."
     if per_bar > 1:
         caption_tail = (f" <strong>{count(len(calls))} calls are more than {count(max_bars)} bars: "
                         f"{count(bars)} bars are drawn, each merges up to {per_bar} consecutive calls of one "
@@ -429,8 +392,6 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
                         "most common outcome and shaded by the most common depth; a red strip on top marks a "
                         "merged bar that contains errors, the stronger the larger their share). Hover a bar "
                         "for its counts.")
-    else:
-        caption_tail = " Hover a bar for its step, document, attempt, tokens and error."
     sessions_text = (f" The {len(sessions)} sessions of this resumed run are drawn one after the other, "
                      "separated by a hatched break; the idle time between them is cut out."
                      if len(sessions) > 1 else "")
@@ -445,22 +406,19 @@ def latency_plot(calls: list[dict]) -> str:
     plot_id, title = "plot-latency", "Latency of successful LM calls"
     latencies = sorted(c["latency"] for c in calls if c["outcome"] == "ok")
     if not latencies:
-        return figure(plot_id, title, _empty(plot_id, title, "no successful LM calls"),
-                       "No call succeeded, so there is no latency to show.")
+        return _empty(plot_id, title, "no successful LM calls",
+                      "No call succeeded, so there is no latency to show.")
     p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
     top_value = latencies[-1]
-    upper = percentile(latencies, 0.99) if len(latencies) >= 200 else top_value
-    if upper <= 0:
-        upper = max(top_value, 1e-3)
+    upper = percentile(latencies, 0.99) if len(latencies) >= 200 else top_value  # the slowest 1% overflow
+    upper = upper if upper > 0 else max(top_value, 1e-3)
     bins = max(10, min(40, int(math.sqrt(len(latencies)) * 2)))
     width_s = upper / bins
     counts = [0] * bins
-    overflow = 0
     for value in latencies:
-        if value > upper:
-            overflow += 1
-        else:
+        if value <= upper:
             counts[min(int(value / width_s), bins - 1)] += 1
+    overflow = len(latencies) - sum(counts)
     left, right, top, height = 70, 30, 40, 260
     plot_w = WIDTH - left - right - (70 if overflow else 0)
     bottom = top + height
@@ -470,38 +428,32 @@ def latency_plot(calls: list[dict]) -> str:
         return bottom - v / y_max * height
     def x(v: float) -> float:
         return left + v / upper * plot_w
-    parts: list[str] = []
-    for tick in y_ticks:
-        parts.append(svg_line(left, y(tick), left + plot_w, y(tick), "#eee"))
-        parts.append(svg_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
+    parts = _y_grid(y_ticks, y, left, left + plot_w)
     for i, n in enumerate(counts):
         if n:
             lo, hi = i * width_s, (i + 1) * width_s
             parts.append(svg_rect(x(lo) + 0.5, y(n), x(hi) - x(lo) - 1, bottom - y(n),
                                   OUTCOME_SHADES["ok"][1], f"{lo:.3f}s – {hi:.3f}s: {n} calls"))
-    for tick in nice_ticks(upper, 8):
-        if tick <= upper + 1e-12:
-            parts.append(svg_line(x(tick), bottom, x(tick), bottom + 5, "#666"))
-            parts.append(svg_text(x(tick), bottom + 18, duration(tick), anchor="middle", size=11))
+    for tick in (tick for tick in nice_ticks(upper, 8) if tick <= upper + 1e-12):
+        parts += [svg_line(x(tick), bottom, x(tick), bottom + 5, "#666"),
+                  svg_text(x(tick), bottom + 18, duration(tick), anchor="middle", size=11)]
     if overflow:
         ox = left + plot_w + 20
-        parts.append(svg_rect(ox, y(overflow), 40, bottom - y(overflow), OUTCOME_SHADES["ok"][2],
-                           f"{overflow} calls slower than {upper:.3f}s (up to {top_value:.3f}s)"))
-        parts.append(svg_text(ox + 20, bottom + 18, f"> {duration(upper)}", anchor="middle", size=11))
-    parts.append(svg_line(left, bottom, left + plot_w, bottom, "#666"))
-    parts.append(svg_line(left, top, left, bottom, "#666"))
-    for value, name, row in ((p50, "p50", 0), (p95, "p95", 1)):
+        parts += [svg_rect(ox, y(overflow), 40, bottom - y(overflow), OUTCOME_SHADES["ok"][2],
+                           f"{overflow} calls slower than {upper:.3f}s (up to {top_value:.3f}s)"),
+                  svg_text(ox + 20, bottom + 18, f"> {duration(upper)}", anchor="middle", size=11)]
+    parts += _axes(left, top, left + plot_w, bottom)
+    for value, name, row, colour in ((p50, "p50", 0, "#222"), (p95, "p95", 1, "#c0392b")):
         px = x(min(value, upper))
-        parts.append(svg_line(px, top - 4 + row * 14, px, bottom, "#c0392b" if name == "p95" else "#222",
-                           ' stroke-width="1.5" stroke-dasharray="5 3"'))
         label = f"{name} {duration(value)}"
         # near the right edge the label goes left of its line (it was clipped by the plot's edge)
         fits = px + 4 + 7 * len(label) <= WIDTH - 4
-        parts.append(svg_text(px + 4 if fits else px - 4, top + 6 + row * 14, label,
-                              anchor="start" if fits else "end", size=11, weight="bold",
-                              fill="#c0392b" if name == "p95" else "#222"))
-    parts.append(svg_text(left + plot_w / 2, bottom + 38, "latency (seconds)", anchor="middle", size=12))
-    parts.append(svg_text(18, top + height / 2, "calls", anchor="middle", size=12, rotate=True))
+        parts += [svg_line(px, top - 4 + row * 14, px, bottom, colour,
+                           ' stroke-width="1.5" stroke-dasharray="5 3"'),
+                  svg_text(px + 4 if fits else px - 4, top + 6 + row * 14, label,
+                           anchor="start" if fits else "end", size=11, weight="bold", fill=colour)]
+    parts += [_axis_title(left + plot_w / 2, bottom + 38, "latency (seconds)"),
+              _axis_title(18, top + height / 2, "calls", rotate=True)]
     svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts)
     caption = (f"How long the {count(len(latencies))} successful calls took (request to reply, retries not "
                f"included), in {bins} bins of {duration(width_s)}; dashed lines mark the median (p50 "
@@ -514,6 +466,8 @@ def latency_plot(calls: list[dict]) -> str:
 
 @dataclass
 class BarRow:
+    """One row of :func:`tokens_cost_plot`."""
+
     label: str
     hover: str
     prompt_tokens: int
@@ -523,10 +477,17 @@ class BarRow:
     calls: int
     aggregate: bool = False  # "N other documents": written as text, not drawn (it would dwarf the bars)
 
+    @classmethod
+    def total(cls, label: str, hover: str, rows: list[dict], aggregate: bool = False) -> BarRow:
+        """The row of the sums of ``rows`` (run_tables' rows: by depth, by document)."""
+        keys = ("prompt_tokens", "completion_tokens", "cost", "unpriced_calls", "calls")
+        return cls(label, hover, *(sum(r[key] for r in rows) for key in keys), aggregate=aggregate)
+
 
 def tokens_cost_plot(plot_id: str, title: str, rows: list[BarRow], what: str, caption: str) -> str:
+    """Two bar charts side by side, one row per ``rows``: tokens (in and out, stacked) and cost."""
     if not rows:
-        return figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"), caption)
+        return _empty(plot_id, title, "no LM calls recorded", caption)
     row_h, top, label_w = 24, 34, 230
     tokens_x, tokens_w = label_w, 500
     cost_x, cost_w = tokens_x + tokens_w + 70, WIDTH - (tokens_x + tokens_w + 70) - 90
@@ -535,58 +496,48 @@ def tokens_cost_plot(plot_id: str, title: str, rows: list[BarRow], what: str, ca
     token_ticks = nice_ticks(max(r.prompt_tokens + r.completion_tokens for r in drawn), 5)
     token_max = token_ticks[-1] or 1
     max_cost = max(r.cost for r in drawn)
-    cost_ticks = nice_ticks(max_cost, 3) if max_cost > 0 else [0.0]
-    cost_max = cost_ticks[-1] or 1
-    parts: list[str] = [
-        svg_text(label_w - 16, top - 14, what, anchor="end", size=12, weight="bold"),
-        svg_text(tokens_x + 4, top - 14, "tokens (in + out)", size=12, weight="bold"),
-        svg_text(cost_x, top - 14, "cost (USD)", size=12, weight="bold"),
-    ]
-    for tick in token_ticks:
-        tx = tokens_x + tick / token_max * tokens_w
-        parts.append(svg_line(tx, top, tx, bottom, "#eee"))
-        parts.append(svg_text(tx, bottom + 16, tick_label(tick), anchor="middle", size=11))
-    for tick in cost_ticks if max_cost > 0 else []:
-        cx = cost_x + tick / cost_max * cost_w
-        parts.append(svg_line(cx, top, cx, bottom, "#eee"))
-        parts.append(svg_text(cx, bottom + 16, "$" + tick_label(tick), anchor="middle", size=11))
+    cost_ticks = nice_ticks(max_cost, 3) if max_cost > 0 else []
+    cost_max = (cost_ticks[-1] or 1) if cost_ticks else 1
+    parts = [svg_text(label_w - 16, top - 14, what, anchor="end", size=12, weight="bold"),
+             svg_text(tokens_x + 4, top - 14, "tokens (in + out)", size=12, weight="bold"),
+             svg_text(cost_x, top - 14, "cost (USD)", size=12, weight="bold"),
+             *_x_grid(token_ticks, lambda tick: tokens_x + tick / token_max * tokens_w, top, bottom),
+             *_x_grid(cost_ticks, lambda tick: cost_x + tick / cost_max * cost_w, top, bottom,
+                      lambda tick: "$" + tick_label(tick))]
     for i, row in enumerate(rows):
         y = top + i * row_h + 4
         h = row_h - 8
         parts.append(f'<g><title>{esc(row.hover)}</title>'
                      + svg_text(label_w - 8, y + h / 2 + 4, row.label, anchor="end", size=12) + "</g>")
         if row.aggregate:
-            parts.append(svg_text(tokens_x + 6, y + h / 2 + 4,
+            parts += [svg_text(tokens_x + 6, y + h / 2 + 4,
                                f"{count(row.prompt_tokens)} in + {count(row.completion_tokens)} out "
-                               f"({count(row.calls)} calls; not drawn)", size=11, cls="muted"))
-            parts.append(svg_text(cost_x + 4, y + h / 2 + 4, cost_text(row.cost, row.unpriced), size=11,
-                               cls="muted"))
+                               f"({count(row.calls)} calls; not drawn)", size=11, cls="muted"),
+                      svg_text(cost_x + 4, y + h / 2 + 4, cost_text(row.cost, row.unpriced), size=11,
+                               cls="muted")]
             continue
         w_in = row.prompt_tokens / token_max * tokens_w
         w_out = row.completion_tokens / token_max * tokens_w
-        parts.append(svg_rect(tokens_x, y, w_in, h, TOKEN_IN,
-                           f"{row.label}: {count(row.prompt_tokens)} tokens in"))
-        parts.append(svg_rect(tokens_x + w_in, y, w_out, h, TOKEN_OUT,
-                           f"{row.label}: {count(row.completion_tokens)} tokens out"))
-        parts.append(svg_text(tokens_x + w_in + w_out + 4, y + h / 2 + 4,
-                           count(row.prompt_tokens + row.completion_tokens), size=11))
         label = cost_text(row.cost, row.unpriced)
         w_cost = row.cost / cost_max * cost_w if max_cost > 0 else 0
+        parts += [svg_rect(tokens_x, y, w_in, h, TOKEN_IN,
+                           f"{row.label}: {count(row.prompt_tokens)} tokens in"),
+                  svg_rect(tokens_x + w_in, y, w_out, h, TOKEN_OUT,
+                           f"{row.label}: {count(row.completion_tokens)} tokens out"),
+                  svg_text(tokens_x + w_in + w_out + 4, y + h / 2 + 4,
+                           count(row.prompt_tokens + row.completion_tokens), size=11)]
         if w_cost:
             parts.append(svg_rect(cost_x, y, w_cost, h, COST_COLOUR, f"{row.label}: {label}"))
         parts.append(svg_text(cost_x + w_cost + 4, y + h / 2 + 4, label, size=11,
-                           cls="muted" if label == "unknown" else ""))
-    parts.append(svg_line(tokens_x, bottom, tokens_x + tokens_w, bottom, "#666"))
-    parts.append(svg_line(tokens_x, top, tokens_x, bottom, "#666"))
-    parts.append(svg_line(cost_x, bottom, cost_x + cost_w, bottom, "#666"))
-    parts.append(svg_line(cost_x, top, cost_x, bottom, "#666"))
-    parts.append(svg_text(tokens_x + tokens_w / 2, bottom + 36, "tokens", anchor="middle", size=12))
-    parts.append(svg_text(cost_x + cost_w / 2, bottom + 36,
-                       "cost (USD)" if max_cost > 0 else "cost (USD): no known price", anchor="middle",
-                       size=12))
+                              cls="muted" if label == "unknown" else ""))
+    parts += [*_axes(tokens_x, top, tokens_x + tokens_w, bottom),
+              *_axes(cost_x, top, cost_x + cost_w, bottom),
+              _axis_title(tokens_x + tokens_w / 2, bottom + 36, "tokens"),
+              _axis_title(cost_x + cost_w / 2, bottom + 36,
+                          "cost (USD)" if max_cost > 0 else "cost (USD): no known price")]
     svg = svg_plot(plot_id, title, WIDTH, bottom + 48, parts)
     keys = legend([(TOKEN_IN, "tokens in (prompt)"), (TOKEN_OUT, "tokens out (completion)"),
-                    (COST_COLOUR, "cost")])
+                   (COST_COLOUR, "cost")])
     return figure(plot_id, title, svg, caption, keys)
 
 
@@ -594,37 +545,31 @@ def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
     plot_id, title = "plot-failures", "Retries and failures over time"
     attempts = [c for c in calls if c["outcome"] != "cached"]
     if not attempts or not sessions:
-        return figure(plot_id, title, _empty(plot_id, title, "no LM calls recorded"),
-                       "No LM call was recorded.")
+        return _empty(plot_id, title, "no LM calls recorded", "No LM call was recorded.")
     left, right, top, height = 70, 20, 40, 220
     bottom = top + height
     axis = TimeAxis(sessions, left, WIDTH - left - right)
     active = sum(max(s.seconds, 1e-6) for s in sessions)
     bucket = nice_time_step(active / FAILURE_BUCKETS)
     error_types = sorted({c["error_type"] or "unknown" for c in attempts if c["outcome"] == "error"})
-    colours = _error_colours(error_types)
-    errors: dict[tuple[int, int], Counter] = defaultdict(Counter)
-    retries: Counter = Counter()
-    totals: Counter = Counter()
+    extra_colours = iter(EXTRA_COLOURS * 10)
+    colours = {name: ERROR_TYPE_COLOURS.get(name) or next(extra_colours) for name in error_types}
+    errors: dict[tuple[int, int], Counter] = defaultdict(Counter)  # by (session, bucket), then by type
+    retries, totals = Counter(), Counter()  # by (session, bucket)
     for call in attempts:
         number = call.get("session") or 1
         key = (number, int((call["started"] - axis.segments[number].session.start) // bucket))
         totals[key] += 1
+        retries[key] += call["attempt"] > 1
         if call["outcome"] == "error":
             errors[key][call["error_type"] or "unknown"] += 1
-        if call["attempt"] > 1:
-            retries[key] += 1
     peak = max([sum(c.values()) for c in errors.values()] + list(retries.values()) + [0])
-    parts: list[str] = [_break_pattern(f"{plot_id}-break")]
     y_ticks = nice_ticks(peak, 4) if peak else [0, 1]
     y_max = y_ticks[-1] or 1
     def y(v: float) -> float:
         return bottom - v / y_max * height
-    for tick in y_ticks:
-        parts.append(svg_line(left, y(tick), WIDTH - right, y(tick), "#eee"))
-        parts.append(svg_text(left - 6, y(tick) + 4, tick_label(tick), anchor="end", size=11))
-    parts.extend(axis.draw(top, bottom, f"{plot_id}-break"))
-    parts.append(svg_line(left, top, left, bottom, "#666"))
+    parts = [_break_pattern(f"{plot_id}-break"), *_y_grid(y_ticks, y, left, WIDTH - right),
+             *axis.draw(top, bottom, f"{plot_id}-break"), svg_line(left, top, left, bottom, "#666")]
     for number, segment in axis.segments.items():
         session = segment.session
         buckets = max(1, math.ceil(max(session.seconds, 1e-6) / bucket - 1e-9))
@@ -632,30 +577,24 @@ def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
         for b in range(buckets):
             t0 = session.start + b * bucket
             x1, x2 = segment.x_at(t0), segment.x_at(t0 + bucket)
-            w = max(x2 - x1 - 1, 0.8)
-            stacked = 0
-            for kind in error_types:
-                n = errors.get((number, b), Counter()).get(kind, 0)
-                if n:
-                    span = f"{duration(t0 - axis.run_start)} – {duration(t0 + bucket - axis.run_start)}"
-                    hover = f"{span}: {n} {kind} errors (of {totals.get((number, b), 0)} attempts)"
-                    parts.append(svg_rect(x1 + 0.5, y(stacked + n), w, y(stacked) - y(stacked + n),
-                                       colours[kind], hover))
-                    stacked += n
-            points.append(((x1 + x2) / 2, y(retries.get((number, b), 0)), retries.get((number, b), 0), t0))
-        if points:
-            path = " ".join(f"{num(px)},{num(py)}" for px, py, _, _ in points)
-            parts.append(f'<polyline points="{path}" fill="none" stroke="{RETRY_COLOUR}" '
-                         'stroke-width="1.5"/>')
-            for px, py, n, t0 in points:
-                if n:
-                    hover = esc(f"{duration(t0 - axis.run_start)}: {n} retries")
-                    parts.append(f'<circle cx="{num(px)}" cy="{num(py)}" r="2.5" fill="{RETRY_COLOUR}">'
-                                 f"<title>{hover}</title></circle>")
+            stacked, w, counted = 0, max(x2 - x1 - 1, 0.8), errors.get((number, b), Counter())
+            span = f"{duration(t0 - axis.run_start)} – {duration(t0 + bucket - axis.run_start)}"
+            for kind in [kind for kind in error_types if counted[kind]]:  # stacked, in the legend's order
+                n = counted[kind]
+                parts.append(svg_rect(x1 + 0.5, y(stacked + n), w, y(stacked) - y(stacked + n), colours[kind],
+                                      f"{span}: {n} {kind} errors (of {totals[(number, b)]} attempts)"))
+                stacked += n
+            retried = retries[(number, b)]
+            points.append(((x1 + x2) / 2, y(retried), retried, t0))
+        path = " ".join(f"{num(px)},{num(py)}" for px, py, _, _ in points)  # one point a bucket, at least one
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{RETRY_COLOUR}" stroke-width="1.5"/>')
+        parts += [f'<circle cx="{num(px)}" cy="{num(py)}" r="2.5" fill="{RETRY_COLOUR}"><title>'
+                  f'{esc(f"{duration(t0 - axis.run_start)}: {n} retries")}</title></circle>'
+                  for px, py, n, t0 in points if n]
     if not peak:
         parts.append(svg_text(left + (WIDTH - left - right) / 2, top + height / 2, "no errors and no retries",
                            anchor="middle", size=14, cls="muted"))
-    parts.append(svg_text(18, top + height / 2, "attempts per bucket", anchor="middle", size=12, rotate=True))
+    parts.append(_axis_title(18, top + height / 2, "attempts per bucket", rotate=True))
     svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts)
     keys = legend([(colours[k], f"error: {k}") for k in error_types] + [(RETRY_COLOUR, "retries (line)")])
     total_errors = sum(sum(c.values()) for c in errors.values())
@@ -667,27 +606,23 @@ def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
 
 
 # --- tables -------------------------------------------------------------------------------------
-def _cost_cell(row: dict) -> str:
-    return cost_text(row.get("cost"), row.get("unpriced_calls") or 0)
-
-
 LM_COLUMNS = [
     Column("calls", "calls", "int"), Column("errors", "errors", "int"), Column("retries", "retries", "int"),
     Column("cached", "cached", "int"), Column("prompt_tokens", "tokens in", "int"),
-    Column("completion_tokens", "tokens out", "int"), Column("cost", "cost", "num", fmt=_cost_cell),
+    Column("completion_tokens", "tokens out", "int"),
+    Column("cost", "cost", "num", fmt=lambda r: cost_text(r.get("cost"), r.get("unpriced_calls") or 0)),
     Column("seconds", "model time", "seconds"), Column("queued_seconds", "queued", "seconds"),
     Column("p50_latency", "p50 latency", "seconds"), Column("p95_latency", "p95 latency", "seconds"),
 ]
 DOC_LM_COLUMNS = [c for c in LM_COLUMNS if c.key not in ("cached", "p50_latency", "p95_latency")]
 
 
-def _step_columns() -> list[Column]:
-    return [
-        Column("step", "step"), Column("document", "document"), Column("chunk_id", "chunk", "code"),
-        Column("status", "status"), Column("depth", "depth", "int"), Column("seconds", "time", "seconds"),
-        Column("attempts", "attempts", "int"), Column("tokens", "tokens", "int"),
-        Column("cost", "cost", "num", fmt=lambda r: "unknown" if r["cost"] is None else usd(r["cost"])),
-    ]
+STEP_COLUMNS = [  # the slowest and the most expensive steps
+    Column("step", "step"), Column("document", "document"), Column("chunk_id", "chunk", "code"),
+    Column("status", "status"), Column("depth", "depth", "int"), Column("seconds", "time", "seconds"),
+    Column("attempts", "attempts", "int"), Column("tokens", "tokens", "int"),
+    Column("cost", "cost", "num", fmt=lambda r: usd(r["cost"])),
+]
 
 
 @dataclass
@@ -720,20 +655,21 @@ def collect(store: Store, run_id: str) -> RunReport:
     """Read everything the report of ``run_id`` shows (the only function here that reads)."""
     tables = run_tables(store, run_id)
     run, calls = tables["run"], tables["calls"]
-    events = read_run_events(store.workspace, run_id)
+    events = read_events(store.workspace, run_id, kinds={"run_start", "run_end", "run_stopping", "note"})
     # run_tables' document rows carry the LM time as "seconds" (its Group figures win over the document's
     # wall time of the same name), so the wall time is taken from the store here
     wall = {d["doc_id"]: (d["finished"] - d["started"]) if d["finished"] and d["started"] else None
             for d in store.documents(run_id)}
     documents = [{**d, "doc_seconds": wall.get(d["doc_id"])} for d in tables["documents"]]
     doc_paths = {d["doc_id"]: d["path"] for d in documents}
-    failed_steps = [{"name": s.name, "document": doc_paths.get(s.doc_id, s.doc_id or ""), "chunk_id": s.chunk_id,
-                     "attempts": s.attempts, "error": s.error}
+    failed_steps = [{"name": s.name, "document": doc_paths.get(s.doc_id, s.doc_id or ""),
+                     "chunk_id": s.chunk_id, "attempts": s.attempts, "error": s.error}
                     for s in store.steps(run_id) if s.status == "failed"][:MAX_TABLE_ROWS]
     return RunReport(
         run=run, totals=tables["totals"], calls=calls, documents=documents, steps=tables["steps"],
-        depths=tables["depths"], slowest_steps=tables["slowest_steps"], costliest_steps=tables["costliest_steps"],
-        failed_steps=failed_steps, trajectories=tables.get("trajectories", []),
+        depths=tables["depths"], slowest_steps=tables["slowest_steps"],
+        costliest_steps=tables["costliest_steps"], failed_steps=failed_steps,
+        trajectories=tables.get("trajectories", []),
         sessions=build_sessions(run, calls, events),
         notes=[e.get("message") or "" for e in events if e.get("type") == "note"][:MAX_NOTES],
         store_name=store.path.name, workspace=str(store.workspace),
@@ -768,18 +704,11 @@ Click a table heading to sort by it.</footer>"""
     return page(f"rlmpipe run {run['run_id']} · {run['pipeline']} · {run_state(run)}", body)
 
 
-def _span(report: RunReport) -> tuple[float, float]:
-    """When the run started and last ended (or was last updated)."""
-    run, sessions = report.run, report.sessions
-    if not sessions:
-        return run["created"], run["updated"]
-    return sessions[0].start, max([s.end for s in sessions] + [run["updated"] or 0])
-
-
 def _facts(report: RunReport) -> str:
     run, sessions = report.run, report.sessions
     state = run_state(run)
-    start, end = _span(report)
+    start, end = ((sessions[0].start, max([s.end for s in sessions] + [run["updated"] or 0])) if sessions
+                  else (run["created"], run["updated"]))  # the first start, the last end (or update)
     document_counts = Counter(d["status"] for d in report.documents)
     facts = [
         ("run", f"<code>{esc(run['run_id'])}</code>"),
@@ -810,79 +739,63 @@ def _total_cost(report: RunReport) -> str:
 def _cards(report: RunReport) -> str:
     totals = report.totals
     total_cost = _total_cost(report)
-    cost_sub = ""
-    if totals["unpriced_calls"]:
-        cost_sub = (f"lower bound {usd(totals['cost'])}: {count(totals['unpriced_calls'])} calls unpriced"
-                    if total_cost == "unknown" else f"{count(totals['unpriced_calls'])} calls unpriced")
-    cards = [
-        ("calls", "LM calls (attempts)", count(totals["calls"]), False, ""),
-        ("prompt_tokens", "tokens in", count(totals["prompt_tokens"]), False, ""),
-        ("completion_tokens", "tokens out", count(totals["completion_tokens"]), False, ""),
-        ("cost", "cost (USD)", total_cost, False, cost_sub),
-        ("retries", "retries", count(totals["retries"]), totals["retries"] > 0, ""),
-        ("errors", "errors", count(totals["errors"]), totals["errors"] > 0, ""),
-        ("cached", "cached", count(totals["cached"]), False, ""),
-    ]
-    return "".join(card(label, value, key=key, bad=bad, sub=sub) for key, label, value, bad, sub in cards)
+    unpriced = f"{count(totals['unpriced_calls'])} calls unpriced" if totals["unpriced_calls"] else ""
+    cost_sub = (f"lower bound {usd(totals['cost'])}: {unpriced}" if total_cost == "unknown" and unpriced
+                else unpriced)
+    return "".join([
+        card("LM calls (attempts)", count(totals["calls"]), key="calls"),
+        card("tokens in", count(totals["prompt_tokens"]), key="prompt_tokens"),
+        card("tokens out", count(totals["completion_tokens"]), key="completion_tokens"),
+        card("cost (USD)", total_cost, key="cost", sub=cost_sub),
+        card("retries", count(totals["retries"]), key="retries", bad=totals["retries"] > 0),
+        card("errors", count(totals["errors"]), key="errors", bad=totals["errors"] > 0),
+        card("cached", count(totals["cached"]), key="cached"),
+    ])
 
 
 def _notes(report: RunReport) -> list[str]:
-    totals = report.totals
-    notes = []
-    if totals["unpriced_calls"]:
-        model = f"<code>{esc(report.run['model'] or '')}</code>"
-        if _total_cost(report) == "unknown":
-            notes.append(
-                f'<p class="note" id="cost-note"><strong>Cost unknown.</strong> None of the '
-                f"{count(totals['unpriced_calls'])} calls that used tokens has a known price (the price "
-                f"table has no entry for model {model}): the cost is at least {esc(usd(totals['cost']))}, a "
-                "lower bound, and nothing more can be said. Token counts are exact.</p>")
-        else:
-            notes.append(
-                f'<p class="note" id="cost-note"><strong>Cost is a lower bound.</strong> '
-                f"{count(totals['unpriced_calls'])} of {count(totals['calls'])} calls have no known price "
-                f"(no entry in the price table for their model; run model {model}): their cost is not "
-                f"counted, so the run cost at least {esc(usd(totals['cost']))}.</p>")
-    notes += [f'<p class="note">{esc(message)}</p>' for message in report.notes]
-    return notes
+    """The cost note, when some calls have no known price, then the run's own notes."""
+    totals, notes = report.totals, [f'<p class="note">{esc(message)}</p>' for message in report.notes]
+    if not totals["unpriced_calls"]:
+        return notes
+    model = f"<code>{esc(report.run['model'] or '')}</code>"
+    unpriced, floor = count(totals["unpriced_calls"]), esc(usd(totals["cost"]))
+    if _total_cost(report) == "unknown":
+        text = (f"<strong>Cost unknown.</strong> None of the {unpriced} calls that used tokens has a known "
+                f"price (the price table has no entry for model {model}): the cost is at least {floor}, a "
+                "lower bound, and nothing more can be said. Token counts are exact.")
+    else:
+        text = (f"<strong>Cost is a lower bound.</strong> {unpriced} of {count(totals['calls'])} calls have "
+                f"no known price (no entry in the price table for their model; run model {model}): their "
+                f"cost is not counted, so the run cost at least {floor}.")
+    return [f'<p class="note" id="cost-note">{text}</p>', *notes]
 
 
 def _sessions_table(sessions: list[Session]) -> str:
-    rows = [{
-        "session": s.number, "started": when(s.start), "ended": when(s.end), "seconds": s.seconds,
-        "attempts": s.attempts, "errors": s.errors, "retries": s.retries,
-        "status": s.status or "",
-        "reason": s.reason or "",
-    } for s in sessions]
+    rows = [{"session": s.number, "started": when(s.start), "ended": when(s.end), "seconds": s.seconds,
+             "attempts": s.attempts, "errors": s.errors, "retries": s.retries, "status": s.status or "",
+             "reason": s.reason or ""} for s in sessions]
     return table("table-sessions", [
         Column("session", "session", "int"), Column("started", "started"), Column("ended", "ended"),
         Column("seconds", "duration", "seconds", fmt=lambda r: duration(r["seconds"])),
         Column("attempts", "LM calls", "int"), Column("errors", "errors", "int"),
-        Column("retries", "retries", "int"),
-        Column("status", "status at end"), Column("reason", "stop reason", "error"),
+        Column("retries", "retries", "int"), Column("status", "status at end"),
+        Column("reason", "stop reason", "error"),
     ], rows, empty="no session recorded")
 
 
 def _plots(report: RunReport, max_bars: int) -> list[str]:
     calls, sessions, doc_paths = report.calls, report.sessions, report.doc_paths
-    depth_rows = [BarRow(f"depth {r['depth']}", f"depth {r['depth']}: {count(r['calls'])} calls",
-                         r["prompt_tokens"], r["completion_tokens"], r["cost"], r["unpriced_calls"],
-                         r["calls"]) for r in report.depths]
+    depth_rows = [BarRow.total(f"depth {r['depth']}", f"depth {r['depth']}: {count(r['calls'])} calls", [r])
+                  for r in report.depths]
     ranked = sorted(report.documents, key=lambda r: (r["tokens"], r["calls"]), reverse=True)
-    doc_rows = [BarRow(_short_path(r["path"]), f"{r['path']} ({r['status']}): {count(r['calls'])} calls",
-                       r["prompt_tokens"], r["completion_tokens"], r["cost"], r["unpriced_calls"], r["calls"])
-                for r in ranked[:MAX_PLOT_DOCUMENTS]]
+    doc_rows = [BarRow.total(_short_path(r["path"]), f"{r['path']} ({r['status']}): {count(r['calls'])} "
+                             "calls", [r]) for r in ranked[:MAX_PLOT_DOCUMENTS]]
     rest = ranked[MAX_PLOT_DOCUMENTS:]
     if rest:
-        doc_rows.append(BarRow(f"+ {len(rest)} other documents",
-                               f"the {len(rest)} documents with fewer tokens",
-                               sum(r["prompt_tokens"] for r in rest),
-                               sum(r["completion_tokens"] for r in rest),
-                               sum(r["cost"] for r in rest), sum(r["unpriced_calls"] for r in rest),
-                               sum(r["calls"] for r in rest), aggregate=True))
-    outside = _outside_documents(calls, doc_paths)
-    if outside is not None:
-        doc_rows.append(outside)
+        doc_rows.append(BarRow.total(f"+ {len(rest)} other documents",
+                                     f"the {len(rest)} documents with fewer tokens", rest, aggregate=True))
+    doc_rows += _outside_documents(calls, doc_paths)
     unknown_note = " A cost marked ≥ is a lower bound (some calls have no known price); “unknown”: none has."
     return [
         timeline_plot(calls, sessions, doc_paths, max_bars),
@@ -930,10 +843,10 @@ def _sections(report: RunReport) -> list[tuple[str, str, str, str]]:
         ("Recursion depth", "table-depths", "By recursion depth.", table("table-depths", depth_columns,
                                                                         report.depths)),
         ("Slowest steps", "table-slowest", "The 10 steps that took longest (wall time, retries included).",
-         table("table-slowest", _step_columns(), step_rows(report.slowest_steps))),
+         table("table-slowest", STEP_COLUMNS, step_rows(report.slowest_steps))),
         ("Most expensive steps", "table-costliest",
          "The 10 steps that cost most (by cost, then tokens; a cost is unknown when a price was).",
-         table("table-costliest", _step_columns(), step_rows(report.costliest_steps))),
+         table("table-costliest", STEP_COLUMNS, step_rows(report.costliest_steps))),
         ("LM errors by type", "table-error-types", "Failed LM call attempts by error type, with one example.",
          table("table-error-types", [Column("type", "error type"), Column("count", "attempts", "int"),
                                      Column("retried", "retried after", "int"),
@@ -969,31 +882,28 @@ def _document_cell(row: dict) -> str:
     return cell
 
 
-def _outside_documents(calls: list[dict], doc_paths: dict) -> BarRow | None:
+def _outside_documents(calls: list[dict], doc_paths: dict) -> list[BarRow]:
     """Calls made outside any document (doc_id NULL or unknown), as one row, if there are any."""
     rows = [c for c in calls if c["outcome"] != "cached" and c["doc_id"] not in doc_paths]
     if not rows:
-        return None
+        return []
     unpriced = sum(1 for c in rows if c["cost"] is None and c["prompt_tokens"] + c["completion_tokens"])
-    return BarRow("(no document)", "LM calls made outside any document",
-                  sum(c["prompt_tokens"] for c in rows),
-                  sum(c["completion_tokens"] for c in rows), sum(c["cost"] or 0.0 for c in rows), unpriced,
-                  len(rows))
+    return [BarRow("(no document)", "LM calls made outside any document",
+                   sum(c["prompt_tokens"] for c in rows), sum(c["completion_tokens"] for c in rows),
+                   sum(c["cost"] or 0.0 for c in rows), unpriced, len(rows))]
 
 
 def _error_type_rows(calls: list[dict]) -> list[dict]:
+    """Failed attempts by error type, most first, with the first one's error, and how many of them
+    were retried (their call made a later attempt)."""
+    last_attempt: dict[str, int] = defaultdict(int)
+    for call in calls:
+        last_attempt[call["call_id"]] = max(last_attempt[call["call_id"]], call["attempt"])
     by_type: dict[str, dict] = {}
-    retried: Counter = Counter()
-    attempts_by_call: dict[str, int] = defaultdict(int)
-    for call in calls:
-        attempts_by_call[call["call_id"]] = max(attempts_by_call[call["call_id"]], call["attempt"])
-    for call in calls:
-        if call["outcome"] != "error":
-            continue
+    for call in (c for c in calls if c["outcome"] == "error"):
         kind = call["error_type"] or "unknown"
-        row = by_type.setdefault(kind, {"type": kind, "count": 0, "example": call["error"] or ""})
+        row = by_type.setdefault(kind, {"type": kind, "count": 0, "retried": 0,
+                                        "example": call["error"] or ""})
         row["count"] += 1
-        retried[kind] += attempts_by_call[call["call_id"]] > call["attempt"]
-    for kind, row in by_type.items():
-        row["retried"] = retried[kind]
+        row["retried"] += last_attempt[call["call_id"]] > call["attempt"]
     return sorted(by_type.values(), key=lambda r: r["count"], reverse=True)

@@ -9,6 +9,7 @@ string from a contract or a model is escaped with the kit's ``esc``.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 from rlmpipe.apps.contracts.categories import NAMES
@@ -45,16 +46,15 @@ def score_histogram(scores: list[int], width: int = 640, height: int = 220) -> s
     parts = [svg_line(left, height - bottom, left + plot_w, height - bottom, "#98a2b3")]
     for index, contracts in enumerate(bins):
         bar_h = plot_h * contracts / top
-        x = left + index * bar_w
-        y = height - bottom - bar_h
+        x, y = left + index * bar_w, height - bottom - bar_h
         colour = "#1e6b35" if index < 3 else "#b7791f" if index < 6 else "#9b1c1c"
         parts.append(svg_rect(x + 2, y, bar_w - 4, bar_h, colour,
                               f"{index * 10}-{index * 10 + 9}: {contracts} contract(s)", ' class="bar"'))
         if contracts:
             parts.append(svg_text(x + bar_w / 2, y - 4, str(contracts), anchor="middle", size=11))
         parts.append(svg_text(x + bar_w / 2, height - bottom + 14, str(index * 10), anchor="middle", size=10))
-    parts.append(svg_text(left + plot_w / 2, height - 4, "risk score (bins of 10)", anchor="middle", size=11))
-    parts.append(svg_text(12, height / 2, "contracts", anchor="middle", size=11, rotate=True))
+    parts += [svg_text(left + plot_w / 2, height - 4, "risk score (bins of 10)", anchor="middle", size=11),
+              svg_text(12, height / 2, "contracts", anchor="middle", size=11, rotate=True)]
     return svg_plot("score-chart", "risk score distribution", width, height, parts)
 
 
@@ -66,26 +66,26 @@ def _partial_pill(record: dict) -> str:
 
 
 def _severity_counts(record: dict) -> str:
-    counts = {level: sum(1 for r in record["risks"] if r["severity"] == level) for level in ("high", "medium", "low")}
-    return " ".join(f'<span class="pill {level}">{n} {level}</span>' for level, n in counts.items() if n) or "none"
+    counts = Counter(risk["severity"] for risk in record["risks"])
+    return " ".join(f'<span class="pill {level}">{counts[level]} {level}</span>'
+                    for level in ("high", "medium", "low") if counts[level]) or "none"
 
 
 def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> str:
     scores = [r["risk_score"] for r in records]
-    verified = sum(r["evidence"]["verified"] for r in records)
-    rejected = sum(r["evidence"]["rejected"] for r in records)
-    partial = [f for f in failures if f.get("status") == "partial"]
-    failed_only = [f for f in failures if f.get("status", "failed") == "failed"]
-    stopped = [f for f in failures if f.get("status") == "stopped"]
-    cards = [("contracts analysed", len(records) - len(partial)), ("partial (some chunks failed)", len(partial)),
-             ("failed", len(failed_only)), ("not analysed (run stopped)", len(stopped)),
+    unfinished = Counter(f.get("status", "failed") for f in failures)  # partial records are in records too
+    cards = [("contracts analysed", len(records) - unfinished["partial"]),
+             ("partial (some chunks failed)", unfinished["partial"]), ("failed", unfinished["failed"]),
+             ("not analysed (run stopped)", unfinished["stopped"]),
              ("mean risk score", f"{sum(scores) / len(scores):.0f}" if scores else "-"),
-             ("verified quotes", verified), ("quotes rejected (not in the contract)", rejected)]
-    rows = [{"record": r, "present": [c["category"] for c in r["categories"] if c["present"]],
-             "risk_score": r["risk_score"], "risks": len(r["risks"]), "obligations": len(r["obligations"]),
-             "rejected": r["evidence"]["rejected"]} for r in records]
-    for row in rows:
-        row["categories"] = len(row["present"])
+             ("verified quotes", sum(r["evidence"]["verified"] for r in records)),
+             ("quotes rejected (not in the contract)", sum(r["evidence"]["rejected"] for r in records))]
+    rows = []
+    for r in records:
+        present = [c["category"] for c in r["categories"] if c["present"]]
+        rows.append({"record": r, "present": present, "categories": len(present),
+                     "risk_score": r["risk_score"], "risks": len(r["risks"]),
+                     "obligations": len(r["obligations"]), "rejected": r["evidence"]["rejected"]})
     columns = [
         Column("contract", "contract", markup=_contract_cell),
         Column("risk_score", "risk score", "int", cls="score"),
@@ -107,13 +107,10 @@ def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> 
                    f'what was done. Resume it with <code>rlmpipe resume {esc(run["run_id"])}</code>.</p>')
     body = (
         f"<h1>Contract review: {len(records)} contract(s)</h1>"
-        f'<p class="muted">rlmpipe contracts analyze{model}</p>' + banner
-        + '<div class="cards">' + "".join(card(label, str(value)) for label, value in cards) + "</div>"
-        + "<h2>Risk scores</h2>"
-        + figure("score-chart", "", score_histogram(scores),
-                 "The score (0-100) is computed from the verified findings by the rubric in README.md.")
-        + _nothing_verified_note(records)
-        + "<h2>Contracts</h2>"
+        f'<p class="muted">rlmpipe contracts analyze{model}</p>' + banner + _cards(cards)
+        + "<h2>Risk scores</h2>" + figure("score-chart", "", score_histogram(scores), "The score (0-100) is "
+                                          "computed from the verified findings by the rubric in README.md.")
+        + _nothing_verified_note(records) + "<h2>Contracts</h2>"
         + filter_controls("corpus", "categories", "category", NAMES, len(records), select_id="category",
                           mode_id="mode", shown_id="shown")
         + table("corpus", columns, rows, empty=None, first_order="asc",
@@ -126,7 +123,7 @@ def corpus_page(records: list[dict], failures: list[dict], run: dict | None) -> 
 def _contract_cell(row: dict) -> str:
     record = row["record"]
     link = f"contracts/{slug(record['path'], record['doc_id'])}.html"
-    return (f'<a href="{esc(link)}">{esc(record["title"] or Path(record["path"]).name)}</a>'
+    return (f'<a href="{esc(link)}">{esc(_title(record))}</a>'
             f'{_partial_pill(record)}<div class="muted">{esc(Path(record["path"]).name)}</div>')
 
 
@@ -138,90 +135,88 @@ def _highlighted(text: str, spans: list[tuple[int, int, str, str]]) -> str:
     for start, _, anchor, _ in spans:
         starts.setdefault(start, []).append(anchor)
     parts = []
-    for left, right in zip(points, points[1:]):
-        if right <= left:
-            continue
+    for left, right in zip(points, points[1:]):  # between consecutive span boundaries
         covering = [(anchor, kind) for s, t, anchor, kind in spans if s <= left and right <= t]
         anchors = "".join(f'<a id="{a}"></a>' for a in starts.get(left, []))
         segment = esc(text[left:right])
-        if covering:
-            kind = covering[0][1]
-            parts.append(f'{anchors}<mark class="{kind}" title="{esc(", ".join(a for a, _ in covering))}">{segment}</mark>')
-        else:
-            parts.append(anchors + segment)
+        if covering:  # the first span's kind colours it; the title names every span over it
+            segment = (f'<mark class="{covering[0][1]}" title="{esc(", ".join(a for a, _ in covering))}">'
+                       f"{segment}</mark>")
+        parts.append(anchors + segment)
     return "".join(parts)
 
 
 def contract_page(record: dict, text: str | None) -> str:
-    spans = []
-    items = []
-    for index, clause in enumerate(record["clauses"]):
-        anchor = f"clause-{index}"
-        ev = clause["evidence"]
-        spans.append((ev["char_start"], ev["char_end"], anchor, "clause"))
-        items.append(("clause", clause["category"], f'<li><b>{esc(clause["category"])}</b> {_clause_pills(clause)}'
-                      f'<a href="#{anchor}">[{ev["char_start"]}-{ev["char_end"]}]</a> '
-                      f'<span class="quote">{esc(_clip(ev["quote"]))}</span></li>'))
-    risk_items = []
-    for index, risk in enumerate(record["risks"]):
-        anchor = f"risk-{index}"
-        ev = risk["evidence"]
-        spans.append((ev["char_start"], ev["char_end"], anchor, "risk"))
-        risk_items.append(f'<li><span class="pill {risk["severity"]}">{risk["severity"]}</span> <b>{esc(risk["what"])}</b>'
-                          f' — {esc(risk["why"])} <a href="#{anchor}">[{ev["char_start"]}-{ev["char_end"]}]</a></li>')
-    obligation_items = []
-    for index, obligation in enumerate(record["obligations"]):
-        anchor = f"obligation-{index}"
-        ev = obligation["evidence"]
-        spans.append((ev["char_start"], ev["char_end"], anchor, "obligation"))
-        due = f" ({esc(obligation['due'])})" if obligation["due"] else ""
-        obligation_items.append(f'<li><b>{esc(obligation["party"])}</b>: {esc(obligation["action"])}{due} '
-                                f'<a href="#{anchor}">[{ev["char_start"]}-{ev["char_end"]}]</a></li>')
+    """A contract's page: its findings, each linked to its quote, highlighted in the contract's text."""
+    spans: list[tuple[int, int, str, str]] = []
+
+    def link(kind: str, index: int, evidence: dict) -> str:
+        """The link to a finding's quote, whose span is kept to be highlighted in the text."""
+        anchor, start, end = f"{kind}-{index}", evidence["char_start"], evidence["char_end"]
+        spans.append((start, end, anchor, kind))
+        return f'<a href="#{anchor}">[{start}-{end}]</a>'
+
+    clauses = "".join(f'<li><b>{esc(clause["category"])}</b> {_clause_pills(clause)}'
+                      f'{link("clause", index, clause["evidence"])} '
+                      f'<span class="quote">{esc(_clip(clause["evidence"]["quote"]))}</span></li>'
+                      for index, clause in enumerate(record["clauses"]))
+    risks = "".join(f'<li><span class="pill {risk["severity"]}">{risk["severity"]}</span> '
+                    f'<b>{esc(risk["what"])}</b> — {esc(risk["why"])} {link("risk", index, risk["evidence"])}'
+                    "</li>" for index, risk in enumerate(record["risks"]))
+    obligations = "".join(f'<li><b>{esc(item["party"])}</b>: {esc(item["action"])}'
+                          + (f" ({esc(item['due'])})" if item["due"] else "")
+                          + f' {link("obligation", index, item["evidence"])}</li>'
+                          for index, item in enumerate(record["obligations"]))
     present = [c for c in record["categories"] if c["present"]]
     absent = [c["category"] for c in record["categories"] if not c["present"]]
-    categories = ("<p>" + (" ".join(f'<span class="pill low">{esc(c["category"])} ({c["clauses"]})</span>' for c in present)
-                           or "none") + "</p>"
+    categories = ("<p>" + (" ".join(f'<span class="pill low">{esc(c["category"])} ({c["clauses"]})</span>'
+                                    for c in present) or "none") + "</p>"
                   + f'<p class="muted">absent ({len(absent)}): {esc(", ".join(absent))}</p>')
     breakdown = "".join(f"<li>{esc(item['rule'])}: +{item['points']}</li>" for item in record["risk_breakdown"])
     stats = record["evidence"]
     body = (
-        f'<p><a href="../report.html">&larr; all contracts</a></p><h1>{esc(record["title"] or Path(record["path"]).name)}</h1>'
+        f'<p><a href="../report.html">&larr; all contracts</a></p><h1>{esc(_title(record))}</h1>'
         f'<p class="muted">{esc(record["path"])} · {_how_read(record)} · document {esc(record["doc_id"])}</p>'
-        + '<div class="cards">' + card("risk score", str(record["risk_score"]))
-        + card("verified quotes", str(stats["verified"]))
-        + card("quotes rejected (not in the contract)", str(stats["rejected"])) + "</div>"
+        + _cards([("risk score", record["risk_score"]), ("verified quotes", stats["verified"]),
+                  ("quotes rejected (not in the contract)", stats["rejected"])])
         + _mode_note([record]) + _nothing_verified_note([record])
         + f'<h2>Summary</h2><p>{esc(record["summary"])}</p>'
         f'<h2>Score</h2><ul>{breakdown or "<li>no rubric line applied</li>"}</ul>'
-        f'<h2>Risks</h2><ul class="findings">{"".join(risk_items) or _none_found("risks", record)}</ul>'
-        f'<h2>Obligations</h2><ul class="findings">{"".join(obligation_items) or _none_found("obligations", record)}'
-        '</ul>'
-        f'<h2>Clauses</h2><ul class="findings">{"".join(i for _, _, i in items) or "<li>none found</li>"}</ul>'
+        f'<h2>Risks</h2><ul class="findings">{risks or _none_found("risks", record)}</ul>'
+        f'<h2>Obligations</h2><ul class="findings">{obligations or _none_found("obligations", record)}</ul>'
+        f'<h2>Clauses</h2><ul class="findings">{clauses or "<li>none found</li>"}</ul>'
         f'<h2>CUAD categories present</h2>{categories}'
-        + (f'<p class="muted">Extraction failed on {len(record["failed_chunks"])} chunk(s); their findings are missing.</p>'
-           if record.get("failed_chunks") else "")
+        + (f'<p class="muted">Extraction failed on {len(record["failed_chunks"])} chunk(s); their findings '
+           'are missing.</p>' if record.get("failed_chunks") else "")
         + "<h2>Contract text</h2><p class=\"muted\">Highlighted: clauses (yellow), risks (red), obligations (blue).</p>"
         + (f'<pre class="contract">{_highlighted(text, spans)}</pre>' if text is not None
            else "<p>(the contract file is no longer readable here)</p>")
     )
-    return page(record["title"] or Path(record["path"]).name, body, css=CSS)
+    return page(_title(record), body, css=CSS)
+
+
+def _title(record: dict) -> str:
+    """A contract's title, or its file name when none was found."""
+    return record["title"] or Path(record["path"]).name
+
+
+def _cards(figures: list[tuple[str, object]]) -> str:
+    """The headline figures of a page, as cards."""
+    return '<div class="cards">' + "".join(card(label, str(value)) for label, value in figures) + "</div>"
 
 
 def _mode_note(records: list[dict]) -> str:
     """How the findings were made, when a language model did not read everything."""
     modes = {r.get("mode", "full") for r in records}
-    notes = []
-    if "finder" in modes:
-        notes.append('<p class="note" role="note" id="mode-finder">Found by the trained clause finder alone, '
-                     "without a language model: each clause is a passage of the contract whose finder score "
-                     "(0-1) cleared its category's threshold. Risks and obligations need a language model: run "
-                     "again with <code>--lm MODEL</code> to have one confirm these clauses and add them.</p>")
-    if "cascade" in modes:
-        notes.append('<p class="note" role="note" id="mode-cascade">The clause finder chose the passages; the '
-                     "language model read only those (with their context), confirmed each clause it lists "
-                     "(<i>LM-confirmed</i>) and added the risks and obligations. Passages the finder scored low "
-                     "were not read: <code>--read all</code> has the model read everything.</p>")
-    return "".join(notes)
+    finder = ('<p class="note" role="note" id="mode-finder">Found by the trained clause finder alone, '
+              "without a language model: each clause is a passage of the contract whose finder score "
+              "(0-1) cleared its category's threshold. Risks and obligations need a language model: run "
+              "again with <code>--lm MODEL</code> to have one confirm these clauses and add them.</p>")
+    cascade = ('<p class="note" role="note" id="mode-cascade">The clause finder chose the passages; the '
+               "language model read only those (with their context), confirmed each clause it lists "
+               "(<i>LM-confirmed</i>) and added the risks and obligations. Passages the finder scored low "
+               "were not read: <code>--read all</code> has the model read everything.</p>")
+    return (finder if "finder" in modes else "") + (cascade if "cascade" in modes else "")
 
 
 def _clause_pills(clause: dict) -> str:
@@ -287,5 +282,4 @@ def write_corpus_report(records: list[dict], failures: list[dict], out: Path, ru
         except DocumentError:
             text = None
         write_text_atomic(pages / f"{slug(record['path'], record['doc_id'])}.html", contract_page(record, text))
-    report = write_text_atomic(out / "report.html", corpus_page(records, failures, run))
-    return report
+    return write_text_atomic(out / "report.html", corpus_page(records, failures, run))
