@@ -208,3 +208,18 @@ def test_sections_beyond_the_fast_tokenizers_limits(source, strategy, tmp_path):
 
     streamed = list(chunk_document(open_document(path), config))
     check_contract(source, streamed, config)
+
+
+def test_an_unfinished_chunk_stream_closes_without_joining_threads(monkeypatch):
+    """A chunk stream left unfinished is closed by the garbage collector, in any thread, perhaps inside
+    threading's own locks: closing it must not join the tokenizer's threads (that deadlocked a Ray worker)."""
+    import threading
+
+    paragraph = "A line of contract text that goes on for a while.\n"
+    source = paragraph * (3 * (1 << 18) // len(paragraph))  # several sections: the prefetch pool is in use
+    stream = chunk_blocks([Block(source, 0)], "doc", ChunkingConfig(chunk_tokens=256, tokenizer="cl100k_base"))
+    assert next(stream).text
+    joined = []
+    monkeypatch.setattr(threading.Thread, "join", lambda self, timeout=None: joined.append(self.name))
+    stream.close()
+    assert joined == []

@@ -243,7 +243,8 @@ class _Chunker:
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(PREFETCH, thread_name_prefix="rlmpipe-tokenize") as pool:
+        pool = ThreadPoolExecutor(PREFETCH, thread_name_prefix="rlmpipe-tokenize")
+        try:
             ahead: deque = deque()
             for text, safe, final in sections:
                 ahead.append((text, pool.submit(_encode_array, encode, self.tokenizer.encode, text), safe, final))
@@ -253,6 +254,11 @@ class _Chunker:
             while ahead:
                 text0, future, safe0, final0 = ahead.popleft()
                 yield text0, future.result(), safe0, final0
+        finally:
+            # Never join threads here: a generator left unfinished is closed by the garbage collector, in
+            # whatever thread it runs, maybe inside threading's own locks; a join there deadlocked a Ray
+            # worker (the threads end by themselves once told).
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _emit(self, text: str, base: int, start: int, end: int, tokens: int) -> Chunk:
         marks = self.marks
