@@ -132,15 +132,22 @@ def test_usage_is_correct_under_threads():
     totals = counted(recorder)
     lm = RecordingLM(scripted, recorder)
 
+    errors: list[BaseException] = []
+
     def work(index: int) -> None:
-        with dspy.context(lm=lm), call_context(step_key=f"s{index}"):
-            for repeat in range(5):
-                dspy.Predict("q -> answer")(q=f"{index}-{repeat}")
+        try:
+            with dspy.context(lm=lm), call_context(step_key=f"s{index}"):
+                for repeat in range(5):
+                    dspy.Predict("q -> answer")(q=f"{index}-{repeat}")
+        except BaseException as error:  # a thread's exception would otherwise only be printed
+            errors.append(error)
 
     threads = [threading.Thread(target=work, args=(index,)) for index in range(8)]
     [thread.start() for thread in threads]
     [thread.join() for thread in threads]
-    assert totals.calls == 40 and totals.prompt_tokens == 400
+    assert not errors, errors
+    assert (totals.calls, totals.ok, totals.cached, totals.prompt_tokens, totals.estimated) == (40, 40, 0, 400, 0), (
+        totals, scripted.count())
 
 
 def test_rate_limiter_spaces_requests():
