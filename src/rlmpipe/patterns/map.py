@@ -6,11 +6,25 @@ Chunks are pulled from their (streaming) iterator only as fast as results are ta
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
 from rlmpipe.chunking import Chunk
+
+
+@contextlib.contextmanager
+def consumed(chunks: Iterable[Chunk]) -> Iterator[Iterable[Chunk]]:
+    """A pattern's chunk stream, closed as soon as the pattern ends, early (a failed step, a stopping run)
+    or not: left to the garbage collector, a stream would be closed later in whatever thread that runs,
+    with its tokenizer threads and its open document."""
+    try:
+        yield chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def map_chunks(run, doc_id: str, chunks: Iterable[Chunk], name: str, fn: Callable[[Chunk], Any], *,
@@ -37,11 +51,12 @@ def map_chunks(run, doc_id: str, chunks: Iterable[Chunk], name: str, fn: Callabl
                 raise
             return chunk_done, key_done, failure
 
-    for chunk in chunks:
-        key = run.key(name, doc_id, chunk.chunk_id)
-        window.append((chunk, key, run.submit(name, partial(fn, chunk), doc_id=doc_id, chunk_id=chunk.chunk_id,
-                                              depth=depth, key=key)))
-        while len(window) >= limit:
-            yield take()
+    with consumed(chunks):
+        for chunk in chunks:
+            key = run.key(name, doc_id, chunk.chunk_id)
+            window.append((chunk, key, run.submit(name, partial(fn, chunk), doc_id=doc_id,
+                                                  chunk_id=chunk.chunk_id, depth=depth, key=key)))
+            while len(window) >= limit:
+                yield take()
     while window:
         yield take()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator
 
 from rlmpipe.chunking import Chunk, get_tokenizer
+from rlmpipe.patterns.map import consumed
 
 
 def clip_tokens(text: str, limit: int, tokenizer_name: str | None = None) -> str:
@@ -33,11 +34,12 @@ def sliding_window(run, doc_id: str, chunks: Iterable[Chunk], name: str,
     ``max_context_tokens`` tokens (of ``tokenizer``, the chunking's), whatever the model returned."""
     context = clip_tokens(initial_context, max_context_tokens, tokenizer)
     previous = ""
-    for chunk in chunks:
-        key = run.key(name, doc_id, chunk.chunk_id, inputs=[previous])
-        seen = context
-        output = run.step(name, lambda: fn(chunk, seen), doc_id=doc_id, chunk_id=chunk.chunk_id,
-                          depth=depth, key=key)
-        context = clip_tokens(str(output.get("context") or ""), max_context_tokens, tokenizer)
-        previous = key
-        yield chunk, output.get("result"), context
+    with consumed(chunks):
+        for chunk in chunks:
+            key = run.key(name, doc_id, chunk.chunk_id, inputs=[previous])
+            seen = context
+            output = run.step(name, lambda: fn(chunk, seen), doc_id=doc_id, chunk_id=chunk.chunk_id,
+                              depth=depth, key=key)
+            context = clip_tokens(str(output.get("context") or ""), max_context_tokens, tokenizer)
+            previous = key
+            yield chunk, output.get("result"), context
