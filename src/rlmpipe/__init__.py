@@ -12,7 +12,8 @@ Importing rlmpipe has no side effects: it changes no environment variable, start
 imports DSPy only when a name that needs it is first used. To keep litellm and tiktoken off the
 network, rlmpipe sets ``LITELLM_LOCAL_MODEL_COST_MAP`` and ``TIKTOKEN_CACHE_DIR`` (unless you set
 them) only around its own import of litellm and loads of tiktoken encodings, and removes them
-afterwards (``rlmpipe.offline``); the ``rlmpipe`` command sets them for its whole process.
+afterwards (``rlmpipe.offline``); the ``rlmpipe`` command sets them for its whole process. A run,
+once started, serialises ``ast.parse`` on Python < 3.13 (``rlmpipe.runtime.threadsafe_ast``).
 """
 
 from __future__ import annotations

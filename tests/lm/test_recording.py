@@ -17,6 +17,7 @@ from rlmpipe.lm.limits import Budget, RateLimiter
 from rlmpipe.lm.models import ModelChoice, make_lm
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy
 from rlmpipe.lm.usage import Pricing, Usage, UsageRecorder, price
+from rlmpipe.runtime import threadsafe_ast
 from tests.support.scripted_lm import ScriptedLM, chat_reply
 
 FAST = RetryPolicy(max_attempts=5, initial_wait=0.001, max_wait=0.01, jitter=0.0, max_retry_after=0.05)
@@ -127,6 +128,7 @@ def test_budget_admits_a_call_only_if_its_prompt_and_expected_completion_fit():
 
 
 def test_usage_is_correct_under_threads():
+    threadsafe_ast.install()  # as a run does before its step threads: DSPy parses signatures in each
     scripted = ScriptedLM(default=chat_reply(answer="ok"), usage=(10, 1), latency=0.01)
     recorder = UsageRecorder()
     totals = counted(recorder)

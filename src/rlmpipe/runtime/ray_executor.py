@@ -357,9 +357,11 @@ def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
     from rlmpipe.lm.usage import UsageRecorder
     from rlmpipe.offline import configure_offline_defaults
     from rlmpipe.runtime.events import EventBus, LMCallEvent, LMCallStart
+    from rlmpipe.runtime import threadsafe_ast
     from rlmpipe.runtime.runner import Run, process_document
 
     configure_offline_defaults()  # a worker process of our own: litellm and tiktoken stay offline
+    threadsafe_ast.install()  # DSPy parses in every step thread
     document = open_document(path)
     events = EventBus()
     forwarder = EventForwarder(context.store)

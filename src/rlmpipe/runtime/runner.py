@@ -37,6 +37,7 @@ from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping, without_
 from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 from rlmpipe.runtime.eventlog import EventLogWriter
 from rlmpipe.runtime import events as ev
+from rlmpipe.runtime import threadsafe_ast
 from rlmpipe.runtime.events import EventBus
 from rlmpipe.runtime.fingerprint import FingerprintChange, digest, fingerprint_parts, step_key
 from rlmpipe.runtime.jsonable import NotStorable, json_roundtrip, to_json_value
@@ -404,6 +405,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     :class:`ConfigurationChanged` (resuming a run whose configuration changed, unforced).
     """
     options = options or RunOptions()
+    threadsafe_ast.install()  # DSPy parses in every step thread
     if options.executor not in ("threads", "ray"):
         raise ValueError(f"unknown executor {options.executor!r} (choose from: threads, ray)")
     own_store = store is None
