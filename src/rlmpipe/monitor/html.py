@@ -15,6 +15,7 @@ import html
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from importlib import resources
 
 
 # --- text -----------------------------------------------------------------------------------------
@@ -191,54 +192,12 @@ def filter_controls(table_id: str, key: str, label: str, options: Iterable[str],
 
 
 # --- the page -------------------------------------------------------------------------------------
-CSS = """
-:root { --fg:#1d2330; --muted:#667085; --line:#e3e6eb; --bg:#ffffff; --panel:#f6f7f9; --bad:#b3261e;
-        --link:#1a56b0; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--fg); background: var(--bg);
-       font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 60px; }
-a { color: var(--link); }
-h1 { font-size: 22px; margin: 0 0 4px; }
-h2 { font-size: 18px; margin: 36px 0 10px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
-h3 { font-size: 15px; margin: 0 0 6px; }
-code, .code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
-.muted { color: var(--muted); fill: var(--muted); }
-.facts { display: grid; grid-template-columns: max-content 1fr max-content 1fr; gap: 4px 14px;
-         margin: 14px 0; }
-.facts dt { color: var(--muted); } .facts dd { margin: 0; overflow-wrap: anywhere; }
-.cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 14px 0 8px; }
-.card { background: var(--panel); border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px;
-        min-width: 120px; }
-.card .label { color: var(--muted); font-size: 12px; } .card .value { font-size: 20px; font-weight: 600; }
-.card.bad .value { color: var(--bad); }
-.card .sub { color: var(--muted); font-size: 11px; }
-.note, .warning { border-radius: 4px; padding: 8px 12px; margin: 8px 0; }
-.note { background: #eef4ff; border-left: 4px solid var(--link); }
-.warning { background: #fff4e5; border-left: 4px solid #d97706; }
-.pill { display: inline-block; padding: 0 7px; border-radius: 8px; font-size: 12px; }
-.status-done { color: #1e7d32; font-weight: 600; } .status-failed { color: var(--bad); font-weight: 600; }
-.status-stopped, .status-running { color: #a45d00; font-weight: 600; }
-.figure { margin: 22px 0 30px; } .plot-wrap { overflow-x: auto; }
-svg.plot { display: block; max-width: 100%; height: auto; background: #fff; font-family: inherit; }
-svg.plot text { fill: var(--fg); } svg.plot text.muted { fill: var(--muted); }
-figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; max-width: 1000px; }
-.legend { display: flex; flex-wrap: wrap; gap: 4px 16px; font-size: 12px; margin: 2px 0 6px; }
-.legend .key i { display: inline-block; width: 12px; height: 12px; border-radius: 2px; margin-right: 5px;
-                 vertical-align: -2px; }
-.controls { display: flex; flex-wrap: wrap; gap: 8px 16px; align-items: center; margin: 14px 0 8px; }
-.table-wrap { overflow-x: auto; margin: 6px 0 18px; }
-table { border-collapse: collapse; font-size: 13px; min-width: 60%; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: var(--panel); position: sticky; top: 0; cursor: pointer; user-select: none;
-     white-space: nowrap; }
-th.num, td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.error { color: var(--bad); min-width: 260px; max-width: 520px; overflow-wrap: anywhere; }
-td.document { min-width: 280px; max-width: 480px; overflow-wrap: anywhere; }
-td.document .error { color: var(--bad); font-size: 12px; margin-top: 2px; }
-tr.failed td:first-child { border-left: 3px solid var(--bad); }
-footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
-"""
+def asset(package: str, name: str) -> str:
+    """A stylesheet or script shipped beside a report's code (package data, read once at import)."""
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
+
+
+CSS = asset(__package__, "report.css")  # the one stylesheet
 
 # a page loads nothing: no network, no file, only its own inline style and script
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
@@ -246,65 +205,7 @@ CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline
 
 # At the end of the body, so the tables are there. Sorting: a cell's key is its data-value if it has
 # one, else its text; a key that reads as a number sorts as a number (before text), text ignores case.
-SCRIPT = """
-(function () {
-  function each(list, action) { Array.prototype.forEach.call(list, action); }
-  function key(cell) {
-    var v = cell.getAttribute('data-value'), plain = v !== null;
-    if (!plain) { v = cell.textContent.trim(); }
-    var n = plain ? v : v.replace(/,/g, '');
-    return n !== '' && !isNaN(n) ? Number(n) : v.toLowerCase();
-  }
-  function compare(x, y) {
-    if (typeof x !== typeof y) { return typeof x === 'number' ? -1 : 1; }
-    return x < y ? -1 : x > y ? 1 : 0;
-  }
-  each(document.querySelectorAll('table.sortable'), function (table) {
-    var heads = table.tHead ? table.tHead.rows[0].cells : [];
-    each(heads, function (th, index) {
-      th.title = 'sort';
-      th.addEventListener('click', function () {
-        var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-        var order = th.getAttribute('data-order');
-        var first = table.getAttribute('data-first-order') || 'desc';
-        var dir = order ? (order === 'asc' ? 'desc' : 'asc') : first;
-        rows.sort(function (a, b) {
-          return compare(key(a.cells[index]), key(b.cells[index])) * (dir === 'asc' ? 1 : -1);
-        });
-        each(heads, function (h) { h.removeAttribute('data-order'); });
-        th.setAttribute('data-order', dir);
-        each(rows, function (row) { body.appendChild(row); });
-      });
-    });
-  });
-  function filter(id) {
-    var table = document.getElementById(id), absent = false, tags = [], shown = 0;
-    if (!table) { return; }
-    each(document.querySelectorAll('[data-filter-table="' + id + '"]'), function (control) {
-      if (control.hasAttribute('data-filter-mode')) { absent = control.value === 'absent'; }
-      else if (control.value) { tags.push(control); }
-    });
-    each(table.tBodies[0].rows, function (row) {
-      var visible = tags.every(function (control) {
-        var values = (row.getAttribute('data-' + control.getAttribute('data-filter-key')) || '').split('|');
-        return (values.indexOf(control.value) >= 0) !== absent;
-      });
-      row.style.display = visible ? '' : 'none';
-      if (visible) { shown++; }
-    });
-    each(document.querySelectorAll('[data-shown-table="' + id + '"]'), function (count) {
-      count.textContent = shown;
-    });
-  }
-  var filtered = {};
-  each(document.querySelectorAll('[data-filter-table]'), function (control) {
-    var id = control.getAttribute('data-filter-table');
-    filtered[id] = true;
-    control.addEventListener('change', function () { filter(id); });
-  });
-  Object.keys(filtered).forEach(filter);
-})();
-"""
+SCRIPT = asset(__package__, "report.js")
 
 
 def page(title: str, body: str, *, css: str = "") -> str:
@@ -314,5 +215,5 @@ def page(title: str, body: str, *, css: str = "") -> str:
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
             '<meta name="generator" content="rlmpipe">\n'
-            f"<title>{esc(title)}</title>\n<style>{CSS}{css}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n"
-            f"<script>{SCRIPT}</script>\n</body>\n</html>\n")
+            f"<title>{esc(title)}</title>\n<style>\n{CSS}{css}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n"
+            f"<script>\n{SCRIPT}</script>\n</body>\n</html>\n")

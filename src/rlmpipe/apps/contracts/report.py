@@ -14,21 +14,11 @@ from pathlib import Path
 
 from rlmpipe.apps.contracts.categories import NAMES
 from rlmpipe.atomic import write_text_atomic
-from rlmpipe.monitor.html import (Column, card, esc, figure, filter_controls, page, svg_line, svg_plot,
-                                  svg_rect, svg_text, table)
+from rlmpipe.monitor.html import (Column, asset, card, esc, figure, filter_controls, page, svg_line,
+                                  svg_plot, svg_rect, svg_text, table)
 
-CSS = """
-.high{background:#fde2e1;color:#9b1c1c}.medium{background:#fff1d6;color:#8a5300}
-.low{background:#e6f4ea;color:#1e6b35}.score{font-weight:700}
-.finder-score{background:#eef0f4;color:#344054}.confirmed{background:#e6f4ea;color:#1e6b35}
-.unconfirmed{background:#f3f0ff;color:#5b3cc4}
-#corpus{width:100%}
-pre.contract{white-space:pre-wrap;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.82rem;
- background:#fbfbfd;border:1px solid #e3e7ee;padding:1rem;border-radius:8px}
-mark{background:#fff3a3;border-radius:2px}mark.risk{background:#ffd6d1}mark.obligation{background:#d6ecff}
-mark:target,mark.flash{outline:2px solid #d97706}
-ul.findings li{margin:.25rem 0}.quote{color:#475467;font-style:italic}
-"""  # the contracts pages' own rules, after the report kit's stylesheet
+CSS = asset(__package__, "report.css")  # the contracts pages' own rules, after the kit's stylesheet
+
 
 def slug(path: str, doc_id: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(path).stem).strip("-")[:60] or "contract"
