@@ -80,20 +80,16 @@ class Extractor:
         self.summarize = dspy.Predict(SummarizeContract)
 
     def findings(self, excerpt: str) -> dict:
-        prediction = self.extract(excerpt=excerpt)
-        return {
-            "clauses": [item.model_dump() for item in prediction.clauses or []],
-            "risks": [item.model_dump() for item in prediction.risks or []],
-            "obligations": [item.model_dump() for item in prediction.obligations or []],
-        }
+        return _as_dicts(self.extract(excerpt=excerpt))
 
     def reviewed(self, categories: str, excerpts: str) -> dict:
-        prediction = self.review(categories=categories, excerpts=excerpts)
-        return {
-            "clauses": [item.model_dump() for item in prediction.clauses or []],
-            "risks": [item.model_dump() for item in prediction.risks or []],
-            "obligations": [item.model_dump() for item in prediction.obligations or []],
-        }
+        return _as_dicts(self.review(categories=categories, excerpts=excerpts))
 
     def summary(self, title: str, findings: str) -> dict:
         return {"summary": self.summarize(title=title, findings=findings).summary}
+
+
+def _as_dicts(prediction) -> dict:
+    """A prediction's findings as plain JSON-able lists (what a step stores)."""
+    return {kind: [item.model_dump() for item in getattr(prediction, kind) or []]
+            for kind in ("clauses", "risks", "obligations")}
