@@ -204,9 +204,9 @@ def test_ctrl_c_through_the_cli_says_what_happens_and_ends_resumable(openai_serv
     while time.time() < deadline and len(openai_server.chat_calls) < 3:
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    stopped_at = time.time()
     _, stderr = process.communicate(timeout=60)
-    assert time.time() - stopped_at < 20, "it did not wait for the queue"
+    # 115 chunks of 64 tokens are queued behind 2 slots: the calls at the model finish, none of the queue starts
+    assert len(openai_server.chat_calls) < 40, "it did not wait for the queue"
     assert process.returncode == 3
     assert "stopping: nothing new starts; waiting for the calls at the model to finish" in stderr
     assert "stopped (interrupted); resume with: rlmpipe resume" in stderr

@@ -134,9 +134,9 @@ def test_latency_server_wide_and_per_rule(openai_server):
         post_chat(openai_server, text)
         return time.monotonic() - start
 
-    assert timed("quick") < 0.25
-    assert 0.3 <= timed("default") < 0.55
-    assert timed("slow") >= 0.6
+    waited = [timed("quick"), timed("default"), timed("slow")]
+    assert [call.latency for call in openai_server.chat_calls] == [0.0, 0.3, 0.6]  # what each one was given
+    assert waited[1] >= 0.3 and waited[2] >= 0.6  # and it was really waited (lower bounds: load only adds)
 
 
 def test_fault_triggers_times_pattern_and_seeded_probability(openai_server):
@@ -410,8 +410,13 @@ def test_litellm_completion_retries_by_default(openai_server):
 
 # -- concurrency and shutdown -----------------------------------------------------------------------------
 def test_server_answers_16_concurrent_requests_in_parallel(openai_server):
-    openai_server.set_latency(0.2)
-    openai_server.reply(r"question (\d+)", lambda body: "answer " + body["messages"][-1]["content"].split()[-1])
+    inside = threading.Barrier(16, timeout=30)  # passes only once all 16 requests are being answered at once
+
+    def answer(body):
+        inside.wait()
+        return "answer " + body["messages"][-1]["content"].split()[-1]
+
+    openai_server.reply(r"question (\d+)", answer)
     lm = make_lm(openai_server)
     barrier = threading.Barrier(16)
     results: dict[int, list] = {}
@@ -425,16 +430,13 @@ def test_server_answers_16_concurrent_requests_in_parallel(openai_server):
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
-    start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=20)
-    elapsed = time.monotonic() - start
+        t.join(timeout=60)
 
-    assert not errors
+    assert not errors  # a server that answered one at a time would break the barrier (HTTP 500)
     assert results == {i: [f"answer {i}"] for i in range(16)}
-    assert elapsed < 2.0  # sequential would take 16 * 0.2 = 3.2 s
     prompts = sorted(c.prompt for c in openai_server.chat_calls)
     assert prompts == sorted(f"question {i}" for i in range(16))  # each logged exactly once
 
@@ -451,7 +453,7 @@ def test_stop_returns_promptly_with_a_sleeping_handler_and_leaves_no_threads():
 
     start = time.monotonic()
     leaked = server.stop()
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 30  # the handler is asleep for 60 s: stop did not wait for it
     assert leaked == []
     assert not any(t.is_alive() for t in handler_threads)
     client.join(timeout=5)
@@ -551,20 +553,24 @@ def test_scripted_lm_exception_replies_become_dspy_errors_and_dspy_retries_them(
 
 def test_scripted_lm_is_thread_safe_sleeps_per_call_and_supports_async():
     lm = ScriptedLM(latency=0.2)
-    lm.reply(r"q(\d+)", lambda request: "a" + request["messages"][-1]["content"][1:])
+    inside = threading.Barrier(8, timeout=30)  # passes only once all 8 calls are past their sleep at once
+
+    def answer(request):
+        inside.wait()
+        return "a" + request["messages"][-1]["content"][1:]
+
+    lm.reply(r"q(\d+)", answer)
     outputs = {}
 
     def worker(i):
         outputs[i] = lm(f"q{i}")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=10)
-    assert time.monotonic() - start < 1.2
-    assert outputs == {i: [f"a{i}"] for i in range(8)}
+        t.join(timeout=60)
+    assert outputs == {i: [f"a{i}"] for i in range(8)}  # calls answered one at a time would break the barrier
     assert sorted(c.index for c in lm.calls) == list(range(8))
 
     async def run():

@@ -178,6 +178,7 @@ class Call:
     rule: str | None = None  # pattern of the rule that answered, "queue", or "default"
     stream: bool = False
     finished: float | None = None  # time.time() when the handler finished
+    latency: float = 0.0  # seconds the server waited before answering (its scripted latency)
     prompt_tokens: int = 0  # tokens this server counted for the request (reported or not)
     completion_tokens: int = 0
 
@@ -555,6 +556,7 @@ class OpenAIServer:
         call = self._log(handler, body, prompt)
         with self._lock:
             fault, source, label, latency, usage = self._choose(body, prompt)
+            call.latency = latency
         stream = bool(body.get("stream"))
         kind = fault.kind if fault is not None else None
 
