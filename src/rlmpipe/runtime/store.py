@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from rlmpipe.lm.usage import LMCall, Usage
 
@@ -280,6 +280,11 @@ class Store:
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         return self._connection().execute(sql, params).fetchall()
 
+    def _each(self, sql: str, params: tuple = ()) -> Iterator[sqlite3.Row]:
+        """The rows one at a time: for queries over every LM call of a run (hundreds of thousands of
+        rows in a long run), whose rows held all at once would grow memory with the run."""
+        yield from self._connection().execute(sql, params)
+
     # --- runs -----------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> dict | None:
         rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
@@ -374,14 +379,14 @@ class Store:
     def usage_totals(self, run_id: str) -> dict:
         """The run's LM usage, all sessions together (:meth:`rlmpipe.lm.usage.Usage.row`)."""
         usage = Usage()
-        for row in self._query(f"SELECT {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
+        for row in self._each(f"SELECT {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
             usage.add(dict(row))
         return usage.row()
 
     def usage_by_document(self, run_id: str) -> dict[str, dict]:
         """Per document of the run: its LM usage (as ``usage_totals``)."""
         groups: dict[str, Usage] = {}
-        for row in self._query(f"SELECT doc_id, {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
+        for row in self._each(f"SELECT doc_id, {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
             groups.setdefault(row["doc_id"], Usage()).add(dict(row))
         return {doc_id: usage.row() for doc_id, usage in groups.items()}
 
