@@ -99,7 +99,7 @@ def main() -> None:
         + "\n".join(rows) + "\n\n"
         "Streamed, the peak does not grow with the number of calls; fetched, it grows in proportion "
         "(in the engine section's 1 GB summarize run, 264,297 calls, the peak RSS went from 512 MB with the "
-        "fetched code, 1.19x the 10 MB run's, to 451 MB streamed, 1.05x; 4ab676f vs 3ad0274).\n"
+        "fetched code, 1.19x the 10 MB run's, to 451 MB streamed, 1.05x; 4ab676f vs f11ce47).\n"
     )
     write_section("store-usage", markdown)
 
