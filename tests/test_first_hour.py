@@ -146,26 +146,47 @@ def test_ctrl_c_stops_the_queue_at_once_and_only_the_call_at_the_model_finishes(
     from rlmpipe.apps.summarize import SummarizePipeline
     from rlmpipe.chunking import ChunkingConfig
 
-    lm = ScriptedLM(default=chat_reply(summary="s"), latency=1.0)  # (long enough to queue behind, under load)
+    steps_started = threading.Semaphore(0)
+    a_queued_call_is_at_the_model = threading.Event()
+
+    def reply(request):
+        """At the model (its one slot held): the first call holds it until two more steps have started
+        (their calls queue behind it, however slowly a loaded machine starts steps), then 1 s more. A
+        call that had queued stops the run while it is at the model. (The slot is not first-come
+        first-served: a thread that just finished a call may take it again before a waiting one, so
+        which call gets it next is not known; the one that queued is found by its event.)"""
+        if len(lm.calls) == 1:
+            for _ in range(3):
+                assert steps_started.acquire(timeout=60), "three steps started"
+            time.sleep(1.0)
+        if a_queued_call_is_at_the_model.is_set() and "calls_at_stop" not in current:
+            current["run"].request_stop("interrupted")
+            current["calls_at_stop"] = len(lm.calls)  # no other call can be at the model now
+        return chat_reply(summary="s")
+
+    lm = ScriptedLM(default=reply, latency=1.0)
     lm.parallel_calls = 1  # as the embedded model declares
     current = {}
 
-    def stop_after_three():
-        while len(lm.calls) < 3:
-            time.sleep(0.01)
-        current["run"].request_stop("interrupted")
-        current["calls_at_stop"] = len(lm.calls)
+    def listen(event):
+        if event["type"] == "step_start":
+            steps_started.release()
+        elif event["type"] == "lm_call_start" and event["queued"] > 0.5:
+            a_queued_call_is_at_the_model.set()
 
-    threading.Thread(target=stop_after_three, daemon=True).start()
+    def on_start(run):
+        current.update(run=run)
+        run.events.subscribe(listen)
+
     result = rlmpipe.run(SummarizePipeline(ChunkingConfig(chunk_tokens=64)), CONTRACTS, lm=lm,
-                         workspace=tmp_path / "ws", on_start=lambda run: current.update(run=run))
+                         workspace=tmp_path / "ws", on_start=on_start)
     assert result.status == "stopped" and result.reason == "interrupted"
     assert len(lm.calls) == current["calls_at_stop"], "no queued call was sent after the stop"
     with Store(tmp_path / "ws") as store:
         calls = store.calls(result.run_id)
     queued = [c for c in calls if c["queued"] > 0.5]
     assert queued, "calls that waited for the model's slot say so"
-    assert all(c["latency"] < 1.9 for c in calls), "the wait is not counted as the model's latency"
+    assert all(c["latency"] < 1.9 for c in queued), "the wait is not counted as the model's latency"
 
 
 def test_a_run_whose_documents_all_finished_is_done_even_if_stopped_after(tmp_path):
