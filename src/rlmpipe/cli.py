@@ -584,7 +584,6 @@ def runs_show(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
     with store:
         tables = run_tables(store, run["run_id"])
     if as_json:
-        tables.pop("calls")
         typer.echo(json.dumps(tables, indent=2, default=str))
     else:
         print_run_tables(tables)

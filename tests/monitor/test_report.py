@@ -137,7 +137,8 @@ def test_every_plot_is_inline_svg_with_title_axes_and_caption(resumed_run):
         svg = re.search(rf'<svg id="{plot}".*?</svg>', body, re.DOTALL).group(0)
         assert svg.count("<rect") >= 2 and svg.count("<text") >= 4, plot
     timeline = re.search(r'<svg id="plot-timeline"[^>]*>', html).group(0)
-    assert f'data-calls="{len(tables["calls"])}"' in timeline and 'data-per-bar="1"' in timeline
+    calls = resumed_run["store"].calls(resumed_run["run_id"])
+    assert f'data-calls="{len(calls)}"' in timeline and 'data-per-bar="1"' in timeline
     for label in ("worker thread", "time since run start", "latency (seconds)", "calls", "tokens",
                   "cost (USD)", "attempts per bucket", "p50", "p95", "error: rate_limit", "error: server",
                   "retries (line)"):
@@ -382,10 +383,10 @@ def test_many_sessions_a_dead_process_and_no_event_log(tmp_path):
 def test_more_worker_lanes_than_bars_draws_one_bar_per_lane():
     """Each (worker, session) needs a bar of its own: with more of them than ``max_bars`` the merging
     stops at one bar each (it used to loop for ever)."""
-    from rlmpipe.monitor.report import Session, timeline_plot
+    from rlmpipe.monitor.report import Session, Timeline, timeline_plot
 
     calls = [{"worker": f"w{w}", "session": 1, "started": float(i), "latency": 0.5, "outcome": "ok", "depth": 0,
               "step_name": "s", "doc_id": None, "error_type": None, "attempt": 1, "prompt_tokens": 1,
               "completion_tokens": 1, "error": None} for w in range(5) for i in range(4)]
-    svg = timeline_plot(calls, [Session(1, 0.0, 10.0)], {}, max_bars=3)
+    svg = timeline_plot(Timeline.build(lambda: calls, max_bars=3), [Session(1, 0.0, 10.0)], {})
     assert 'data-bars="5"' in svg and 'data-calls="20"' in svg

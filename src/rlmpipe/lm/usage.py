@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from collections.abc import Mapping
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +70,6 @@ class Usage:
     estimated: int = 0  # calls whose tokens were counted here (the provider reported none)
     seconds: float = 0.0  # the model's own time, from sending to the reply
     queued: float = 0.0  # time waiting before sending (rate-limit windows, the model's one slot)
-    latencies: list[float] | None = None  # each call's latency, when percentiles are wanted
-
-    @classmethod
-    def with_latencies(cls) -> "Usage":
-        return cls(latencies=[])
 
     def add(self, call) -> "Usage":
         get = call.get if isinstance(call, Mapping) else (lambda key, default=None: getattr(call, key, default))
@@ -92,8 +87,6 @@ class Usage:
         latency = float(get("latency") or 0.0)
         self.seconds += latency
         self.queued += float(get("queued") or 0.0)
-        if self.latencies is not None:
-            self.latencies.append(latency)
         cost = get("cost")
         if cost is None:
             self.unpriced += (prompt + completion) > 0
@@ -116,24 +109,28 @@ class Usage:
                "completion_tokens": self.completion_tokens, "tokens": self.tokens, "cost": round(self.cost, 8),
                "cost_known": self.cost_known, "unpriced_calls": self.unpriced, "estimated_calls": self.estimated,
                "seconds": round(self.seconds, 4), "queued_seconds": round(self.queued, 4)}
-        if self.latencies is not None:
-            row["p50_latency"] = _round(percentile(self.latencies, 0.5))
-            row["p95_latency"] = _round(percentile(self.latencies, 0.95))
         return row
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _round(value: float | None) -> float | None:
-    return round(value, 4) if value is not None else None
+def percentiles(rows: Iterable[tuple[Any, float, int]], qs: Sequence[float]) -> dict[Any, list[float]]:
+    """Per group, the ``qs`` quantiles (linear between the closest ranks) of rows sorted by group, then
+    value, each row with its group's size (as :meth:`rlmpipe.runtime.store.Store.each_latency` gives
+    them): read in one pass, holding no list of values, whatever the number of calls."""
+    result: dict[Any, list[float]] = {}
+    group: Any = object()
+    index, picked, positions, wanted = 0, {}, [], set()
+    for key, value, size in rows:
+        if key != group:
+            group, index, picked = key, 0, {}
+            positions = [(size - 1) * q for q in qs]
+            wanted = {int(p) for p in positions} | {min(int(p) + 1, size - 1) for p in positions}
+        if index in wanted:
+            picked[index] = value
+        if index == size - 1:
+            result[key] = [picked[int(p)] + (picked[min(int(p) + 1, size - 1)] - picked[int(p)]) * (p - int(p))
+                           for p in positions]
+        index += 1
+    return result
 
 
 @dataclass

@@ -8,7 +8,8 @@ file opens offline and can be mailed around.
 
 Size stays bounded for large runs: the timeline merges consecutive calls of a worker into one bar
 when there are more calls than ``MAX_TIMELINE_BARS`` (and says so), histograms and time buckets
-have a fixed number of bins, and long tables are cut (and say so).
+have a fixed number of bins, and long tables are cut (and say so). So does the memory it takes to
+write: the calls and steps are streamed from the store, and only the bars, bins and sums are kept.
 
 All text that comes from the store or the event log (paths, errors, step names, reasons) is
 escaped (:func:`rlmpipe.monitor.html.esc`); the page is assembled by the report kit,
@@ -22,14 +23,15 @@ event log (the only reading done here), and the page, :func:`render`: a template
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlmpipe.lm.usage import percentile
+from rlmpipe.lm.usage import percentiles
 from rlmpipe.monitor.html import (Column, card, count, esc, figure, legend, nice_ticks, num, page, svg_line,
                                   svg_plot, svg_rect, svg_text, table, tick_label)
 from rlmpipe.monitor.metrics import run_tables
@@ -160,7 +162,7 @@ class Session:
         return max(self.end - self.start, 0.0)
 
 
-def build_sessions(run: dict, calls: list[dict], events: list[dict]) -> list[Session]:
+def build_sessions(run: dict, calls: Iterable[dict], events: list[dict]) -> list[Session]:
     """The sessions, from the event log's run_start and run_end events and the calls' own times (the
     log may be gone, or may miss an end when a session was killed)."""
     starts: dict[int, float] = {}
@@ -319,24 +321,87 @@ def _empty(plot_id: str, title: str, message: str, caption: str, height: int = 1
         svg_text(WIDTH / 2, height / 2, message, anchor="middle", size=14, cls="muted")]), caption)
 
 
-def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, max_bars: int) -> str:
+@dataclass
+class Bar:
+    """One bar of the timeline: one call, or consecutive calls of one worker in one session."""
+
+    worker: str
+    session: int
+    start: float
+    end: float
+    outcomes: Counter
+    depths: Counter
+    call: dict | None  # the call, while the bar is one call (its hover text tells it all)
+    calls: int = 1
+
+    @classmethod
+    def of(cls, call: dict, worker: str, session: int) -> "Bar":
+        return cls(worker, session, call["started"], _call_end(call), Counter([call["outcome"]]),
+                   Counter([call["depth"] or 0]), call)
+
+    def add(self, call: dict) -> None:
+        self.start, self.end = min(self.start, call["started"]), max(self.end, _call_end(call))
+        self.outcomes[call["outcome"]] += 1
+        self.depths[call["depth"] or 0] += 1
+        self.calls, self.call = self.calls + 1, None
+
+
+@dataclass
+class Timeline:
+    """What the timeline draws: one bar per call, or, with more calls than ``max_bars``, bars that each
+    merge ``per_bar`` consecutive calls of a worker. Read in two passes over the calls (sizes, then
+    bars), holding one open bar per worker: the bars, not the calls, are what stays in memory."""
+
+    calls: int
+    per_bar: int
+    max_bars: int
+    lanes: list[str]  # worker names, in natural order
+    depths: list[int]
+    bars: list[Bar]  # by (worker, session) in order of their first call, then by time
+
+    @classmethod
+    def build(cls, calls: Callable[[], Iterable[dict]], max_bars: int) -> "Timeline":
+        def key(call: dict) -> tuple[str, int]:
+            return call["worker"] or "(unknown)", call.get("session") or 1
+
+        sizes: Counter = Counter()
+        depths = set()
+        for call in calls():
+            sizes[key(call)] += 1
+            depths.add(call["depth"] or 0)
+        total = sum(sizes.values())
+        per_bar = max(1, math.ceil(total / max_bars))
+        largest = max(sizes.values(), default=0)
+        while per_bar < largest and sum(math.ceil(n / per_bar) for n in sizes.values()) > max_bars:
+            per_bar += 1  # each (worker, session) rounds up: merge a little more until the bars fit, or one each
+        bars: dict[tuple[str, int], list[Bar]] = {group: [] for group in sizes}
+        open_bars: dict[tuple[str, int], Bar] = {}
+        for call in calls():  # in start order
+            group = key(call)
+            bar = open_bars.get(group)
+            if bar is None:
+                bar = open_bars[group] = Bar.of(call, *group)
+            else:
+                bar.add(call)
+            if bar.calls >= per_bar:
+                bars.setdefault(group, []).append(open_bars.pop(group))
+        for group, bar in open_bars.items():
+            bars[group].append(bar)
+        lanes = sorted({worker for worker, _ in sizes}, key=lambda name: [
+            int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])  # natural order
+        return cls(total, per_bar, max_bars, lanes, sorted(depths), [b for group in bars.values() for b in group])
+
+
+def timeline_plot(timeline: Timeline, sessions: list[Session], doc_paths: dict) -> str:
     plot_id, title = "plot-timeline", "Timeline of LM calls by worker thread"
-    if not calls:
+    if not timeline.calls:
         return _empty(plot_id, title, "no LM calls recorded", "No LM call was recorded for this run.")
-    lanes = sorted({call["worker"] or "(unknown)" for call in calls}, key=lambda name: [
-        int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)])  # natural order
+    lanes, per_bar, max_bars = timeline.lanes, timeline.per_bar, timeline.max_bars
     lane_h = max(5.0, min(22.0, 560.0 / len(lanes)))
     left, right, top = 150, 20, 48
     plot_h = lane_h * len(lanes)
     bottom = top + plot_h
     axis = TimeAxis(sessions, left, WIDTH - left - right)
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for call in calls:
-        groups[(call["worker"] or "(unknown)", call.get("session") or 1)].append(call)
-    per_bar = max(1, math.ceil(len(calls) / max_bars))
-    largest = max(len(members) for members in groups.values())
-    while per_bar < largest and sum(math.ceil(len(m) / per_bar) for m in groups.values()) > max_bars:
-        per_bar += 1  # each (worker, session) rounds up: merge a little more until the bars fit, or one each
     parts = [_break_pattern(f"{plot_id}-break")]
     parts += [svg_rect(left, top + i * lane_h, WIDTH - left - right, lane_h, "#f7f7f7")
               for i in range(1, len(lanes), 2)]  # every other lane shaded
@@ -347,46 +412,42 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
                        size=label_size) for i, name in enumerate(lanes) if i % label_every == 0]
     bar_h = max(lane_h - 3, 2)
     bars = markers = 0
-    for (worker, session), members in groups.items():
-        members.sort(key=lambda c: c["started"])
-        y = top + lanes.index(worker) * lane_h + (lane_h - bar_h) / 2
-        for start in range(0, len(members), per_bar):
-            chunk = members[start:start + per_bar]
-            x1 = axis.x(min(c["started"] for c in chunk), session)
-            x2 = axis.x(max(_call_end(c) for c in chunk), session)
-            outcomes, depths = Counter(c["outcome"] for c in chunk), Counter(c["depth"] or 0 for c in chunk)
-            if len(chunk) == 1:
-                call = chunk[0]
-                label = (f"{call['step_name'] or '(outside steps)'} · "
-                         f"{_short_path(doc_paths.get(call['doc_id'], call['doc_id'] or '-'), 60)} · "
-                         f"{call['outcome']}{' ' + call['error_type'] if call['error_type'] else ''} · "
-                         f"attempt {call['attempt']} · depth {call['depth']} · {call['latency']:.3f}s · "
-                         f"{call['prompt_tokens']} in / {call['completion_tokens']} out · session {session}")
-                if call["error"]:
-                    label += f"\n{call['error'][:300]}"
-            else:
-                label = (f"{len(chunk)} calls merged: "
-                         + ", ".join(f"{n} {k}" for k, n in outcomes.most_common()) + " · "
-                         + ", ".join(f"{n} at depth {d}" for d, n in sorted(depths.items()))
-                         + f" · session {session}")
-            outcome, depth = outcomes.most_common(1)[0][0], depths.most_common(1)[0][0]
-            parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), bar_h, _shade(outcome, depth), label))
-            bars += 1
-            if len(chunk) > 1 and outcomes.get("error") and outcome != "error":  # errors hidden in the bar
-                opacity = min(1.0, 0.15 + outcomes["error"] / len(chunk) * 3)
-                parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), max(bar_h / 3, 1.5), _shade("error", 0),
-                                      extra=f' fill-opacity="{opacity:.2f}"'))
-                markers += 1
+    for bar in timeline.bars:
+        session, outcomes, depths = bar.session, bar.outcomes, bar.depths
+        y = top + lanes.index(bar.worker) * lane_h + (lane_h - bar_h) / 2
+        x1, x2 = axis.x(bar.start, session), axis.x(bar.end, session)
+        if bar.call is not None:
+            call = bar.call
+            label = (f"{call['step_name'] or '(outside steps)'} · "
+                     f"{_short_path(doc_paths.get(call['doc_id'], call['doc_id'] or '-'), 60)} · "
+                     f"{call['outcome']}{' ' + call['error_type'] if call['error_type'] else ''} · "
+                     f"attempt {call['attempt']} · depth {call['depth']} · {call['latency']:.3f}s · "
+                     f"{call['prompt_tokens']} in / {call['completion_tokens']} out · session {session}")
+            if call["error"]:
+                label += f"\n{call['error'][:300]}"
+        else:
+            label = (f"{bar.calls} calls merged: "
+                     + ", ".join(f"{n} {k}" for k, n in outcomes.most_common()) + " · "
+                     + ", ".join(f"{n} at depth {d}" for d, n in sorted(depths.items()))
+                     + f" · session {session}")
+        outcome, depth = outcomes.most_common(1)[0][0], depths.most_common(1)[0][0]
+        parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), bar_h, _shade(outcome, depth), label))
+        bars += 1
+        if bar.calls > 1 and outcomes.get("error") and outcome != "error":  # errors hidden in the bar
+            opacity = min(1.0, 0.15 + outcomes["error"] / bar.calls * 3)
+            parts.append(svg_rect(x1, y, max(x2 - x1, 1.0), max(bar_h / 3, 1.5), _shade("error", 0),
+                                  extra=f' fill-opacity="{opacity:.2f}"'))
+            markers += 1
     parts.append(_axis_title(16, top + plot_h / 2, "worker thread", rotate=True))
-    svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts, f' data-calls="{len(calls)}" data-bars="{bars}"'
+    calls = timeline.calls
+    svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts, f' data-calls="{calls}" data-bars="{bars}"'
                f' data-error-marks="{markers}" data-per-bar="{per_bar}"')
-    depths = sorted({c["depth"] or 0 for c in calls})
     legend_items = [(_shade(o, 0), o) for o in ("ok", "error", "cached")]
-    if depths != [0]:
-        legend_items += [("", "shade by depth:")] + [(_shade("ok", d), f"depth {d}") for d in depths]
+    if timeline.depths != [0]:
+        legend_items += [("", "shade by depth:")] + [(_shade("ok", d), f"depth {d}") for d in timeline.depths]
     caption_tail = " Hover a bar for its step, document, attempt, tokens and error."
     if per_bar > 1:
-        caption_tail = (f" <strong>{count(len(calls))} calls are more than {count(max_bars)} bars: "
+        caption_tail = (f" <strong>{count(calls)} calls are more than {count(max_bars)} bars: "
                         f"{count(bars)} bars are drawn, each merges up to {per_bar} consecutive calls of one "
                         "worker</strong> (from the first one's start to the last one's end, coloured by the "
                         "most common outcome and shaded by the most common depth; a red strip on top marks a "
@@ -395,30 +456,52 @@ def timeline_plot(calls: list[dict], sessions: list[Session], doc_paths: dict, m
     sessions_text = (f" The {len(sessions)} sessions of this resumed run are drawn one after the other, "
                      "separated by a hatched break; the idle time between them is cut out."
                      if len(sessions) > 1 else "")
-    caption = (f"Each bar is one LM call attempt ({count(len(calls))} in all), in the lane of the worker "
+    caption = (f"Each bar is one LM call attempt ({count(calls)} in all), in the lane of the worker "
                "thread that made it, from its start to its start plus its latency; colour says the outcome "
                "(ok, error, cached) and the shade its recursion depth (darker is shallower)."
                + sessions_text + caption_tail)
     return figure(plot_id, title, svg, caption, legend(legend_items))
 
 
-def latency_plot(calls: list[dict]) -> str:
+@dataclass
+class LatencyHistogram:
+    """The latencies of the successful calls, binned up to their 99th percentile (the slowest 1% in
+    one overflow bin), with their median and 95th percentile: two passes over SQLite's sorted rows."""
+
+    calls: int
+    p50: float
+    p95: float
+    top_value: float  # the slowest
+    upper: float  # the last bin's end
+    counts: list[int]
+
+    @classmethod
+    def build(cls, latencies: Callable[[], Iterable[tuple]]) -> "LatencyHistogram | None":
+        rows = iter(latencies())  # (None, latency, calls), sorted by latency
+        first = next(rows, None)
+        if first is None:
+            return None
+        calls = first[2]
+        p50, p95, p99, top_value = percentiles(itertools.chain([first], rows), (0.5, 0.95, 0.99, 1.0))[None]
+        upper = p99 if calls >= 200 else top_value  # the slowest 1% overflow
+        upper = upper if upper > 0 else max(top_value, 1e-3)
+        counts = [0] * max(10, min(40, int(math.sqrt(calls) * 2)))
+        width_s = upper / len(counts)
+        for _, value, _ in latencies():
+            if value <= upper:
+                counts[min(int(value / width_s), len(counts) - 1)] += 1
+        return cls(calls, p50, p95, top_value, upper, counts)
+
+
+def latency_plot(histogram: LatencyHistogram | None) -> str:
     plot_id, title = "plot-latency", "Latency of successful LM calls"
-    latencies = sorted(c["latency"] for c in calls if c["outcome"] == "ok")
-    if not latencies:
+    if histogram is None:
         return _empty(plot_id, title, "no successful LM calls",
                       "No call succeeded, so there is no latency to show.")
-    p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
-    top_value = latencies[-1]
-    upper = percentile(latencies, 0.99) if len(latencies) >= 200 else top_value  # the slowest 1% overflow
-    upper = upper if upper > 0 else max(top_value, 1e-3)
-    bins = max(10, min(40, int(math.sqrt(len(latencies)) * 2)))
-    width_s = upper / bins
-    counts = [0] * bins
-    for value in latencies:
-        if value <= upper:
-            counts[min(int(value / width_s), bins - 1)] += 1
-    overflow = len(latencies) - sum(counts)
+    p50, p95, top_value, upper, counts = (histogram.p50, histogram.p95, histogram.top_value, histogram.upper,
+                                          histogram.counts)
+    bins, width_s = len(counts), upper / len(counts)
+    overflow = max(histogram.calls - sum(counts), 0)  # a running run may have more calls by now
     left, right, top, height = 70, 30, 40, 260
     plot_w = WIDTH - left - right - (70 if overflow else 0)
     bottom = top + height
@@ -455,7 +538,7 @@ def latency_plot(calls: list[dict]) -> str:
     parts += [_axis_title(left + plot_w / 2, bottom + 38, "latency (seconds)"),
               _axis_title(18, top + height / 2, "calls", rotate=True)]
     svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts)
-    caption = (f"How long the {count(len(latencies))} successful calls took (request to reply, retries not "
+    caption = (f"How long the {count(histogram.calls)} successful calls took (request to reply, retries not "
                f"included), in {bins} bins of {duration(width_s)}; dashed lines mark the median (p50 "
                f"{duration(p50)}) and the 95th percentile (p95 {duration(p95)}) of these calls; the slowest "
                f"took {duration(top_value)}.")
@@ -541,28 +624,45 @@ def tokens_cost_plot(plot_id: str, title: str, rows: list[BarRow], what: str, ca
     return figure(plot_id, title, svg, caption, keys)
 
 
-def failures_plot(calls: list[dict], sessions: list[Session]) -> str:
+@dataclass
+class FailureCounts:
+    """Attempts, retries and errors by type, per (session, bucket of ``bucket`` seconds of run time)."""
+
+    attempts: int
+    bucket: float
+    errors: dict[tuple[int, int], Counter]  # then by error type
+    retries: Counter
+    totals: Counter
+
+    @classmethod
+    def build(cls, calls: Iterable[dict], sessions: list[Session]) -> "FailureCounts":
+        starts = {s.number: s.start for s in sessions}
+        bucket = nice_time_step(sum(max(s.seconds, 1e-6) for s in sessions) / FAILURE_BUCKETS)
+        counts = cls(0, bucket, defaultdict(Counter), Counter(), Counter())
+        for call in calls:
+            number = call.get("session") or 1
+            if call["outcome"] == "cached" or number not in starts:
+                continue
+            key = (number, int((call["started"] - starts[number]) // bucket))
+            counts.attempts += 1
+            counts.totals[key] += 1
+            counts.retries[key] += call["attempt"] > 1
+            if call["outcome"] == "error":
+                counts.errors[key][call["error_type"] or "unknown"] += 1
+        return counts
+
+
+def failures_plot(failures: FailureCounts, sessions: list[Session]) -> str:
     plot_id, title = "plot-failures", "Retries and failures over time"
-    attempts = [c for c in calls if c["outcome"] != "cached"]
-    if not attempts or not sessions:
+    if not failures.attempts or not sessions:
         return _empty(plot_id, title, "no LM calls recorded", "No LM call was recorded.")
     left, right, top, height = 70, 20, 40, 220
     bottom = top + height
     axis = TimeAxis(sessions, left, WIDTH - left - right)
-    active = sum(max(s.seconds, 1e-6) for s in sessions)
-    bucket = nice_time_step(active / FAILURE_BUCKETS)
-    error_types = sorted({c["error_type"] or "unknown" for c in attempts if c["outcome"] == "error"})
+    bucket, errors, retries, totals = failures.bucket, failures.errors, failures.retries, failures.totals
+    error_types = sorted({kind for counted in errors.values() for kind in counted})
     extra_colours = iter(EXTRA_COLOURS * 10)
     colours = {name: ERROR_TYPE_COLOURS.get(name) or next(extra_colours) for name in error_types}
-    errors: dict[tuple[int, int], Counter] = defaultdict(Counter)  # by (session, bucket), then by type
-    retries, totals = Counter(), Counter()  # by (session, bucket)
-    for call in attempts:
-        number = call.get("session") or 1
-        key = (number, int((call["started"] - axis.segments[number].session.start) // bucket))
-        totals[key] += 1
-        retries[key] += call["attempt"] > 1
-        if call["outcome"] == "error":
-            errors[key][call["error_type"] or "unknown"] += 1
     peak = max([sum(c.values()) for c in errors.values()] + list(retries.values()) + [0])
     y_ticks = nice_ticks(peak, 4) if peak else [0, 1]
     y_max = y_ticks[-1] or 1
@@ -632,7 +732,12 @@ class RunReport:
 
     run: dict
     totals: dict
-    calls: list[dict]
+    calls_with_tokens: int  # attempts that used tokens: with none priced, the cost is unknown, not $0
+    timeline: Timeline
+    latency: LatencyHistogram | None
+    failures: FailureCounts
+    error_types: list[dict]  # failed attempts by error type (:func:`_error_type_rows`)
+    outside_documents: list[BarRow]  # the calls made outside any document, as one row, if any
     documents: list[dict]  # run_tables' rows, with ``doc_seconds``: the document's wall time
     steps: list[dict]  # by step name
     depths: list[dict]  # by recursion depth
@@ -651,10 +756,16 @@ class RunReport:
         return {d["doc_id"]: d["path"] for d in self.documents}
 
 
-def collect(store: Store, run_id: str) -> RunReport:
-    """Read everything the report of ``run_id`` shows (the only function here that reads)."""
+def collect(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BARS) -> RunReport:
+    """Read everything the report of ``run_id`` shows (the only function here that reads).
+
+    The calls are streamed from the store, once per figure, and only what the page shows is kept:
+    memory does not grow with the run."""
     tables = run_tables(store, run_id)
-    run, calls = tables["run"], tables["calls"]
+    run = tables["run"]
+
+    def calls() -> Iterable[dict]:
+        return store.each_call(run_id)
     events = read_events(store.workspace, run_id, kinds={"run_start", "run_end", "run_stopping", "note"})
     # run_tables' document rows carry the LM time as "seconds" (its Group figures win over the document's
     # wall time of the same name), so the wall time is taken from the store here
@@ -664,13 +775,23 @@ def collect(store: Store, run_id: str) -> RunReport:
     doc_paths = {d["doc_id"]: d["path"] for d in documents}
     failed_steps = [{"name": s.name, "document": doc_paths.get(s.doc_id, s.doc_id or ""),
                      "chunk_id": s.chunk_id, "attempts": s.attempts, "error": s.error}
-                    for s in store.steps(run_id) if s.status == "failed"][:MAX_TABLE_ROWS]
+                    for s in itertools.islice((s for s in store.each_step(run_id) if s.status == "failed"),
+                                              MAX_TABLE_ROWS)]
+    sessions = build_sessions(run, calls(), events)
     return RunReport(
-        run=run, totals=tables["totals"], calls=calls, documents=documents, steps=tables["steps"],
+        run=run, totals=tables["totals"],
+        calls_with_tokens=sum(1 for c in calls()
+                              if c["outcome"] != "cached" and c["prompt_tokens"] + c["completion_tokens"]),
+        timeline=Timeline.build(calls, max_bars),
+        latency=LatencyHistogram.build(lambda: store.each_latency(run_id, outcome="ok")),
+        failures=FailureCounts.build(calls(), sessions),
+        error_types=_error_type_rows(store.each_call(run_id, order="call")),
+        outside_documents=_outside_documents(calls(), doc_paths),
+        documents=documents, steps=tables["steps"],
         depths=tables["depths"], slowest_steps=tables["slowest_steps"],
         costliest_steps=tables["costliest_steps"], failed_steps=failed_steps,
         trajectories=tables.get("trajectories", []),
-        sessions=build_sessions(run, calls, events),
+        sessions=sessions,
         notes=[e.get("message") or "" for e in events if e.get("type") == "note"][:MAX_NOTES],
         store_name=store.path.name, workspace=str(store.workspace),
         generated=datetime.datetime.now().timestamp())
@@ -678,10 +799,10 @@ def collect(store: Store, run_id: str) -> RunReport:
 
 def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BARS) -> str:
     """The report of ``run_id`` as one HTML string."""
-    return render(collect(store, run_id), max_bars=max_bars)
+    return render(collect(store, run_id, max_bars=max_bars))
 
 
-def render(report: RunReport, *, max_bars: int = MAX_TIMELINE_BARS) -> str:
+def render(report: RunReport) -> str:
     """The page: the template below, filled by one function per part."""
     run = report.run
     body = f"""<header>
@@ -694,7 +815,7 @@ def render(report: RunReport, *, max_bars: int = MAX_TIMELINE_BARS) -> str:
 <p class="muted">Each start or resume of the run is a session; LM figures include every session.</p>
 {_sessions_table(report.sessions)}</section>
 <section id="section-plots"><h2>Plots</h2>
-{''.join(_plots(report, max_bars))}
+{''.join(_plots(report))}
 </section>
 {''.join(f'<section id="section-{tid}"><h2>{esc(title)}</h2><p class="muted">{intro}</p>{body}</section>'
          for title, tid, intro, body in _sections(report))}
@@ -731,9 +852,7 @@ def _facts(report: RunReport) -> str:
 
 
 def _total_cost(report: RunReport) -> str:
-    priced_calls = sum(1 for c in report.calls
-                       if c["outcome"] != "cached" and c["prompt_tokens"] + c["completion_tokens"])
-    return cost_text(report.totals["cost"], report.totals["unpriced_calls"], priced_calls)
+    return cost_text(report.totals["cost"], report.totals["unpriced_calls"], report.calls_with_tokens)
 
 
 def _cards(report: RunReport) -> str:
@@ -784,8 +903,8 @@ def _sessions_table(sessions: list[Session]) -> str:
     ], rows, empty="no session recorded")
 
 
-def _plots(report: RunReport, max_bars: int) -> list[str]:
-    calls, sessions, doc_paths = report.calls, report.sessions, report.doc_paths
+def _plots(report: RunReport) -> list[str]:
+    sessions, doc_paths = report.sessions, report.doc_paths
     depth_rows = [BarRow.total(f"depth {r['depth']}", f"depth {r['depth']}: {count(r['calls'])} calls", [r])
                   for r in report.depths]
     ranked = sorted(report.documents, key=lambda r: (r["tokens"], r["calls"]), reverse=True)
@@ -795,11 +914,11 @@ def _plots(report: RunReport, max_bars: int) -> list[str]:
     if rest:
         doc_rows.append(BarRow.total(f"+ {len(rest)} other documents",
                                      f"the {len(rest)} documents with fewer tokens", rest, aggregate=True))
-    doc_rows += _outside_documents(calls, doc_paths)
+    doc_rows += report.outside_documents
     unknown_note = " A cost marked ≥ is a lower bound (some calls have no known price); “unknown”: none has."
     return [
-        timeline_plot(calls, sessions, doc_paths, max_bars),
-        latency_plot(calls),
+        timeline_plot(report.timeline, sessions, doc_paths),
+        latency_plot(report.latency),
         tokens_cost_plot("plot-tokens-depth", "Tokens and cost by recursion depth", depth_rows,
                          "recursion depth",
                          "Tokens sent (in) and received (out) and cost of all LM calls at each recursion "
@@ -809,7 +928,7 @@ def _plots(report: RunReport, max_bars: int) -> list[str]:
                          + (f" (the {MAX_PLOT_DOCUMENTS} largest drawn; the other {len(rest)} are summed "
                             "up in the last row, as text)"
                             if rest else "") + "; hover a name for its full path." + unknown_note),
-        failures_plot(calls, sessions),
+        failures_plot(report.failures, sessions),
     ]
 
 
@@ -850,7 +969,7 @@ def _sections(report: RunReport) -> list[tuple[str, str, str, str]]:
         ("LM errors by type", "table-error-types", "Failed LM call attempts by error type, with one example.",
          table("table-error-types", [Column("type", "error type"), Column("count", "attempts", "int"),
                                      Column("retried", "retried after", "int"),
-                                     Column("example", "example", "error")], _error_type_rows(report.calls),
+                                     Column("example", "example", "error")], report.error_types,
                empty="no LM call failed")),
         ("Failed steps", "table-failed-steps", "Steps whose last attempt failed.",
          table("table-failed-steps", [Column("name", "step"), Column("document", "document"),
@@ -882,28 +1001,43 @@ def _document_cell(row: dict) -> str:
     return cell
 
 
-def _outside_documents(calls: list[dict], doc_paths: dict) -> list[BarRow]:
+def _outside_documents(calls: Iterable[dict], doc_paths: dict) -> list[BarRow]:
     """Calls made outside any document (doc_id NULL or unknown), as one row, if there are any."""
-    rows = [c for c in calls if c["outcome"] != "cached" and c["doc_id"] not in doc_paths]
-    if not rows:
-        return []
-    unpriced = sum(1 for c in rows if c["cost"] is None and c["prompt_tokens"] + c["completion_tokens"])
-    return [BarRow("(no document)", "LM calls made outside any document",
-                   sum(c["prompt_tokens"] for c in rows), sum(c["completion_tokens"] for c in rows),
-                   sum(c["cost"] or 0.0 for c in rows), unpriced, len(rows))]
-
-
-def _error_type_rows(calls: list[dict]) -> list[dict]:
-    """Failed attempts by error type, most first, with the first one's error, and how many of them
-    were retried (their call made a later attempt)."""
-    last_attempt: dict[str, int] = defaultdict(int)
+    row = BarRow("(no document)", "LM calls made outside any document", 0, 0, 0.0, 0, 0)
     for call in calls:
-        last_attempt[call["call_id"]] = max(last_attempt[call["call_id"]], call["attempt"])
+        if call["outcome"] != "cached" and call["doc_id"] not in doc_paths:
+            tokens = call["prompt_tokens"] + call["completion_tokens"]
+            row.prompt_tokens, row.completion_tokens = (row.prompt_tokens + call["prompt_tokens"],
+                                                        row.completion_tokens + call["completion_tokens"])
+            row.cost += call["cost"] or 0.0
+            row.unpriced += call["cost"] is None and tokens > 0
+            row.calls += 1
+    return [row] if row.calls else []
+
+
+def _error_type_rows(calls_by_call: Iterable[dict]) -> list[dict]:
+    """Failed attempts by error type, most first (then by first seen), with the earliest one's error,
+    and how many of them were retried (their call made a later attempt). The calls come by call id,
+    then attempt, so each call's attempts are read together and none is held after."""
     by_type: dict[str, dict] = {}
-    for call in (c for c in calls if c["outcome"] == "error"):
-        kind = call["error_type"] or "unknown"
-        row = by_type.setdefault(kind, {"type": kind, "count": 0, "retried": 0,
-                                        "example": call["error"] or ""})
-        row["count"] += 1
-        row["retried"] += last_attempt[call["call_id"]] > call["attempt"]
-    return sorted(by_type.values(), key=lambda r: r["count"], reverse=True)
+    failed: list[tuple[dict, int]] = []  # (its type's row, attempt) of the current call's failed attempts
+    current, last_attempt = object(), 0
+    for call in itertools.chain(calls_by_call, [None]):
+        if call is None or call["call_id"] != current:
+            for row, attempt in failed:  # the call before is complete: its last attempt is known
+                row["retried"] += last_attempt > attempt
+            failed.clear()
+            if call is None:
+                break
+            current, last_attempt = call["call_id"], 0
+        last_attempt = max(last_attempt, call["attempt"])
+        if call["outcome"] == "error":
+            kind = call["error_type"] or "unknown"
+            row = by_type.setdefault(kind, {"type": kind, "count": 0, "retried": 0, "example": "",
+                                            "first": (math.inf, 0)})
+            row["count"] += 1
+            if (call["started"], call["id"]) < row["first"]:
+                row["first"], row["example"] = (call["started"], call["id"]), call["error"] or ""
+            failed.append((row, call["attempt"]))
+    ordered = sorted(by_type.values(), key=lambda r: (-r["count"], r["first"]))
+    return [{key: value for key, value in row.items() if key != "first"} for row in ordered]

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -280,10 +280,15 @@ class Store:
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         return self._connection().execute(sql, params).fetchall()
 
-    def _each(self, sql: str, params: tuple = ()) -> Iterator[sqlite3.Row]:
-        """The rows one at a time: for queries over every LM call of a run (hundreds of thousands of
-        rows in a long run), whose rows held all at once would grow memory with the run."""
-        yield from self._connection().execute(sql, params)
+    def _each(self, sql: str, params: tuple = ()) -> Iterator[dict]:
+        """The rows one at a time, as dicts: for queries over every LM call of a run (hundreds of
+        thousands of rows in a long run), whose rows held all at once would grow memory with the run."""
+        cursor = self._connection().cursor()
+        cursor.row_factory = None  # plain tuples, zipped with the names: faster than dict(sqlite3.Row)
+        cursor.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row))
 
     # --- runs -----------------------------------------------------------------------------------
     def get_run(self, run_id: str) -> dict | None:
@@ -369,8 +374,32 @@ class Store:
         return [_step_row(row) for row in self._query(
             "SELECT * FROM steps WHERE run_id = ? ORDER BY started", (run_id,))]
 
+    def each_step(self, run_id: str) -> Iterator[StepRow]:
+        """The run's steps one at a time, in start order, without their results (the tables and the
+        report read every step of a long run, and need none of its results)."""
+        columns = ", ".join(f"NULL AS {c}" if c == "result" else c for c in _STEP_COLUMNS)
+        for row in self._each(f"SELECT {columns} FROM steps WHERE run_id = ? ORDER BY started, rowid", (run_id,)):
+            yield _step_row(row)
+
     def calls(self, run_id: str) -> list[dict]:
         return [dict(row) for row in self._query("SELECT * FROM lm_calls WHERE run_id = ? ORDER BY started", (run_id,))]
+
+    def each_call(self, run_id: str, order: str = "started") -> Iterator[dict]:
+        """The run's LM calls one at a time, by start time (``order="started"``) or by call and attempt
+        (``"call"``): what the tables and the report read, so their memory does not grow with the run."""
+        by = {"started": "started, id", "call": "call_id, attempt, id"}[order]
+        yield from self._each(f"SELECT * FROM lm_calls WHERE run_id = ? ORDER BY {by}", (run_id,))
+
+    def each_latency(self, run_id: str, by: str | None = None, outcome: str | None = None) -> Iterator[tuple]:
+        """(group, latency, calls in the group) of every call that reached the model (or of one ``outcome``),
+        grouped ``by`` a column ("step_name", "doc_id", "depth"; None: one group), sorted by group, then
+        latency: percentiles in one pass, sorted by SQLite (which spills a large sort to disk)."""
+        group = {None: "NULL", "step_name": "step_name", "doc_id": "doc_id", "depth": "depth"}[by]
+        condition = "outcome = ?" if outcome else "outcome != ?"
+        for row in self._each(f"SELECT {group} AS grp, latency, COUNT(*) OVER (PARTITION BY {group}) AS size"
+                              f" FROM lm_calls WHERE run_id = ? AND {condition} ORDER BY grp, latency",
+                              (run_id, outcome or "cached")):
+            yield row["grp"], row["latency"], row["size"]
 
     def step_counts(self, run_id: str) -> dict[str, int]:
         rows = self._query("SELECT status, COUNT(*) AS n FROM steps WHERE run_id = ? GROUP BY status", (run_id,))
@@ -380,14 +409,14 @@ class Store:
         """The run's LM usage, all sessions together (:meth:`rlmpipe.lm.usage.Usage.row`)."""
         usage = Usage()
         for row in self._each(f"SELECT {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
-            usage.add(dict(row))
+            usage.add(row)
         return usage.row()
 
     def usage_by_document(self, run_id: str) -> dict[str, dict]:
         """Per document of the run: its LM usage (as ``usage_totals``)."""
         groups: dict[str, Usage] = {}
         for row in self._each(f"SELECT doc_id, {_USAGE_COLUMNS} FROM lm_calls WHERE run_id = ?", (run_id,)):
-            groups.setdefault(row["doc_id"], Usage()).add(dict(row))
+            groups.setdefault(row["doc_id"], Usage()).add(row)
         return {doc_id: usage.row() for doc_id, usage in groups.items()}
 
 
@@ -412,7 +441,10 @@ def _run_dict(row: sqlite3.Row) -> dict:
     return record
 
 
-def _step_row(row: sqlite3.Row) -> StepRow:
+_STEP_COLUMNS = [field.name for field in fields(StepRow)]
+
+
+def _step_row(row: sqlite3.Row | dict) -> StepRow:
     record = dict(row)
     record["result"] = json.loads(record["result"]) if record["result"] is not None else None
     record["extra"] = json.loads(record["extra"]) if record["extra"] is not None else None
