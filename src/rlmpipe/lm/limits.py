@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from rlmpipe.lm.errors import BudgetExceeded
@@ -19,6 +20,55 @@ from rlmpipe.lm.usage import LMCall
 
 #: completion tokens reserved for a call without a cap before any answer was billed
 FIRST_COMPLETION_GUESS = 256
+
+
+class ModelSlots:
+    """The model's own slots (how many calls it answers at once), handed out first come, first served.
+
+    With a ``threading.Semaphore`` whichever thread runs first takes a freed slot: a worker that has
+    just finished a call can take it again for its next call before a call that has waited for
+    seconds wakes up, so one call's wait had no bound. Here a freed slot goes straight to the call
+    that has waited longest."""
+
+    def __init__(self, slots: int):
+        if slots < 1:
+            raise ValueError(f"a model needs at least one slot, not {slots}")
+        self.slots = slots
+        self._free = slots
+        self._waiting: deque[threading.Event] = deque()  # oldest first; set: the slot is handed over
+        self._lock = threading.Lock()
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Wait for a slot, behind every call that asked before; False (and no slot) if ``stop`` is
+        set first."""
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return True
+            handed = threading.Event()
+            self._waiting.append(handed)
+        while not handed.wait(0.25):
+            if stop is not None and stop.is_set():
+                with self._lock:
+                    if handed.is_set():  # handed over as it stopped: the caller has it, and releases it
+                        return True
+                    self._waiting.remove(handed)
+                    return False
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()  # never free in between: no later call can take it first
+            elif self._free < self.slots:
+                self._free += 1
+            else:
+                raise ValueError("a model slot was released more often than it was taken")
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
 
 
 class RateLimiter:

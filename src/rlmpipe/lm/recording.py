@@ -7,8 +7,8 @@ DSPy modules see. Around each attempt it
    expected completion reserved (its ``max_tokens``, else the longest completion so far), so the
    attempt starts only if it fits beside what was billed and what other calls hold
    (:class:`BudgetExceeded` otherwise),
-2. waits for the rate limiter and for one of the model's own slots (the embedded model answers one
-   call at a time): time spent there is *queued*, not the model's latency,
+2. waits for the rate limiter and for one of the model's own slots, first come, first served (the
+   embedded model answers one call at a time): time spent there is *queued*, not the model's latency,
 3. calls the inner LM with DSPy's own usage tracker swapped for a capture (so the exact usage the
    provider reported is seen, per call and per thread; an outer tracker still gets it too); a
    reply without usage is counted here with the tokenizer and marked estimated,
@@ -35,7 +35,7 @@ import tenacity
 from rlmpipe.lm.context import current
 from rlmpipe.lm.control import RunControl
 from rlmpipe.lm.errors import Classified, classify
-from rlmpipe.lm.limits import Budget, CircuitBreaker, RateLimiter, Reservation
+from rlmpipe.lm.limits import Budget, CircuitBreaker, ModelSlots, RateLimiter, Reservation
 from rlmpipe.lm.tokens import count_outputs, count_prompt
 from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 
@@ -102,7 +102,7 @@ class RecordingLM(dspy.BaseLM):
         breaker: CircuitBreaker | None = None,
         pricing: Pricing | None = None,
         parallel: int | None = None,
-        slots: threading.BoundedSemaphore | None = None,
+        slots: ModelSlots | None = None,
     ):
         # Not BaseLM.__init__: identity and defaults are the inner LM's, shared, not copied.
         inner = without_own_retries(inner)
@@ -122,7 +122,7 @@ class RecordingLM(dspy.BaseLM):
         self.pricing = pricing or Pricing()
         #: the model's own slots: how many calls it answers at once (None: as many as are made)
         parallel = parallel if parallel is not None else getattr(inner, "parallel_calls", None)
-        self.slots = slots or (threading.BoundedSemaphore(parallel) if parallel else None)
+        self.slots = slots or (ModelSlots(parallel) if parallel else None)
         # tenacity's schedule, built once (a Retrying per call left a reference cycle per call)
         self._backoff = tenacity.wait_exponential_jitter(
             initial=self.retry.initial_wait, max=self.retry.max_wait, jitter=self.retry.jitter)
@@ -211,10 +211,8 @@ class RecordingLM(dspy.BaseLM):
         if self.limiter is not None:
             self.limiter.acquire(prompt_tokens + int(kwargs.get("max_tokens") or self.kwargs.get("max_tokens") or 0),
                                  self.control.event)
-        if self.slots is not None:
-            while not self.slots.acquire(timeout=0.25):
-                if self.control.stopping:
-                    raise RunStopping(self.control.reason or "the run is stopping")
+        if self.slots is not None and not self.slots.acquire(self.control.event):  # first come, first served
+            raise RunStopping(self.control.reason or "the run is stopping")
         return time.perf_counter() - started
 
     def _attempt(self, prompt, messages, kwargs, context, call_id: str, attempt: int, prompt_tokens: int):
