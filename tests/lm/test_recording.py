@@ -178,8 +178,8 @@ def test_rate_limiter_spaces_requests():
 
 def test_tokens_per_minute_limit():
     limiter = RateLimiter(tokens_per_minute=1000)
-    assert limiter._try(600) == 0
-    assert limiter._try(600) > 0  # 1200 > 1000 within the minute
+    assert limiter.try_acquire(600) == 0
+    assert limiter.try_acquire(600) > 0  # 1200 > 1000 within the minute
 
 
 def test_prices_known_and_unknown():

@@ -64,6 +64,13 @@ class Classified:
         return self.kind == "fatal" and self.type in RUN_FATAL
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (whitespace runs collapsed), the message cut at ``limit`` characters;
+    just ``Type`` if there is no message."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}" if text else type(error).__name__
+
+
 def _fmt(value: float) -> str:
     return f"{value:,.4g}" if isinstance(value, float) else f"{value:,}"
 
@@ -106,30 +113,29 @@ def classify(error: BaseException) -> Classified:
     if isinstance(error, dx.AdapterParseError):
         return Classified("reask", "parse")
     fatal_types = [
-        (getattr(dx, "ContextWindowExceededError", ()), "context_window",
+        (dx.ContextWindowExceededError, "context_window",
          "the prompt is larger than the model's context window: use smaller chunks (--max-tokens)"),
-        (getattr(dx, "LMAuthError", ()), "auth", "check the API key for this provider"),
-        (getattr(dx, "LMBillingError", ()), "billing", "the provider account has no credit"),
-        (getattr(dx, "LMNotConfiguredError", ()), "not_configured", "set the provider's API key variable"),
-        (getattr(dx, "LMUnsupportedModelError", ()), "unknown_model", "check the model name (--lm)"),
-        (getattr(dx, "LMConfigurationError", ()), "configuration", "check --lm and --api-base"),
-        (getattr(dx, "LMInvalidRequestError", ()), "bad_request", "the provider rejected the request"),
+        (dx.LMAuthError, "auth", "check the API key for this provider"),
+        (dx.LMBillingError, "billing", "the provider account has no credit"),
+        (dx.LMNotConfiguredError, "not_configured", "set the provider's API key variable"),
+        (dx.LMUnsupportedModelError, "unknown_model", "check the model name (--lm)"),
+        (dx.LMConfigurationError, "configuration", "check --lm and --api-base"),
+        (dx.LMInvalidRequestError, "bad_request", "the provider rejected the request"),
     ]
-    for types, name, hint in fatal_types:
-        if types and isinstance(error, types):
+    for error_type, name, hint in fatal_types:
+        if isinstance(error, error_type):
             return Classified("fatal", name, status, hint=hint)
     retryable_types = [
-        (getattr(dx, "LMRateLimitError", ()), "rate_limit"),
-        (getattr(dx, "LMTimeoutError", ()), "timeout"),
-        (getattr(dx, "LMServerError", ()), "server"),
-        (getattr(dx, "LMTransportError", ()), "connection"),
-        (getattr(dx, "LMLockTimeoutError", ()), "lock_timeout"),
+        (dx.LMRateLimitError, "rate_limit"),
+        (dx.LMTimeoutError, "timeout"),
+        (dx.LMServerError, "server"),
+        (dx.LMTransportError, "connection"),
+        (dx.LMLockTimeoutError, "lock_timeout"),
     ]
-    for types, name in retryable_types:
-        if types and isinstance(error, types):
+    for error_type, name in retryable_types:
+        if isinstance(error, error_type):
             return Classified("retryable", name, status, after)
-    provider_error = getattr(dx, "LMProviderError", ())
-    if provider_error and isinstance(error, provider_error) and (status is None or status < 400 or status >= 500):
+    if isinstance(error, dx.LMProviderError) and (status is None or status < 400 or status >= 500):
         # the provider answered, but not with a usable response (e.g. a body that is not JSON)
         return Classified("retryable", "malformed_response", status, after)
     # litellm / openai SDK / plain Python errors, by class name and status

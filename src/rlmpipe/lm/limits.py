@@ -9,9 +9,11 @@ at once. The circuit breaker stops a run whose provider fails call after call.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rlmpipe.lm.errors import BudgetExceeded
@@ -20,6 +22,21 @@ from rlmpipe.lm.usage import LMCall
 
 #: completion tokens reserved for a call without a cap before any answer was billed
 FIRST_COMPLETION_GUESS = 256
+
+
+def wait_until_free(ask: Callable[[], float], stop: threading.Event | None = None, most: float = math.inf) -> float:
+    """Wait until ``ask()`` (the seconds until there is room; <= 0: now, and the room is taken) lets a
+    call go, sleeping at most ``most`` seconds between two asks; returns the seconds waited (fewer
+    if ``stop`` is set first)."""
+    waited = 0.0
+    while (delay := ask()) > 0:
+        pause = min(delay, most)
+        if stop is None:
+            time.sleep(pause)
+        elif stop.wait(pause):
+            break
+        waited += pause
+    return waited
 
 
 class ModelSlots:
@@ -94,41 +111,27 @@ class RateLimiter:
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> float:
         """Wait for a slot; returns the seconds waited."""
-        waited = 0.0
-        while True:
-            with self._lock:
-                delay = self._try(tokens)
-            if delay <= 0:
-                return waited
-            if stop is not None and stop.wait(delay):
-                return waited
-            if stop is None:
-                time.sleep(delay)
-            waited += delay
+        return wait_until_free(lambda: self.try_acquire(tokens), stop)
 
     def try_acquire(self, tokens: int) -> float:
         """Without waiting: 0 when the request may start now (and is counted), else the seconds to
         wait before asking again (what a limiter shared through a Ray actor answers)."""
         with self._lock:
-            return self._try(tokens)
-
-    def _try(self, tokens: int) -> float:
-        """0 when the request may start now (and is counted), else the seconds to wait first."""
-        held = self.hold_until - time.time()
-        if held > 0:
-            return held
-        items = []
-        if self._requests is not None:
-            items.append((self._requests, 1))
-        if self._tokens is not None:
-            items.append((self._tokens, max(1, min(tokens, self._tokens.amount))))
-        for item, cost in items:
-            if not self._limiter.test(item, "lm", cost=cost):
-                reset, _ = self._limiter.get_window_stats(item, "lm")
-                return max(0.05, min(reset - time.time(), 60.0))
-        for item, cost in items:
-            self._limiter.hit(item, "lm", cost=cost)
-        return 0.0
+            held = self.hold_until - time.time()
+            if held > 0:
+                return held
+            items = []
+            if self._requests is not None:
+                items.append((self._requests, 1))
+            if self._tokens is not None:
+                items.append((self._tokens, max(1, min(tokens, self._tokens.amount))))
+            for item, cost in items:
+                if not self._limiter.test(item, "lm", cost=cost):
+                    reset, _ = self._limiter.get_window_stats(item, "lm")
+                    return max(0.05, min(reset - time.time(), 60.0))
+            for item, cost in items:
+                self._limiter.hit(item, "lm", cost=cost)
+            return 0.0
 
 
 @dataclass(frozen=True)
@@ -156,15 +159,12 @@ class Budget:
     tokens: int = 0
     cost: float = 0.0
     sub_calls: int = 0
-    started: float = 0.0
+    started: float = field(default_factory=time.monotonic)
     reserved_tokens: int = 0
     reserved_cost: float = 0.0
     largest_completion: int = 0  # the longest completion billed so far: the expected one, without a cap
     answered: bool = False  # some call was billed (so largest_completion means something)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.started = self.started or time.monotonic()
 
     def carry_over(self, tokens: int, cost: float, seconds: float = 0.0) -> None:
         """Count what earlier sessions of a resumed run spent against this budget."""
@@ -184,15 +184,16 @@ class Budget:
         """Reserve ``tokens`` / ``cost`` for a call about to start. BudgetExceeded when it cannot fit
         beside what was billed; None (ask again shortly) when it fits only once calls in flight
         have settled: their reservations are usually far above what they will be billed."""
+        cost = cost or 0.0
         with self._lock:
-            problem = self._exceeded(depth, tokens, cost or 0.0, reserved=False)
+            problem = self._exceeded(depth, tokens, cost, reserved=False)
             if problem is not None:
                 raise problem
-            if self._exceeded(depth, tokens, cost or 0.0) is not None:
+            if self._exceeded(depth, tokens, cost) is not None:
                 return None
             self.reserved_tokens += tokens
-            self.reserved_cost += cost or 0.0
-            return Reservation(tokens, cost or 0.0)
+            self.reserved_cost += cost
+            return Reservation(tokens, cost)
 
     def release(self, reservation: Reservation) -> None:
         with self._lock:
@@ -214,7 +215,7 @@ class Budget:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def _exceeded(self, depth: int, tokens: int = 0, cost: float = 0.0, reserved: bool = True) -> BudgetExceeded | None:
+    def _exceeded(self, depth: int, tokens: int, cost: float, reserved: bool = True) -> BudgetExceeded | None:
         held_tokens, held_cost = (self.reserved_tokens, self.reserved_cost) if reserved else (0, 0.0)
         if self.max_sub_calls is not None and depth > 0 and self.sub_calls >= self.max_sub_calls:
             return BudgetExceeded("sub-call", self.sub_calls, self.max_sub_calls)
@@ -225,16 +226,6 @@ class Budget:
         if self.max_seconds is not None and self.elapsed >= self.max_seconds:
             return BudgetExceeded("time", round(self.elapsed, 1), self.max_seconds)
         return None
-
-    def exceeded(self, depth: int = 0) -> BudgetExceeded | None:
-        """Whether the budget is used up already (nothing more could be admitted)."""
-        with self._lock:
-            return self._exceeded(depth)
-
-    def check(self, depth: int = 0) -> None:
-        problem = self.exceeded(depth)
-        if problem is not None:
-            raise problem
 
 
 @dataclass
@@ -247,7 +238,6 @@ class CircuitBreaker:
     seconds: float = 30.0
     _streak: int = 0
     _since: float | None = None
-    _last_error: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     COUNTED = frozenset({"connection", "timeout", "server", "malformed_response"})
@@ -262,8 +252,7 @@ class CircuitBreaker:
                 return None
             self._streak += 1
             self._since = self._since if self._since is not None else time.monotonic()
-            self._last_error = error
             if self._streak >= self.failures and time.monotonic() - self._since >= self.seconds:
                 return (f"the provider failed {self._streak} attempts in a row over "
-                        f"{time.monotonic() - self._since:.0f}s (last: {self._last_error[:200]})")
+                        f"{time.monotonic() - self._since:.0f}s (last: {error[:200]})")
             return None

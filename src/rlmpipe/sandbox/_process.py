@@ -7,6 +7,7 @@ Nothing here knows the protocol's meaning; it moves bytes and JSON lines and rep
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -107,21 +108,17 @@ _spawner = _Spawner()
 
 def reap(proc: subprocess.Popen) -> None:
     """Kill (if still running) and wait: never leaves a zombie. Safe to call twice."""
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, OSError):
+            except OSError:
                 proc.kill()
         proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired, OSError):
-        pass
     for stream in (proc.stdin, proc.stdout, proc.stderr):
-        try:
-            if stream is not None:
+        if stream is not None:
+            with contextlib.suppress(OSError):
                 stream.close()
-        except OSError:
-            pass
 
 
 # -- the process ------------------------------------------------------------------------------------------
@@ -145,7 +142,6 @@ class DenoProcess:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._out, selectors.EVENT_READ, "out")
         self._sel.register(self._err, selectors.EVENT_READ, "err")
-        self.bytes_sent = 0
 
     # -- state ------------------------------------------------------------------------------------------
     def alive(self) -> bool:
@@ -155,10 +151,8 @@ class DenoProcess:
         return self._stderr.decode("utf-8", "replace")
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._sel.close()
-        except (OSError, ValueError):
-            pass
         reap(self.proc)
 
     def exit_status(self) -> ProcessDied:
@@ -256,7 +250,6 @@ class DenoProcess:
                 try:
                     n = os.write(self._in, view[:READ_CHUNK])
                     view = view[n:]
-                    self.bytes_sent += n
                     continue
                 except BlockingIOError:
                     pass
@@ -276,23 +269,16 @@ class DenoProcess:
         self.send(json.dumps(obj, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n",
                   deadline=deadline)
 
-    def shutdown(self, grace: float = 2.0) -> int | None:
-        """Ask the runner to exit, close its stdin, wait ``grace`` seconds, then kill. Returns the exit code."""
+    def shutdown(self, grace: float = 2.0) -> None:
+        """Ask the runner to exit, close its stdin, wait ``grace`` seconds, then kill."""
         try:
             if self.alive():
-                try:
+                with contextlib.suppress(OSError):
                     os.set_blocking(self._in, True)
                     os.write(self._in, b'{"method":"shutdown"}\n')
-                except OSError:
-                    pass
-                try:
+                with contextlib.suppress(OSError):
                     self.proc.stdin.close()
-                except OSError:
-                    pass
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(timeout=grace)
-                except subprocess.TimeoutExpired:
-                    pass
         finally:
             self.close()
-        return self.proc.returncode

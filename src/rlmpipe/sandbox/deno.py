@@ -78,7 +78,7 @@ def deno_available() -> bool:
 def deno_version(deno: str) -> tuple[int, int, int] | None:
     try:
         out = subprocess.run([deno, "--version"], check=False, capture_output=True, text=True, timeout=20,
-                             env=_base_env(default_deno_dir()))
+                             env=deno_env(default_deno_dir()))
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = re.match(r"deno (\d+)\.(\d+)\.(\d+)", out.stdout)
@@ -93,6 +93,12 @@ def default_deno_dir() -> Path:
     return Path(base) / "rlmpipe" / "deno"
 
 
+def resolve_deno_dir(deno_dir: str | os.PathLike | None = None) -> Path:
+    """The Deno cache folder as the real path Deno checks permissions against: ``deno_dir`` (``~``
+    expanded) when one is given, else :func:`default_deno_dir` (an empty string means the default too)."""
+    return Path(os.path.realpath(Path(deno_dir).expanduser() if deno_dir else default_deno_dir()))
+
+
 def pyodide_dir(deno_dir: str | os.PathLike | None = None) -> Path:
     """Where Pyodide's files are (or will be) in the given Deno cache."""
     root = Path(deno_dir) if deno_dir is not None else default_deno_dir()
@@ -104,22 +110,18 @@ def pyodide_cached(deno_dir: str | os.PathLike | None = None) -> bool:
     return all((folder / name).is_file() for name in PYODIDE_FILES)
 
 
-def _base_env(deno_dir: Path) -> dict[str, str]:
+def deno_env(deno_dir: str | os.PathLike) -> dict[str, str]:
     """The whole environment Deno gets: nothing of the host's (no API keys), only what Deno itself needs."""
-    env = {
-        "DENO_DIR": str(deno_dir),
+    folder = str(Path(deno_dir))
+    return {
+        "DENO_DIR": folder,
         "DENO_NO_PACKAGE_JSON": "1",
         "DENO_NO_UPDATE_CHECK": "1",
         "DENO_NO_PROMPT": "1",
         "NO_COLOR": "1",
         "PATH": os.defpath,
-        "HOME": str(deno_dir),
+        "HOME": folder,
     }
-    return env
-
-
-def sandbox_env(deno_dir: str | os.PathLike) -> dict[str, str]:
-    return _base_env(Path(deno_dir))
 
 
 @contextlib.contextmanager
@@ -131,11 +133,8 @@ def _cache_lock(deno_dir: Path):
         yield
         return
     with open(deno_dir / ".rlmpipe.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        fcntl.flock(handle, fcntl.LOCK_EX)  # closing the file releases the lock
+        yield
 
 
 def ensure_pyodide(deno_dir: str | os.PathLike | None = None, *, deno: str | None = None,
@@ -147,8 +146,7 @@ def ensure_pyodide(deno_dir: str | os.PathLike | None = None, *, deno: str | Non
     npm resolver, and runner.js imports nothing but ``npm:pyodide@PYODIDE_VERSION``. Idempotent, safe to call from several processes (file lock). Returns the Pyodide
     folder. Raises PyodideNotCachedError with Deno's message if the fetch fails.
     """
-    root = Path(deno_dir).expanduser() if deno_dir is not None else default_deno_dir()
-    root = Path(os.path.realpath(root))
+    root = resolve_deno_dir(deno_dir)
     if pyodide_cached(root):
         return pyodide_dir(root)
     deno = deno or find_deno()
@@ -157,7 +155,7 @@ def ensure_pyodide(deno_dir: str | os.PathLike | None = None, *, deno: str | Non
             return pyodide_dir(root)
         # No sandboxed code runs in this step, so the host's own network settings apply as they are
         # (proxies, NPM_CONFIG_REGISTRY, NODE_EXTRA_CA_CERTS / DENO_CERT / DENO_TLS_CA_STORE for TLS).
-        env = {**os.environ, **_base_env(root), "PATH": os.environ.get("PATH", os.defpath)}
+        env = {**os.environ, **deno_env(root), "PATH": os.environ.get("PATH", os.defpath)}
         cmd = [deno, "cache", "--no-config", "--no-lock", "--node-modules-dir=none", str(RUNNER_PATH)]
         try:
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env,
@@ -171,9 +169,6 @@ def ensure_pyodide(deno_dir: str | os.PathLike | None = None, *, deno: str | Non
                 f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
             )
     return pyodide_dir(root)
-
-
-warm_cache = ensure_pyodide
 
 
 def build_command(*, deno: str, deno_dir: str | os.PathLike, v8_heap_mb: int | None,

@@ -39,7 +39,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Self
 
 from dspy.primitives.code_interpreter import (
@@ -48,6 +47,7 @@ from dspy.primitives.code_interpreter import (
     CodeInterpreterError,
     FinalOutput,
 )
+from dspy.primitives.facade import SHIM_SETUP
 
 from rlmpipe.sandbox import deno as _deno
 from rlmpipe.sandbox._process import DenoProcess, ProcessDied, ProcessTimeout, ProtocolViolation, reap
@@ -76,15 +76,6 @@ _STATE_LOST = (
     "is lost (variables, functions and imports from earlier steps). Input variables are provided again; "
     "recompute anything else you need."
 )
-
-
-def facade_setup_code() -> str | None:
-    """The code DSPy runs first in a sandbox to install its facade (not the model's code)."""
-    try:
-        from dspy.primitives.facade import SHIM_SETUP
-    except ImportError:  # pragma: no cover - older dspy
-        return None
-    return SHIM_SETUP
 
 
 def _jsonable(value: Any) -> Any:
@@ -211,7 +202,7 @@ class DenoSandbox:
         self.max_message_bytes = int(max_message_mb) * _MB
         self.start_timeout = float(start_timeout)
         self.max_restarts = int(max_restarts)
-        self.deno_dir = Path(os.path.realpath(Path(deno_dir).expanduser() if deno_dir else _deno.default_deno_dir()))
+        self.deno_dir = _deno.resolve_deno_dir(deno_dir)
         self._deno = deno
         self.fetch = fetch
 
@@ -254,7 +245,7 @@ class DenoSandbox:
 
         if self._proc is not None and not self._needs_restart and not self._proc.alive():
             died = self._proc.exit_status()
-            raise self._fail(died, SandboxCrashedError,
+            raise self._fail(SandboxCrashedError,
                              f"The sandbox process exited between executions (exit code {died.returncode}).")
         restarted = self._needs_restart or self._proc is None
         self.start()
@@ -263,7 +254,7 @@ class DenoSandbox:
                 self._execute_once(setup_code, setup_vars)
 
         result = self._execute_once(code, variables)
-        if code == facade_setup_code():
+        if code == SHIM_SETUP:
             self._preamble.append((code, variables))  # dspy's sandbox facade: reinstall it after a restart
         return result
 
@@ -272,12 +263,7 @@ class DenoSandbox:
     def shutdown(self) -> None:
         """End the session: stop the process (gracefully, then SIGKILL) and reap it. Idempotent."""
         self._session_ended = True
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.shutdown()
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
+        self._discard_process(graceful=True)
         self._owner_thread = None
 
     def __enter__(self) -> Self:
@@ -336,7 +322,7 @@ class DenoSandbox:
         data_limit = self.memory_limit_mb * _MB if self.memory_limit_mb else None
         t0 = time.monotonic()
         try:
-            proc = DenoProcess(cmd, _deno.sandbox_env(self.deno_dir), data_limit=data_limit,
+            proc = DenoProcess(cmd, _deno.deno_env(self.deno_dir), data_limit=data_limit,
                                max_line_bytes=self.max_message_bytes)
         except OSError as e:
             raise CodeInterpreterError(f"could not start Deno ({cmd[0]}): {e}") from e
@@ -366,10 +352,14 @@ class DenoSandbox:
             raise CodeInterpreterError(f"DenoSandbox failed to start: {detail}") from e
         self.last_stats = {"start_s": time.monotonic() - t0}
 
-    def _discard_process(self) -> None:
+    def _discard_process(self, graceful: bool = False) -> None:
+        """End the process (``graceful``: ask it to exit first, then kill it) and detach its finalizer."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            proc.close()
+            if graceful:
+                proc.shutdown()
+            else:
+                proc.close()
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -382,7 +372,7 @@ class DenoSandbox:
         if self.restarts > self.max_restarts:
             self._session_ended = True
 
-    def _fail(self, error: Exception | None, exc: type[CodeExecutionError], message: str) -> CodeInterpreterError:
+    def _fail(self, exc: type[CodeExecutionError], message: str) -> CodeInterpreterError:
         self._lose_process()
         if self._session_ended:
             return CodeInterpreterError(
@@ -437,20 +427,18 @@ class DenoSandbox:
         """Send each variable the process does not have yet (or whose value changed). Returns bytes sent."""
         sent = 0
         for name, value in variables.items():
-            previous = self._sent_vars.get(name)
             if isinstance(value, str):
-                if previous is not None and previous[0] == "str" and (previous[1] is value or previous[1] == value):
-                    continue
-                kind, keep, payload = "str", value, value.encode("utf-8", "surrogatepass")
+                kind, keep = "str", value
             else:
                 converted = _jsonable(value)
                 if _has_non_str_keys(converted):
-                    kind, text = "literal", repr(converted)
+                    kind, keep = "literal", repr(converted)
                 else:
-                    kind, text = "json", json.dumps(converted, ensure_ascii=False)
-                if previous is not None and previous == (kind, text):
-                    continue
-                keep, payload = text, text.encode("utf-8", "surrogatepass")
+                    kind, keep = "json", json.dumps(converted, ensure_ascii=False)
+            # tuples compare their items by identity first: the same 50 MB string is not read again
+            if self._sent_vars.get(name) == (kind, keep):
+                continue
+            payload = keep.encode("utf-8", "surrogatepass")
             self._request("set_var", {"name": name, "kind": kind, "nbytes": len(payload)}, deadline, payload)
             self._sent_vars[name] = (kind, keep)
             sent += len(payload)
@@ -482,19 +470,17 @@ class DenoSandbox:
                 if message.get("id") != rid or "result" not in message:
                     raise ProtocolViolation(f"unexpected message during execution: {str(message)[:300]}")
                 break
-        except ProcessTimeout as e:
-            raise self._fail(e, SandboxTimeoutError,
+        except ProcessTimeout:
+            raise self._fail(SandboxTimeoutError,
                              f"TimeoutError: the execution did not finish within {self.timeout:g} seconds "
                              "(time in llm_query and other host tools not counted).") from None
         except ProcessDied as e:
             raise self._crash_error(e) from None
         except ProtocolViolation as e:
-            raise self._fail(e, SandboxCrashedError, f"The sandbox broke the host protocol ({e}).") from None
-        except CodeInterpreterError:
-            self._lose_process()
-            raise
+            raise self._fail(SandboxCrashedError, f"The sandbox broke the host protocol ({e}).") from None
         except BaseException:
-            # e.g. KeyboardInterrupt inside a host tool: the conversation is cut mid-way, so is the process
+            # a CodeInterpreterError, or e.g. KeyboardInterrupt inside a host tool: the conversation is
+            # cut mid-way, so is the process
             self._lose_process()
             raise
         self.last_stats = {"inject_s": t1 - t0, "exec_s": time.monotonic() - t1 - tool_time,
@@ -506,11 +492,11 @@ class DenoSandbox:
         oom_lines = [ln for ln in lines if any(k in ln.lower() for k in ("out of memory", "heap limit",
                                                                        "allocation failed"))]
         if oom_lines:
-            return self._fail(died, SandboxMemoryError,
+            return self._fail(SandboxMemoryError,
                               f"The sandbox process ran out of memory and died ({oom_lines[0][:300]}).")
         errors = [ln for ln in lines if ln.lower().startswith(("error", "uncaught", "panic", "thread"))]
         detail = (errors or lines or ["no message"])[-1][:300]
-        return self._fail(died, SandboxCrashedError,
+        return self._fail(SandboxCrashedError,
                           f"The sandbox process died during the execution (exit code {died.returncode}: {detail}).")
 
     def _answer_tool_call(self, message: dict, deadline: float) -> None:
