@@ -11,12 +11,15 @@ the source in order, overlapping only by the requested overlap.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Iterator
 
 from rlmpipe.chunking.chunk import ALGORITHM_VERSION, STRATEGIES, Chunk, ChunkingConfig, make_chunk_id
 from rlmpipe.chunking.engine import chunk_blocks
 from rlmpipe.chunking.tokenizers import DEFAULT_TOKENIZER, Tokenizer, get_tokenizer
-from rlmpipe.ingest.document import Block, Document, doc_id_from_digest
+from rlmpipe.ingest import Block, Document, DocumentError, ReadLimits, open_document, open_documents
+from rlmpipe.ingest.document import doc_id_from_digest
+from rlmpipe.ingest.text import runs
 
 __all__ = [
     "ALGORITHM_VERSION", "STRATEGIES", "DEFAULT_TOKENIZER", "Chunk", "ChunkingConfig", "Tokenizer",
@@ -33,10 +36,6 @@ def chunk(source, config: ChunkingConfig | None = None, **settings) -> Iterator[
     """Chunks of a document, streamed: ``source`` is a :class:`~rlmpipe.ingest.Document` or the path
     of a file (``str`` or ``Path``); ``settings`` are :class:`ChunkingConfig` fields
     (``chunk_tokens=512, overlap=64, strategy="fixed"``). For a string of text, use :func:`chunk_text`."""
-    import os
-
-    from rlmpipe.ingest import Document, open_document
-
     config = config or ChunkingConfig(**settings)
     if isinstance(source, Document):
         return chunk_document(source, config)
@@ -47,9 +46,6 @@ def chunk(source, config: ChunkingConfig | None = None, **settings) -> Iterator[
 
 def chunk_text(text: str, config: ChunkingConfig | None = None, doc_id: str | None = None) -> list[Chunk]:
     """Chunks of an in-memory string (its id, unless given, is the hash of its UTF-8 bytes)."""
-    from rlmpipe.ingest.document import ReadLimits
-    from rlmpipe.ingest.text import runs
-
     if doc_id is None:
         doc_id = doc_id_from_digest(hashlib.sha256(text.encode("utf-8", "surrogatepass")))
     # blocks of bounded size, as a reader makes them: a section never grows past what one
@@ -65,16 +61,12 @@ def chunk_paths(paths, config: ChunkingConfig | None = None, limits=None):
     chunks, or after those streamed before the problem showed) and the others go on. Files of
     unsupported types inside a folder are reported once per folder as a ``SkippedFiles`` notice.
     """
-    from rlmpipe.ingest import Document, DocumentError, open_documents
-
     config = config or ChunkingConfig()
     get_tokenizer(config.tokenizer)  # fail on a bad tokenizer name before reading anything
     for item in open_documents(paths, limits):
-        if not isinstance(item, Document):
-            yield item  # a DocumentError or a Notice
-            continue
-        yield item
-        try:
-            yield from chunk_document(item, config)
-        except DocumentError as error:  # found while streaming (e.g. a corrupt PDF page)
-            yield error
+        yield item  # a Document, a DocumentError or a Notice
+        if isinstance(item, Document):
+            try:
+                yield from chunk_document(item, config)
+            except DocumentError as error:  # found while streaming (e.g. a corrupt PDF page)
+                yield error

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rlmpipe.chunking.tokenizers import Tokenizer
+if TYPE_CHECKING:  # tokenizers.py splits long texts with line_start below
+    from rlmpipe.chunking.tokenizers import Tokenizer
 
 # Strength of a boundary: the structure strategy prefers to cut at the strongest one it can.
 WORD, PHRASE, SENTENCE, LINE, PARAGRAPH, SUBCLAUSE, CLAUSE, SECTION, HEADING = range(1, 10)
@@ -67,12 +69,28 @@ class Cuts:
     chars: np.ndarray
     tokens: np.ndarray
     strength: np.ndarray
-    total_tokens: int
     ids: np.ndarray  # the section's token ids (the carried-over tail reuses them)
 
 
 def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+
+
+def utf8_widths(points: np.ndarray) -> np.ndarray:
+    """The UTF-8 byte length of each character, from its code point."""
+    return 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
+
+
+def line_start(text: str, low: int, high: int) -> int:
+    """The last safe line start (after ``\\n``, before a non-space other than ``/``) whose ``\\n`` lies
+    in ``text[low:high]``, or 0 if there is none: where a long text can be split so that its parts,
+    tokenized apart, add up to the whole."""
+    position = high
+    while (position := text.rfind("\n", low, position)) != -1:
+        following = text[position + 1 : position + 2]
+        if following.strip() and following != "/":
+            return position + 1
+    return 0
 
 
 def _is_space(points: np.ndarray) -> np.ndarray:
@@ -103,7 +121,7 @@ def find_cuts(
     n = len(text)
     if n == 0:
         empty = np.zeros(1, dtype=np.int64)
-        return Cuts(empty, empty.copy(), np.full(1, HEADING, dtype=np.int8), 0, np.zeros(0, dtype=np.int64))
+        return Cuts(empty, empty.copy(), np.full(1, HEADING, dtype=np.int8), np.zeros(0, dtype=np.int64))
     points = _codepoints(text)
     space = _is_space(points)
     newline = points == 10
@@ -129,8 +147,7 @@ def find_cuts(
     if text.isascii():
         byte_positions = positions
     else:
-        widths = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
-        byte_at = np.concatenate(([0], np.cumsum(widths)))
+        byte_at = np.concatenate(([0], np.cumsum(utf8_widths(points))))
         byte_positions = byte_at[positions]
     index = np.searchsorted(token_ends, byte_positions, side="left")
     inside = index < len(token_ends)
@@ -148,7 +165,7 @@ def find_cuts(
         _grade(text, points, chars, strength, headings)
     if final:
         strength[-1] = HEADING
-    return Cuts(chars.astype(np.int64), tokens.astype(np.int64), strength, len(token_ids), token_ids)
+    return Cuts(chars.astype(np.int64), tokens.astype(np.int64), strength, token_ids)
 
 
 def _grade(text: str, points: np.ndarray, chars: np.ndarray, strength: np.ndarray, headings) -> None:

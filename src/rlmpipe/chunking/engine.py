@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from rlmpipe.chunking.chunk import Chunk, ChunkingConfig, make_chunk_id
-from rlmpipe.chunking.cuts import Cuts, find_cuts
+from rlmpipe.chunking.cuts import Cuts, find_cuts, line_start, utf8_widths
 from rlmpipe.chunking.fixed import FixedStrategy
 from rlmpipe.chunking.structure import StructureStrategy
 from rlmpipe.chunking.tokenizers import Tokenizer, get_tokenizer
@@ -58,7 +58,7 @@ class _Marks:
             del self.starts[:keep], self.pages[:keep], self.paths[:keep]
         del self.headings[: bisect.bisect_left(self.headings, offset)]
 
-    def headings_in(self, base: int, size: int) -> np.ndarray | None:
+    def headings_in(self, base: int) -> np.ndarray | None:
         if not self.headings:
             return None
         return np.asarray(self.headings, dtype=np.int64) - base
@@ -82,8 +82,8 @@ def hard_split(text: str, limit: int, tokenizer: Tokenizer) -> list[tuple[int, i
         ids = np.asarray(tokenizer.encode(rest), dtype=np.int64)
         token_end_bytes = np.cumsum(lengths[ids])
         # the character offset at which each token ends (rounded down to a whole character)
-        char_byte_ends = np.cumsum(_utf8_widths(rest))
-        token_end_chars = np.searchsorted(char_byte_ends, token_end_bytes, side="right")
+        points = np.frombuffer(rest.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        token_end_chars = np.searchsorted(np.cumsum(utf8_widths(points)), token_end_bytes, side="right")
         first_token, local = 0, 0
         while True:
             left = len(ids) - first_token
@@ -116,32 +116,10 @@ def hard_split(text: str, limit: int, tokenizer: Tokenizer) -> list[tuple[int, i
     return pieces
 
 
-def _utf8_widths(text: str) -> np.ndarray:
-    """UTF-8 byte length of each character of ``text``."""
-    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    return 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
-
-
 #: Sections tokenized ahead of the one being cut.
 PREFETCH = 2
 #: Give freed memory back to the system every this many sections (see _release_free_memory).
 TRIM_EVERY = 16
-
-
-def _safe_split(text: str) -> int:
-    """The last place in the second half of ``text`` where a line starts with text (not "/"), or 0."""
-    half = len(text) // 2
-    position = len(text) - 1
-    while True:
-        position = text.rfind("\n", half, position)
-        if position == -1:
-            return 0
-        following = text[position + 1] if position + 1 < len(text) else " "
-        if not following.isspace() and following != "/":
-            return position + 1
-        position -= 1
-        if position <= half:
-            return 0
 
 
 def _encode_array(encode, fallback, text: str) -> np.ndarray:
@@ -224,7 +202,7 @@ class _Chunker:
             size += len(block.text)
             if size >= SECTION_CHARS:
                 text = "".join(pending)
-                cut = _safe_split(text) if self.tokenizer.additive else 0
+                cut = line_start(text, len(text) // 2, len(text)) if self.tokenizer.additive else 0
                 if cut:
                     yield text[:cut], safe, False
                     pending, size, safe = [text[cut:]], len(text) - cut, True
@@ -287,7 +265,7 @@ class _Chunker:
         limit_tokens = cfg.chunk_tokens
         cuts = find_cuts(
             text, tokenizer, final=final, structure=strategy.structure,
-            headings=self.marks.headings_in(base, len(text)) if strategy.structure else None, token_ids=ids,
+            headings=self.marks.headings_in(base) if strategy.structure else None, token_ids=ids,
         )
         chars, tokens = cuts.chars.tolist(), cuts.tokens.tolist()  # bisect on lists: per-chunk lookups
         last = len(chars) - 1
@@ -353,10 +331,8 @@ class _Chunker:
         return start + pieces[-1][0]  # the last piece may grow with what follows: carry it
 
 
-def chunk_blocks(
-    blocks: Iterable[Block], doc_id: str, config: ChunkingConfig | None = None, tokenizer: Tokenizer | None = None
-) -> Iterator[Chunk]:
+def chunk_blocks(blocks: Iterable[Block], doc_id: str,
+                 config: ChunkingConfig | None = None) -> Iterator[Chunk]:
     """Chunks of a document given as a block stream (constant memory in document size)."""
     config = config or ChunkingConfig()
-    tokenizer = tokenizer or get_tokenizer(config.tokenizer)
-    return _Chunker(doc_id, config, tokenizer).run(blocks)
+    return _Chunker(doc_id, config, get_tokenizer(config.tokenizer)).run(blocks)

@@ -22,6 +22,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from rlmpipe.chunking.cuts import line_start
+
 DEFAULT_TOKENIZER = "cl100k_base"
 OPENAI_ENCODINGS = ("cl100k_base", "o200k_base")
 
@@ -65,10 +67,8 @@ class OpenAIEncoding:
             import bpe_openai
 
             self._encoding = bpe_openai.get_encoding(name)
-            self.backend = "bpe-openai"
         except ImportError:
             self._encoding = self._tiktoken
-            self.backend = "tiktoken"
         #: tiktoken releases the GIL while encoding: the chunker tokenizes the next section with it
         #: in another thread (same ids as bpe-openai, which is faster on one thread but holds the GIL)
         self.encode_in_thread = self._tiktoken.encode_ordinary
@@ -110,14 +110,8 @@ def _piece_end(text: str, start: int, size: int) -> int:
     limit = start + size
     if limit >= len(text):
         return len(text)
-    position = limit
-    while True:
-        position = text.rfind("\n", start + size // 4, position)
-        if position == -1:
-            break
-        following = text[position + 1]
-        if not following.isspace() and following != "/":
-            return position + 1
+    if line := line_start(text, start + size // 4, limit):
+        return line
     word = text.rfind(" ", start + size // 4, limit)
     while word > start and not (text[word - 1].strip() and text[word + 1: word + 2].strip()):
         word = text.rfind(" ", start + size // 4, word)

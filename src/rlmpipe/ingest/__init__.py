@@ -75,13 +75,10 @@ def open_document(path: str | os.PathLike, limits: ReadLimits | None = None) -> 
     head = read_head(path)
     fmt = _content_format(path, head, named)
     encoding = "utf-8"
-    if fmt in ("txt", "md"):
-        encoding = bom_encoding(head) or "utf-8"
-        doc_id, size = scan_text_file(path, limits, encoding=encoding)
-    elif fmt == "html":
+    if fmt in ("txt", "md", "html"):
         from rlmpipe.ingest.html import sniff_charset
 
-        encoding = sniff_charset(head)
+        encoding = sniff_charset(head) if fmt == "html" else bom_encoding(head) or "utf-8"
         doc_id, size = scan_text_file(path, limits, encoding=encoding)
     else:
         doc_id, size = hash_file(path, limits)
@@ -154,6 +151,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path | SkippedF
     is yielded once. A folder that cannot be listed is a :class:`DocumentError`, not silence.
     """
     seen: set[str] = set()
+    unreadable: list[OSError] = []
 
     def first_time(path: Path) -> bool:
         key = os.path.realpath(path)
@@ -162,6 +160,11 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path | SkippedF
         seen.add(key)
         return True
 
+    def unreadable_folders(where: str | Path) -> Iterator[UnreadablePath]:
+        while unreadable:
+            error = unreadable.pop()
+            yield UnreadablePath(error.filename or where, f"cannot read folder: {error.strerror or error}")
+
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
@@ -169,11 +172,8 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path | SkippedF
                 yield path
             continue
         skipped: Counter[str] = Counter()
-        unreadable: list[OSError] = []
         for root, dirs, files in os.walk(path, onerror=unreadable.append):
-            while unreadable:
-                error = unreadable.pop()
-                yield UnreadablePath(error.filename or root, f"cannot read folder: {error.strerror or error}")
+            yield from unreadable_folders(root)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(files):
                 if name.startswith("."):
@@ -184,9 +184,7 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path | SkippedF
                         yield Path(root) / name
                 else:
                     skipped[suffix or "(no extension)"] += 1
-        while unreadable:
-            error = unreadable.pop()
-            yield UnreadablePath(error.filename or path, f"cannot read folder: {error.strerror or error}")
+        yield from unreadable_folders(path)
         if skipped:
             yield SkippedFiles.of(path, dict(skipped))
 

@@ -8,6 +8,7 @@ decoded as UTF-8 with line endings kept (``open(path, encoding="utf-8", newline=
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 import stat
@@ -166,8 +167,6 @@ def scan_text_file(path: Path, limits: ReadLimits, encoding: str = "utf-8") -> t
     Checking here (rather than while streaming) means a bad file fails before it produced any
     output, and chunk ids can be derived from the document id from the first chunk on.
     """
-    import codecs
-
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     wide = encoding in ("utf-16", "utf-32")  # NUL bytes are part of every character: check characters
@@ -183,7 +182,8 @@ def scan_text_file(path: Path, limits: ReadLimits, encoding: str = "utf-8") -> t
             text = decoder.decode(chunk)
         except UnicodeDecodeError as exc:
             raise InvalidEncoding(
-                path, f"invalid {encoding.upper()} at byte {size + exc.start} (is it {_guess_kind(chunk)}?)"
+                path, f"invalid {encoding.upper()} at byte {size + exc.start} "
+                "(is it a different encoding, e.g. Latin-1 or Windows-1252?)"
             ) from None
         if wide and "\x00" in text:
             raise BinaryDocument(path, f"binary file (NUL character in {encoding.upper()} text), not text")
@@ -215,14 +215,8 @@ def scan_text_file(path: Path, limits: ReadLimits, encoding: str = "utf-8") -> t
     return doc_id_from_digest(digest), size
 
 
-def _guess_kind(chunk: bytes) -> str:
-    return "a different encoding, e.g. Latin-1 or Windows-1252"
-
-
 def decoded_windows(path: Path, limits: ReadLimits, encoding: str = "utf-8") -> Iterator[str]:
     """The file as text, a bounded window at a time (a character is never split across windows)."""
-    import codecs
-
     decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
     try:
         for chunk in read_windows(path, limits.window_bytes):

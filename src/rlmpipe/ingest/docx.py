@@ -17,7 +17,7 @@ from typing import Iterator
 from xml.etree import ElementTree
 
 from rlmpipe.ingest.document import Block, Document, ReadLimits, open_regular
-from rlmpipe.ingest.errors import CorruptDocument, EncryptedDocument, NoExtractableText
+from rlmpipe.ingest.errors import CorruptDocument, NoExtractableText
 from rlmpipe.ingest.markdown import HeadingPath
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
@@ -28,13 +28,12 @@ DOCUMENT_PART, STYLES_PART = "word/document.xml", "word/styles.xml"
 def open_docx(path: Path, limits: ReadLimits | None = None) -> zipfile.ZipFile:
     """The .docx's zip, after checking that the parts rlmpipe reads are there and not bombs."""
     limits = limits or ReadLimits()
-    with open_regular(path) as handle:  # a regular file (never a FIFO), and its first bytes
-        head = handle.read(8)
+    with open_regular(path):  # a regular file: never a FIFO, which zipfile would wait on forever
+        pass
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        if head.startswith(b"\xd0\xcf\x11\xe0"):  # OLE container: password-protected or legacy .doc
-            raise EncryptedDocument(path, "not a .docx zip: password-protected, or a legacy .doc file") from None
+        # an OLE file (password-protected, or a legacy .doc) never gets here: open_document refuses it first
         raise CorruptDocument(path, "corrupt .docx (not a zip archive)") from None
     try:
         names = set(archive.namelist())
@@ -99,21 +98,25 @@ def _heading_styles(archive: zipfile.ZipFile) -> dict[str, int]:
             name = element.find(f"{W}name")
             name_value = name.get(f"{W}val", "") if name is not None else ""
             match = HEADING_NAME.match(name_value)
-            outline = element.find(f"{W}pPr/{W}outlineLvl")
             if match:
                 levels[style_id] = int(match.group(1))
             elif name_value.lower() == "title":
                 levels[style_id] = 1
-            elif outline is not None and outline.get(f"{W}val", "9").isdigit() and int(outline.get(f"{W}val")) < 9:
-                levels[style_id] = int(outline.get(f"{W}val")) + 1
+            elif level := _outline_level(element.find(f"{W}pPr/{W}outlineLvl")):
+                levels[style_id] = level
     return levels
+
+
+def _outline_level(outline: ElementTree.Element | None) -> int:
+    """The heading level a ``w:outlineLvl`` gives (0: none, or body text)."""
+    value = outline.get(f"{W}val", "9") if outline is not None else "9"
+    return int(value) + 1 if value.isdigit() and int(value) < 9 else 0
 
 
 def _properties_level(properties: ElementTree.Element, styles: dict[str, int]) -> int:
     """A paragraph's heading level (0: body text) from its ``w:pPr``."""
-    outline = properties.find(f"{W}outlineLvl")
-    if outline is not None and outline.get(f"{W}val", "9").isdigit() and int(outline.get(f"{W}val")) < 9:
-        return int(outline.get(f"{W}val")) + 1
+    if level := _outline_level(properties.find(f"{W}outlineLvl")):
+        return level
     style = properties.find(f"{W}pStyle")
     return styles.get(style.get(f"{W}val", ""), 0) if style is not None else 0
 

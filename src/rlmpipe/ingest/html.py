@@ -6,11 +6,12 @@ library's incremental ``HTMLParser`` is fed a bounded window at a time, so memor
 
 from __future__ import annotations
 
+import codecs
 import re
 from html.parser import HTMLParser
 from typing import Iterator
 
-from rlmpipe.ingest.document import Block, Document, decoded_windows
+from rlmpipe.ingest.document import Block, Document, bom_encoding, decoded_windows
 from rlmpipe.ingest.markdown import HeadingPath
 
 BLOCK_TAGS = frozenset(
@@ -105,18 +106,13 @@ def sniff_charset(head: bytes) -> str:
     """The encoding an HTML file declares in its first bytes (BOM or <meta charset>), else UTF-8."""
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig"
-    from rlmpipe.ingest.document import bom_encoding
-
-    if bom_encoding(head):
-        return bom_encoding(head)
+    if encoding := bom_encoding(head):
+        return encoding
     match = re.search(rb"""<meta[^>]+charset\s*=\s*["']?([A-Za-z0-9_\-:.]+)""", head, re.IGNORECASE)
     if match:
-        name = match.group(1).decode("ascii").lower()
         try:
-            import codecs
-
-            return codecs.lookup(name).name
+            return codecs.lookup(match.group(1).decode("ascii").lower()).name
         except LookupError:
-            return "utf-8"
+            pass
     return "utf-8"
 

@@ -1,7 +1,7 @@
 """Map: one step per chunk, run in parallel, results back in chunk order.
 
-Chunks are pulled from their (streaming) iterator only as fast as results are taken, with at most
-``in_flight`` submitted at once: memory is bounded by the chunks in flight, not by the document.
+Chunks are pulled from their (streaming) iterator only as fast as results are taken, with at most twice
+the run's concurrency submitted at once: memory is bounded by the chunks in flight, not by the document.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ def consumed(chunks: Iterable[Chunk]) -> Iterator[Iterable[Chunk]]:
 
 
 def map_chunks(run, doc_id: str, chunks: Iterable[Chunk], name: str, fn: Callable[[Chunk], Any], *,
-               in_flight: int | None = None, depth: int = 0,
                failures: str = "raise") -> Iterator[tuple[Chunk, str, Any]]:
     """Yield ``(chunk, step_key, result)`` in order.
 
@@ -39,7 +38,7 @@ def map_chunks(run, doc_id: str, chunks: Iterable[Chunk], name: str, fn: Callabl
     """
     from rlmpipe.runtime.runner import StepFailed
 
-    limit = max(1, in_flight or 2 * run.options.concurrency)
+    limit = 2 * run.options.concurrency
     window: deque = deque()
 
     def take():
@@ -55,7 +54,7 @@ def map_chunks(run, doc_id: str, chunks: Iterable[Chunk], name: str, fn: Callabl
         for chunk in chunks:
             key = run.key(name, doc_id, chunk.chunk_id)
             window.append((chunk, key, run.submit(name, partial(fn, chunk), doc_id=doc_id,
-                                                  chunk_id=chunk.chunk_id, depth=depth, key=key)))
+                                                  chunk_id=chunk.chunk_id, key=key)))
             while len(window) >= limit:
                 yield take()
     while window:

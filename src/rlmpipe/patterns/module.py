@@ -27,6 +27,7 @@ from rlmpipe.ingest import Document
 from rlmpipe.patterns.map import map_chunks
 from rlmpipe.patterns.reduce import TreeReducer
 from rlmpipe.patterns.window import sliding_window
+from rlmpipe.runtime.jsonable import to_json_value
 
 PATTERNS = ("map", "window", "map_reduce")
 TEXT_NAMES = ("text", "chunk", "excerpt", "passage", "document", "content", "input", "document_text",
@@ -175,8 +176,6 @@ class ModulePipeline:
         return self.module(**{self.input_field: chunk.text})
 
     def _window_step(self, chunk, context: str) -> dict:
-        from rlmpipe.runtime.jsonable import to_json_value
-
         output = to_json_value(self.module(**{self.input_field: chunk.text, self.context_field: context}),
                                "the module's output")
         if not isinstance(output, dict) or self.carry not in output:

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 class TreeReducer:
     def __init__(self, run, doc_id: str, name: str, merge: Callable[[list[Any]], Any],
-                 size: Callable[[Any], int], max_input_tokens: int, depth: int = 0):
+                 size: Callable[[Any], int], max_input_tokens: int):
         if max_input_tokens < 1:
             raise ValueError("max_input_tokens must be positive")
         self.run, self.doc_id, self.name = run, doc_id, name
-        self.merge, self.size, self.max_input_tokens, self.depth = merge, size, max_input_tokens, depth
+        self.merge, self.size, self.max_input_tokens = merge, size, max_input_tokens
         self.levels: list[list[tuple[str, Any, int]]] = []
         self.merges = 0
 
@@ -37,18 +37,15 @@ class TreeReducer:
 
     def _flush(self, level: int) -> None:
         buffer, self.levels[level] = self.levels[level], []
-        if not buffer:
-            return
-        if len(buffer) == 1:  # nothing to merge it with: promote it unchanged
-            self._push(level + 1, *buffer[0][:2])
-            return
         self._push(level + 1, *self._merge(buffer)[:2])
 
     def _merge(self, group: list[tuple[str, Any, int]]) -> tuple[str, Any, int]:
+        if len(group) == 1:  # nothing to merge it with: promote it unchanged
+            return group[0]
         keys = [key for key, _, _ in group]
         values = [value for _, value, _ in group]
         key = self.run.key(self.name, self.doc_id, None, inputs=keys)
-        merged = self.run.step(self.name, lambda: self.merge(values), doc_id=self.doc_id, depth=self.depth, key=key)
+        merged = self.run.step(self.name, lambda: self.merge(values), doc_id=self.doc_id, key=key)
         self.merges += 1
         return key, merged, self.size(merged)
 
@@ -69,5 +66,5 @@ class TreeReducer:
                     f"{self.name}: results of {max(t for _, _, t in items)} tokens cannot be merged within "
                     f"{self.max_input_tokens} tokens: allow a larger merge input or ask for shorter results"
                 )
-            items = [group[0] if len(group) == 1 else self._merge(group) for group in groups]
+            items = [self._merge(group) for group in groups]
         return items[0][1] if items else None

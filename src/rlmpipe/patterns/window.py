@@ -27,19 +27,17 @@ def clip_tokens(text: str, limit: int, tokenizer_name: str | None = None) -> str
 
 def sliding_window(run, doc_id: str, chunks: Iterable[Chunk], name: str,
                    fn: Callable[[Chunk, str], dict], *, max_context_tokens: int = 512,
-                   initial_context: str = "", depth: int = 0,
                    tokenizer: str | None = None) -> Iterator[tuple[Chunk, Any, str]]:
     """Yield ``(chunk, result, context_after)``; ``fn(chunk, context)`` returns
     ``{"result": ..., "context": "..."}``. The context a call sees is at most
     ``max_context_tokens`` tokens (of ``tokenizer``, the chunking's), whatever the model returned."""
-    context = clip_tokens(initial_context, max_context_tokens, tokenizer)
-    previous = ""
+    get_tokenizer(tokenizer)  # a bad tokenizer name fails here, before any step is paid for
+    context, previous = "", ""
     with consumed(chunks):
         for chunk in chunks:
             key = run.key(name, doc_id, chunk.chunk_id, inputs=[previous])
-            seen = context
-            output = run.step(name, lambda: fn(chunk, seen), doc_id=doc_id, chunk_id=chunk.chunk_id,
-                              depth=depth, key=key)
+            output = run.step(name, lambda: fn(chunk, context), doc_id=doc_id, chunk_id=chunk.chunk_id,
+                              key=key)
             context = clip_tokens(str(output.get("context") or ""), max_context_tokens, tokenizer)
             previous = key
             yield chunk, output.get("result"), context

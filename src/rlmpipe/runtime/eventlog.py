@@ -11,6 +11,8 @@ import json
 import threading
 from pathlib import Path
 
+from rlmpipe.runtime.events import event_from_dict
+
 
 def event_log_path(workspace: str | Path, run_id: str) -> Path:
     return Path(workspace) / "runs" / run_id / "events.jsonl"
@@ -53,8 +55,6 @@ class EventLogWriter:
 def read_events(workspace: str | Path, run_id: str, kinds: set[str] | None = None) -> list:
     """The run's events (only those of ``kinds``, if given), typed by
     :func:`rlmpipe.runtime.events.event_from_dict`; a line cut off by a crash is skipped."""
-    from rlmpipe.runtime.events import event_from_dict
-
     path = event_log_path(workspace, run_id)
     if not path.exists():
         return []

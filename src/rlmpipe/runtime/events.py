@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, dataclass_transform
+
+from rlmpipe.lm.usage import Listeners
 
 log = logging.getLogger("rlmpipe.events")
 
@@ -135,12 +136,6 @@ class DocumentFailed(DocumentEvent):
 @event_kind("document_stopped")
 class DocumentStopped(DocumentEvent):
     pass
-
-
-def document_finished(status: str, **fields) -> DocumentEvent:
-    """The event that says a document ended with ``status`` (done, partial, failed, stopped)."""
-    return {"done": DocumentDone, "partial": DocumentPartial, "failed": DocumentFailed,
-            "stopped": DocumentStopped}[status](**fields)
 
 
 # --- steps ------------------------------------------------------------------------------------------------------
@@ -260,19 +255,11 @@ Listener = Callable[[Event], None]
 
 class EventBus:
     def __init__(self) -> None:
-        self._listeners: list[Listener] = []
-        self._lock = threading.Lock()
+        self._listeners: Listeners[Event] = Listeners()
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Add a listener; returns the function that removes it."""
-        with self._lock:
-            self._listeners = [*self._listeners, listener]
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._listeners = [item for item in self._listeners if item is not listener]
-
-        return unsubscribe
+        return self._listeners.add(listener)
 
     def emit(self, event: Event) -> None:
         for listener in self._listeners:
@@ -280,5 +267,4 @@ class EventBus:
                 listener(event)
             except Exception as exc:  # monitoring must never break the work it watches
                 log.warning("dropping event listener %r after it raised %s", listener, exc)
-                with self._lock:
-                    self._listeners = [item for item in self._listeners if item is not listener]
+                self._listeners.remove(listener)

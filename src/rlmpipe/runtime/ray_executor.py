@@ -30,11 +30,15 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
-from rlmpipe.lm.errors import BudgetExceeded
-from rlmpipe.lm.limits import Budget, CircuitBreaker, RateLimiter, Reservation
+from rlmpipe.lm.control import RunControl
+from rlmpipe.lm.errors import BudgetExceeded, one_line
+from rlmpipe.lm.limits import Reservation, wait_until_free
 from rlmpipe.lm.usage import LMCall
+from rlmpipe.runtime.limits import Limits, local_limits
+from rlmpipe.runtime.store import Store
 
 #: the object store of a local Ray started here: small (the driver sends paths, results are JSON)
 LOCAL_OBJECT_STORE_BYTES = 128 << 20
@@ -65,29 +69,13 @@ def connect(options) -> "Cluster":
 
 
 # --- the actors -----------------------------------------------------------------------------------------------
-class StoreActorImpl:
-    """The run's store, for the whole cluster; and the mailbox of workers' events for the driver."""
+class StoreActorImpl(Store):
+    """The run's store (every :class:`Store` method), for the whole cluster; and the mailbox of workers'
+    events for the driver."""
 
     def __init__(self, workspace: str):
-        from rlmpipe.runtime.store import Store
-
-        self.store = Store(workspace)
+        super().__init__(workspace)
         self.events: deque = deque(maxlen=500_000)
-
-    def done_steps(self, run_id: str, doc_id: str | None) -> dict:
-        return self.store.done_steps_of(run_id, doc_id)
-
-    def done_step(self, key: str):
-        return self.store.done_step(key)
-
-    def commit_step(self, row, calls, session: int) -> None:
-        self.store.commit_step(row, calls, session)
-
-    def record_calls(self, calls, session: int) -> None:
-        self.store.record_calls(calls, session)
-
-    def set_document(self, *args, **kwargs) -> None:
-        self.store.set_document(*args, **kwargs)
 
     def emit(self, events: list[dict]) -> None:
         self.events.extend(events)
@@ -101,15 +89,10 @@ class StoreActorImpl:
 class LimitsActorImpl:
     """The run's global limits; every method answers at once."""
 
-    def __init__(self, settings: dict, carried_tokens: int, carried_cost: float):
-        from rlmpipe.lm.control import RunControl
-
-        self.budget = Budget(settings["max_run_tokens"], settings["max_cost"], settings["max_seconds"],
-                             settings["max_sub_calls"])
-        self.budget.carry_over(carried_tokens, carried_cost)
-        self.limiter = RateLimiter(settings["requests_per_minute"], settings["tokens_per_minute"])
-        self.breaker = CircuitBreaker(settings["breaker_failures"], settings["breaker_seconds"])
-        self.control = RunControl()
+    def __init__(self, settings: SimpleNamespace, carried_tokens: int, carried_cost: float):
+        limits = local_limits(settings, carried_tokens, carried_cost)
+        self.budget, self.limiter = limits.budget, limits.limiter
+        self.control, self.breaker = limits.control, limits.breaker
 
     def admit(self, tokens: int, cost: float | None, depth: int) -> dict:
         """{"ok": True}, {"wait": True} (ask again: calls in flight hold the rest), or the refusal."""
@@ -189,35 +172,27 @@ class RemoteLimiter:
         self.actor, self.control, self.windowed = actor, control, windowed
 
     def acquire(self, tokens: int, stop: threading.Event | None = None) -> float:
-        waited = 0.0
-        while True:
+        def ask() -> float:
             if self.windowed:
-                delay = _ray().get(self.actor.try_acquire.remote(tokens))
-            else:
-                delay = self.control.hold_until - time.time()
-            if delay <= 0:
-                return waited
-            pause = min(delay, 1.0)  # sleep here, not in the actor; ask again (others may have waited too)
-            if stop is not None and stop.wait(pause):
-                return waited
-            if stop is None:
-                time.sleep(pause)
-            waited += pause
+                return _ray().get(self.actor.try_acquire.remote(tokens))
+            return self.control.hold_until - time.time()
+
+        # sleep here, not in the actor, and ask again after a second at most (others may have waited too)
+        return wait_until_free(ask, stop, most=1.0)
 
     def hold(self, seconds: float) -> None:
         self.control.hold_until = max(self.control.hold_until, time.time() + seconds)
         self.actor.hold.remote(seconds)
 
 
-class RemoteControl:
+class RemoteControl(RunControl):
     """The run's stop flag as seen from one process: a local event, raised when the actor's is."""
 
     POLL_SECONDS = 0.25
 
     def __init__(self, actor):
+        super().__init__()
         self.actor = actor
-        self.event = threading.Event()
-        self.reason: str | None = None
         self.hold_until = 0.0  # the cluster's pause, as of the last poll
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="rlmpipe-ray-stop", daemon=True)
@@ -250,13 +225,6 @@ class RemoteControl:
             self.event.set()
         return first
 
-    @property
-    def stopping(self) -> bool:
-        return self.event.is_set()
-
-    def wait(self, seconds: float) -> bool:
-        return self.event.wait(seconds)
-
     def close(self) -> None:
         self._closed.set()
 
@@ -270,7 +238,6 @@ class RemoteBreaker:
 
     def record(self, error_type: str | None, error: str = "") -> None:
         self.actor.breaker_record.remote(error_type, error)
-        return None
 
 
 class RemoteStore:
@@ -280,7 +247,7 @@ class RemoteStore:
     def __init__(self, actor, run_id: str, doc_id: str):
         self.actor = actor
         # every step of this document that was done before this task started: a replay costs one call
-        self._done = _ray().get(actor.done_steps.remote(run_id, doc_id))
+        self._done = _ray().get(actor.done_steps_of.remote(run_id, doc_id))
 
     def done_step(self, key: str):
         # A step not done at the start is asked about again: the task this one re-executes may still be
@@ -341,9 +308,7 @@ class WorkerContext:
     limits: Any  # LimitsActor handle
 
 
-def remote_limits(actor, options):
-    from rlmpipe.runtime.runner import Limits
-
+def remote_limits(actor, options) -> Limits:
     control = RemoteControl(actor)
     windowed = bool(options.requests_per_minute or options.tokens_per_minute)
     return Limits(RemoteBudget(actor, options), RemoteLimiter(actor, control, windowed), control,
@@ -353,12 +318,11 @@ def remote_limits(actor, options):
 def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
     """The body of the Ray task: open, chunk and process one document; (status, entry)."""
     from rlmpipe.ingest import open_document
-    from rlmpipe.lm.recording import RecordingLM
     from rlmpipe.lm.usage import UsageRecorder
     from rlmpipe.offline import configure_offline_defaults
-    from rlmpipe.runtime.events import EventBus, LMCallEvent, LMCallStart
+    from rlmpipe.runtime.events import EventBus
     from rlmpipe.runtime import threadsafe_ast
-    from rlmpipe.runtime.runner import Run, process_document
+    from rlmpipe.runtime.runner import Run, process_document, recording_lm
 
     configure_offline_defaults()  # a worker process of our own: litellm and tiktoken stay offline
     threadsafe_ast.install()  # DSPy parses in every step thread
@@ -368,11 +332,8 @@ def run_document(context: WorkerContext, path: str) -> tuple[str, dict | None]:
     events.subscribe(forwarder)
     recorder = UsageRecorder()
     limits = remote_limits(context.limits, context.options)
-    recorder.subscribe(limits.budget.charge)
-    recorder.subscribe(lambda call: events.emit(LMCallEvent.of(call)))
-    recorder.subscribe_starts(lambda start: events.emit(LMCallStart(**start)))
-    lm = RecordingLM(context.lm, recorder, retry=context.options.retry, limiter=limits.limiter, budget=limits.budget,
-                     control=limits.control, breaker=limits.breaker, pricing=context.pricing)
+    lm, _ = recording_lm(context.lm, recorder, limits, events, context.run_id, context.options.retry,
+                         context.pricing)
     run = Run(run_id=context.run_id, fingerprint=context.fingerprint, session=context.session,
               store=RemoteStore(context.store, context.run_id, document.doc_id), lm=lm, recorder=recorder,
               events=events, options=context.options, control=limits.control)
@@ -392,7 +353,7 @@ class Cluster:
     def __init__(self, ray, owned: bool, options):
         self.ray, self.owned, self.options = ray, owned, options
         self._actors: list = []
-        self._controls: list[RemoteControl] = []
+        self._control: RemoteControl | None = None
         self._limits_actor = None
         self.StoreActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(StoreActorImpl)
         self.LimitsActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(LimitsActorImpl)
@@ -409,20 +370,20 @@ class Cluster:
 
         return NodeAffinitySchedulingStrategy(node_id=self.ray.get_runtime_context().get_node_id(), soft=False)
 
-    def limits(self, options, carried_tokens: int, carried_cost: float):
-        settings = {key: getattr(options, key) for key in (
+    def limits(self, options, carried_tokens: int, carried_cost: float) -> Limits:
+        # only the options that set the limits: unpickling RunOptions would import DSPy into the actor
+        settings = SimpleNamespace(**{key: getattr(options, key) for key in (
             "max_run_tokens", "max_cost", "max_seconds", "max_sub_calls", "requests_per_minute",
-            "tokens_per_minute", "breaker_failures", "breaker_seconds")}
+            "tokens_per_minute", "breaker_failures", "breaker_seconds")})
         self._limits_actor = self.LimitsActor.options(scheduling_strategy=self._here()).remote(
             settings, carried_tokens, carried_cost)
         self._actors.append(self._limits_actor)
         limits = remote_limits(self._limits_actor, options)
-        self._controls.append(limits.control)
+        self._control = limits.control
         return limits
 
     def drive(self, pipeline, run, inner_lm, pricing, paths, tally) -> None:
-        from rlmpipe.runtime.events import DocumentFailed
-        from rlmpipe.runtime.runner import DocumentOutcome, queued_documents
+        from rlmpipe.runtime.runner import DocumentOutcome, fail_unopened, queued_documents
 
         store_actor = self.StoreActor.options(scheduling_strategy=self._here()).remote(str(run.store.workspace))
         self._actors.append(store_actor)
@@ -440,10 +401,8 @@ class Cluster:
                     status, entry = self.ray.get(reference)
                     tally.add(DocumentOutcome(status, entry))
                 except Exception as exc:  # the task failed for good (Ray gave up retrying it)
-                    message = f"{path}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-                    run.store.set_document(run.id, "", path, "failed", error=message)
-                    run.events.emit(DocumentFailed(run_id=run.id, doc_id=None, path=path, error=message))
-                    tally.add(DocumentOutcome("failed"))
+                    message = f"{path}: {one_line(exc)}"
+                    fail_unopened(run, tally, path, message)
             self._pump(store_actor, run.events)
 
         for document, first in queued_documents(run, paths, tally):
@@ -459,8 +418,7 @@ class Cluster:
             ready, _ = self.ray.wait(list(pending), num_returns=1, timeout=0.25)
             settle(ready)
         self._pump(store_actor, run.events)
-        for control in self._controls:  # a stop a worker raised after the driver's last poll
-            control.sync()
+        self._control.sync()  # a stop a worker raised after the driver's last poll
 
     def _pump(self, store_actor, events) -> None:
         """The workers' events, into this process's event bus (event log, display, traces)."""
@@ -468,8 +426,8 @@ class Cluster:
             events.emit(event)
 
     def close(self) -> None:
-        for control in self._controls:
-            control.close()
+        if self._control is not None:
+            self._control.close()
         for actor in self._actors:
             try:
                 self.ray.kill(actor)

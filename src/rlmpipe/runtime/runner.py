@@ -31,8 +31,7 @@ import dspy
 from rlmpipe.ingest import Document, DocumentError, Notice, open_documents
 from rlmpipe.lm.context import call_context
 from rlmpipe.lm.control import RunControl
-from rlmpipe.lm.errors import BudgetExceeded, classify
-from rlmpipe.lm.limits import Budget, CircuitBreaker, RateLimiter
+from rlmpipe.lm.errors import BudgetExceeded, classify, one_line
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping, without_own_retries
 from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 from rlmpipe.runtime.eventlog import EventLogWriter
@@ -41,7 +40,8 @@ from rlmpipe.runtime import threadsafe_ast
 from rlmpipe.runtime.events import EventBus
 from rlmpipe.runtime.fingerprint import FingerprintChange, digest, fingerprint_parts, step_key
 from rlmpipe.runtime.jsonable import NotStorable, json_roundtrip, to_json_value
-from rlmpipe.runtime.store import StepRow, Store
+from rlmpipe.runtime.limits import Limits, local_limits
+from rlmpipe.runtime.store import StepRow, Store, find_workspace
 
 
 class Pipeline(Protocol):
@@ -87,7 +87,7 @@ class Partial:
 class StepFailed(RuntimeError):
     def __init__(self, name: str, doc_id: str | None, cause: BaseException):
         self.name, self.doc_id, self.cause = name, doc_id, cause
-        super().__init__(f"step {name} failed: {_one_line(cause)}")
+        super().__init__(f"step {name} failed: {one_line(cause, 400)}")
 
 
 @dataclass
@@ -119,8 +119,6 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1 (got {self.concurrency})")
-        from rlmpipe.runtime.store import find_workspace
-
         self.workspace = find_workspace(self.workspace)
 
 
@@ -152,7 +150,6 @@ class Run:
         self.session = session
         self.store = store
         self.lm = lm
-        self.recorder = recorder
         self.events = events
         self.options = options
         self.control = control
@@ -223,17 +220,14 @@ class Run:
                                                         doc_id=doc_id, depth=depth):
                 while True:
                     try:
-                        if reasks:
-                            with call_context(reask_feedback=feedback):
-                                result = fn()
-                        else:
+                        with call_context(reask_feedback=feedback) if reasks else contextlib.nullcontext():
                             result = fn()
                         break
                     except Exception as exc:
                         if classify(exc).kind != "reask" or reasks >= self.options.max_reasks:
                             raise
                         reasks += 1
-                        feedback = _one_line(exc)[:600]
+                        feedback = one_line(exc, 400)
                         self.events.emit(ev.Reask(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
                                          error=feedback))
             extra, stopped = None, None
@@ -253,32 +247,31 @@ class Run:
             info = classify(exc)
             detail = None if info.type != "unexpected" and not isinstance(exc, NotStorable) else _traceback(exc)
             row = self._row(key, name, doc_id, chunk_id, depth, "failed", None, calls, reasks, started, worker,
-                            _one_line(exc))
-            row.detail = detail
+                            one_line(exc, 400), detail=detail)
             self.store.commit_step(row, calls, self.session)
             if info.stops_run:
-                self.request_stop(f"failed: {_one_line(exc)}" + (f" ({info.hint})" if info.hint else ""))
+                self.request_stop(f"failed: {one_line(exc, 400)}" + (f" ({info.hint})" if info.hint else ""))
             self.events.emit(ev.StepFailedEvent(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
-                             error=_one_line(exc), error_type=info.type, fatal=info.stops_run, traceback=detail))
+                             error=one_line(exc, 400), error_type=info.type, fatal=info.stops_run, traceback=detail))
             raise StepFailed(name, doc_id, exc) from exc
         calls = self._take_calls(key)
         if stopped is not None:  # keep the best partial answer, as a step that is not done
             row = self._row(key, name, doc_id, chunk_id, depth, "stopped", result, calls, reasks, started, worker,
-                            stopped)
-            row.extra = extra
+                            stopped, extra=extra)
             self.store.commit_step(row, calls, self.session)
             self.request_stop(stopped)
             self.events.emit(ev.StepStopped(run_id=self.id, step_key=key, name=name, doc_id=doc_id))
             raise RunStopping(self.stop_reason or stopped)
-        row = self._row(key, name, doc_id, chunk_id, depth, "done", result, calls, reasks, started, worker, None)
-        row.extra = extra
+        row = self._row(key, name, doc_id, chunk_id, depth, "done", result, calls, reasks, started, worker,
+                        None, extra=extra)
         self.store.commit_step(row, calls, self.session)
         self.events.emit(ev.StepDone(run_id=self.id, step_key=key, name=name, doc_id=doc_id, chunk_id=chunk_id,
                          depth=depth, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
                          cost=row.cost, seconds=row.finished - started, worker=worker))
         return json_roundtrip(result)  # exactly what a resume will read back from the store
 
-    def _row(self, key, name, doc_id, chunk_id, depth, status, result, calls, reasks, started, worker, error) -> StepRow:
+    def _row(self, key, name, doc_id, chunk_id, depth, status, result, calls, reasks, started, worker,
+             error, *, extra: Any = None, detail: str | None = None) -> StepRow:
         reached = [c for c in calls if c.outcome != "cached"]
         unknown = any(c.cost is None and c.total_tokens for c in reached)
         return StepRow(
@@ -288,7 +281,7 @@ class Run:
             completion_tokens=sum(c.completion_tokens for c in reached),
             cost=None if unknown else sum(c.cost or 0.0 for c in reached),
             calls=len({c.call_id for c in calls}), attempts=len(calls), reasks=reasks, error=error,
-            started=started, finished=time.time(), worker=worker, extra=None,
+            started=started, finished=time.time(), worker=worker, extra=extra, detail=detail,
         )
 
     def _collect(self, call: LMCall) -> None:
@@ -305,11 +298,6 @@ class Run:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._unsubscribe()
         self.store.record_calls(self._take_calls(None), self.session)  # calls made outside any step
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text[:400]}" if text else type(error).__name__
 
 
 def _traceback(error: BaseException) -> str:
@@ -346,9 +334,12 @@ def plan_run(store: Store, pipeline: Pipeline, paths: list, lm, options: RunOpti
         fingerprint = digest([fingerprint, time.time_ns()])
     run_id = digest([pipeline.name, inputs, fingerprint], 12)
 
+    def change_since(earlier: dict) -> FingerprintChange:
+        return FingerprintChange(earlier["config"].get("fingerprint_parts") or {}, part_digests,
+                                 earlier["config"].get("described") or {}, described)
+
     def earlier_plan(earlier: dict, how: str) -> RunPlan:
-        change = FingerprintChange(earlier["config"].get("fingerprint_parts") or {}, part_digests,
-                                   earlier["config"].get("described") or {}, described)
+        change = change_since(earlier)
         if not options.force_resume:
             raise ConfigurationChanged(
                 f"run {earlier['run_id']} was made with another configuration ({change}); its finished steps "
@@ -378,10 +369,9 @@ def plan_run(store: Store, pipeline: Pipeline, paths: list, lm, options: RunOpti
         if earlier["pipeline"] == pipeline.name and earlier["config"].get("inputs") == inputs:
             if options.force_resume:
                 return earlier_plan(earlier, "continuing")
-            change = FingerprintChange(earlier["config"].get("fingerprint_parts") or {}, part_digests,
-                                       earlier["config"].get("described") or {}, described)
-            notes.append(f"configuration changed since run {earlier['run_id']} ({change}): starting a new run "
-                         f"{run_id} (pass --force-resume to reuse the earlier run's finished steps)")
+            notes.append(f"configuration changed since run {earlier['run_id']} ({change_since(earlier)}): "
+                         f"starting a new run {run_id} (pass --force-resume to reuse the earlier run's "
+                         "finished steps)")
             break
     return RunPlan(run_id, fingerprint, part_digests, described, notes)
 
@@ -395,8 +385,7 @@ def check_prices(options: RunOptions, model: str, pricing: Pricing) -> None:
 
 
 def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None = None,
-            store: Store | None = None, recorder: UsageRecorder | None = None,
-            events: EventBus | None = None, run_config: dict | None = None,
+            store: Store | None = None, events: EventBus | None = None, run_config: dict | None = None,
             on_start: Callable[[Run], None] | None = None) -> RunSummary:
     """Run ``pipeline`` over the documents under ``paths`` with the DSPy LM ``lm``.
 
@@ -410,7 +399,7 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
         raise ValueError(f"unknown executor {options.executor!r} (choose from: threads, ray)")
     own_store = store is None
     store = store or Store(options.workspace)
-    recorder = recorder or UsageRecorder()
+    recorder = UsageRecorder()
     events = events or EventBus()
     inner_lm = without_own_retries(lm.inner if isinstance(lm, RecordingLM) else lm)
     pricing = Pricing(options.prices)
@@ -427,22 +416,23 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
             store.close()
 
 
-@dataclass
-class Limits:
-    """The run-wide limits every LM call of a run goes through: in this process (threads), or
-    proxies of one actor per run (Ray: rlmpipe.runtime.ray_executor)."""
+def recording_lm(lm, recorder: UsageRecorder, limits: Limits, events: EventBus, run_id: str,
+                 retry: RetryPolicy, pricing: Pricing) -> tuple[RecordingLM, list[Callable[[], None]]]:
+    """``lm`` held to the run's limits and recorded: every call of this run (or of no run) is charged
+    to its budget and told as events. Returned with the functions that stop that listening."""
 
-    budget: Any
-    limiter: Any
-    control: Any
-    breaker: Any
+    def ours(call_run_id: str | None) -> bool:
+        return call_run_id in (None, run_id)
 
-
-def local_limits(options: RunOptions, carried_tokens: int, carried_cost: float) -> Limits:
-    budget = Budget(options.max_run_tokens, options.max_cost, options.max_seconds, options.max_sub_calls)
-    budget.carry_over(carried_tokens, carried_cost)
-    return Limits(budget, RateLimiter(options.requests_per_minute, options.tokens_per_minute), RunControl(),
-                  CircuitBreaker(options.breaker_failures, options.breaker_seconds))
+    unsubscribe = [
+        recorder.subscribe(lambda call: limits.budget.charge(call) if ours(call.run_id) else None),
+        recorder.subscribe(lambda call: events.emit(ev.LMCallEvent.of(call)) if ours(call.run_id) else None),
+        recorder.subscribe_starts(
+            lambda start: events.emit(ev.LMCallStart(**start)) if ours(start["run_id"]) else None),
+    ]
+    recording = RecordingLM(lm, recorder, retry=retry, limiter=limits.limiter, budget=limits.budget,
+                            control=limits.control, breaker=limits.breaker, pricing=pricing)
+    return recording, unsubscribe
 
 
 @dataclass
@@ -470,7 +460,7 @@ def process_document(pipeline: Pipeline, run: Run, document: Document) -> Docume
         events.emit(ev.DocumentStopped(run_id=run_id, doc_id=document.doc_id, path=path))
         return DocumentOutcome("stopped")
     except Exception as exc:  # StepFailed, a DocumentError found while streaming, a pipeline bug
-        message = str(exc) if isinstance(exc, DocumentError) else f"{path}: {_one_line(exc)}"
+        message = str(exc) if isinstance(exc, DocumentError) else f"{path}: {one_line(exc, 400)}"
         detail = None if isinstance(exc, (DocumentError, StepFailed)) else _traceback(exc)
         store.set_document(run_id, document.doc_id, path, "failed", error=message, detail=detail)
         events.emit(ev.DocumentFailed(run_id=run_id, doc_id=document.doc_id, path=path, error=message,
@@ -479,8 +469,8 @@ def process_document(pipeline: Pipeline, run: Run, document: Document) -> Docume
     status = "partial" if partial else "done"
     problem = partial.problem if partial else None
     store.set_document(run_id, document.doc_id, path, status, result=result, error=problem)
-    events.emit(ev.document_finished(status, run_id=run_id, doc_id=document.doc_id, path=path,
-                                     **({"error": f"{path}: {problem}"} if problem else {})))
+    events.emit(ev.EVENT_TYPES[f"document_{status}"](run_id=run_id, doc_id=document.doc_id, path=path,
+                                                      **({"error": f"{path}: {problem}"} if problem else {})))
     return DocumentOutcome(status, {"doc_id": document.doc_id, "path": path, "status": status, "result": result,
                                     **({"problem": problem} if problem else {})})
 
@@ -505,7 +495,7 @@ def queued_documents(run: Run, paths: list, tally: Tally) -> Iterator[tuple[Docu
     """The inputs as documents to drive, with the path of an earlier document of the same bytes (to
     wait for: its steps are shared); unreadable inputs are counted as failed here. Stops yielding
     once the run is stopping."""
-    store, events, run_id = run.store, run.events, run.id
+    events, run_id = run.events, run.id
     first_of: dict[str, str] = {}
     for item in open_documents(paths):
         if run.stopping:
@@ -515,9 +505,7 @@ def queued_documents(run: Run, paths: list, tally: Tally) -> Iterator[tuple[Docu
             events.emit(ev.Note(run_id=run_id, message=str(item)))
             continue
         if isinstance(item, DocumentError):
-            store.set_document(run_id, "", item.path, "failed", error=str(item))
-            events.emit(ev.DocumentFailed(run_id=run_id, doc_id=None, path=item.path, error=str(item)))
-            tally.add(DocumentOutcome("failed"))
+            fail_unopened(run, tally, item.path, str(item))
             continue
         events.emit(ev.DocumentQueued(run_id=run_id, doc_id=item.doc_id, path=str(item.path), size=item.size_bytes))
         first = first_of.setdefault(item.doc_id, str(item.path))
@@ -525,6 +513,13 @@ def queued_documents(run: Run, paths: list, tally: Tally) -> Iterator[tuple[Docu
             events.emit(ev.Note(run_id=run_id, message=f"{item.path}: the same content as {first}: "
                                                         "analysed once (its steps are shared)"))
         yield item, (first if first != str(item.path) else None)
+
+
+def fail_unopened(run: Run, tally: Tally, path: str, message: str) -> None:
+    """A document that failed before it had an id (unreadable, or its Ray task failed for good)."""
+    run.store.set_document(run.id, "", path, "failed", error=message)
+    run.events.emit(ev.DocumentFailed(run_id=run.id, doc_id=None, path=path, error=message))
+    tally.add(DocumentOutcome("failed"))
 
 
 def drive_on_threads(pipeline: Pipeline, run: Run, paths: list, tally: Tally) -> None:
@@ -573,18 +568,15 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     previous = store.usage_totals(run_id)
     carried = (previous["prompt_tokens"] + previous["completion_tokens"], previous["cost"] or 0.0)
     limits = cluster.limits(options, *carried) if cluster else local_limits(options, *carried)
-    unsubscribe = [recorder.subscribe(
-        lambda call: limits.budget.charge(call) if call.run_id in (None, run_id) else None)]
-    recording = RecordingLM(inner_lm, recorder, retry=options.retry, limiter=limits.limiter, budget=limits.budget,
-                            control=limits.control, breaker=limits.breaker, pricing=pricing)
+    recording, unsubscribe = recording_lm(inner_lm, recorder, limits, events, run_id, options.retry, pricing)
     event_log = EventLogWriter(options.workspace)
     stop_event_log = events.subscribe(event_log)
-    run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
-              recorder=recorder, events=events, options=options, control=limits.control)
-    unsubscribe.append(recorder.subscribe(
-        lambda call: events.emit(ev.LMCallEvent.of(call)) if call.run_id in (None, run_id) else None))
-    unsubscribe.append(recorder.subscribe_starts(
-        lambda start: events.emit(ev.LMCallStart(**start)) if start["run_id"] in (None, run_id) else None))
+
+    def new_run() -> Run:  # one for the documents, another for the corpus-level finish
+        return Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
+                   recorder=recorder, events=events, options=options, control=limits.control)
+
+    run = new_run()
     events.emit(ev.RunStart(run_id=run_id, session=session, pipeline=pipeline.name, model=inner_lm.model,
                 fingerprint=fingerprint, concurrency=options.concurrency, executor=options.executor))
     for note in plan.notes:
@@ -608,11 +600,10 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     results = sorted(tally.results, key=lambda item: item["path"])
     final = None
     finish = getattr(pipeline, "finish", None)
-    finished_corpus = finish is None
+    finished_corpus = finish is None or not results  # no corpus-level work, or no results for it
     try:
-        if finish is not None and not run.stopping and results:
-            run = Run(run_id=run_id, fingerprint=fingerprint, session=session, store=store, lm=recording,
-                      recorder=recorder, events=events, options=options, control=limits.control)
+        if not finished_corpus and not run.stopping:
+            run = new_run()
             try:
                 with dspy.context(lm=recording):
                     final = to_json_value(finish(run, [r for r in results if r["status"] == "done"]),
@@ -621,11 +612,9 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
             except RunStopping:
                 pass
             except Exception as exc:  # the corpus-level step failed: say so, keep the documents' results
-                run.request_stop(f"failed: {_one_line(exc)}")
+                run.request_stop(f"failed: {one_line(exc, 400)}")
             finally:
                 run.close()
-        elif finish is not None and not results:
-            finished_corpus = True
     finally:
         for stop_listening in unsubscribe:
             stop_listening()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -118,8 +119,6 @@ def find_workspace(explicit: str | Path | None = None, start: str | Path | None 
     ``$RLMPIPE_WORKSPACE``, else the nearest ``.rlmpipe`` folder in the current folder or one of
     its parents, else ``./.rlmpipe`` (made by the first run). So every command run anywhere in a
     project sees the same runs, and projects do not share a lock or a database."""
-    import os
-
     if explicit:
         return Path(explicit)
     if os.environ.get("RLMPIPE_WORKSPACE"):
@@ -238,8 +237,7 @@ class Store:
 
         An advisory ``flock`` on ``<workspace>/run.lock``: the system releases it when the holding
         process ends, however it ends (a SIGKILL leaves no stale lock behind)."""
-        import fcntl
-        import os
+        import fcntl  # POSIX only
 
         path = self.workspace / "run.lock"
         handle = open(path, "a+", encoding="utf-8")
@@ -323,16 +321,14 @@ class Store:
 
     # --- documents ------------------------------------------------------------------------------
     def set_document(self, run_id: str, doc_id: str, path: str, status: str, *, error: str | None = None,
-                     chunks: int | None = None, result: Any = None, steps_total: int | None = None,
-                     detail: str | None = None) -> None:
+                     result: Any = None, detail: str | None = None) -> None:
         now = time.time()
         self._write([(
-            "INSERT INTO documents (run_id, doc_id, path, status, error, chunks, steps_total, started, finished, result,"
-            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO documents (run_id, doc_id, path, status, error, started, finished, result, detail)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(run_id, doc_id, path) DO UPDATE SET status=excluded.status, error=excluded.error,"
-            " chunks=COALESCE(excluded.chunks, chunks), steps_total=COALESCE(excluded.steps_total, steps_total),"
             " finished=excluded.finished, result=COALESCE(excluded.result, result), detail=excluded.detail",
-            (run_id, doc_id, path, status, error, chunks, steps_total, now,
+            (run_id, doc_id, path, status, error, now,
              now if status in ("done", "partial", "failed", "stopped") else None,
              json.dumps(result) if result is not None else None, detail),
         )])
