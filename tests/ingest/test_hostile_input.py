@@ -85,6 +85,21 @@ def test_a_styles_part_bomb_is_refused_too(tmp_path):
         open_document(path)
 
 
+@pytest.mark.parametrize("level", ["\u00b2", "\u0663", "-1", "12", ""])
+def test_an_outline_level_that_is_not_0_to_8_is_body_text_not_a_crash(tmp_path, level):
+    """``w:outlineLvl`` must be 0-8; anything else ("²" passes ``str.isdigit`` but not ``int``) makes
+    the paragraph body text, on a paragraph and on a style alike."""
+    styles = (f'<w:styles xmlns:w="{W}"><w:style w:styleId="odd"><w:name w:val="Odd"/>'
+              f'<w:pPr><w:outlineLvl w:val="{level}"/></w:pPr></w:style></w:styles>').encode()
+    body = (f'<w:document xmlns:w="{W}"><w:body>'
+            f'<w:p><w:pPr><w:outlineLvl w:val="{level}"/></w:pPr><w:r><w:t>Own level.</w:t></w:r></w:p>'
+            f'<w:p><w:pPr><w:pStyle w:val="odd"/></w:pPr><w:r><w:t>Style level.</w:t></w:r></w:p>'
+            '</w:body></w:document>').encode()
+    blocks = list(open_document(write_raw_docx(tmp_path / "odd.docx", body, styles=styles)).blocks())
+    assert "".join(b.text for b in blocks).split() == ["Own", "level.", "Style", "level."]
+    assert all(b.kind == "text" and b.heading_path == () for b in blocks)
+
+
 def _linear_in_size(code: str, sizes: tuple[int, int], tmp_path: Path) -> list[dict]:
     results = []
     for size in sizes:

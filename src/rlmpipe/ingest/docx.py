@@ -110,7 +110,7 @@ def _heading_styles(archive: zipfile.ZipFile) -> dict[str, int]:
 def _outline_level(outline: ElementTree.Element | None) -> int:
     """The heading level a ``w:outlineLvl`` gives (0: none, or body text)."""
     value = outline.get(f"{W}val", "9") if outline is not None else "9"
-    return int(value) + 1 if value.isdigit() and int(value) < 9 else 0
+    return int(value) + 1 if value.isascii() and value.isdigit() and int(value) < 9 else 0  # not "²"
 
 
 def _properties_level(properties: ElementTree.Element, styles: dict[str, int]) -> int:
