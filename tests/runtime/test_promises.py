@@ -321,6 +321,24 @@ def test_a_pipeline_bug_keeps_its_traceback_and_runs_show_prints_it(tmp_path):
     assert "Traceback (most recent call last)" in shown and "in process" in shown and "ZeroDivisionError" in shown
 
 
+class HalfDone(Buggy):
+    name = "half-done"
+
+    def process(self, run, document):
+        from rlmpipe.runtime.runner import Partial
+
+        return Partial({"pages": 1}, problem="")  # no reason given
+
+
+def test_a_partial_result_without_a_reason_is_kept_as_partial_with_a_stand_in_reason(tmp_path):
+    import rlmpipe
+    from tests.support.scripted_lm import ScriptedLM
+
+    result = rlmpipe.run(HalfDone(), CONTRACTS / "ip_agreement_msci.txt", lm=ScriptedLM(), workspace=tmp_path / "ws")
+    assert result.status == "done" and result[0].status == "partial"
+    assert result[0].result == {"pages": 1} and result[0].error == "only partly done"
+
+
 def cli_show(run_id: str, workspace: Path) -> str:
     result = rlmpipe("runs", "show", run_id, "--workspace", workspace, cwd=workspace.parent)
     assert result.returncode == 0, result.stderr

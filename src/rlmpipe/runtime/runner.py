@@ -467,7 +467,7 @@ def process_document(pipeline: Pipeline, run: Run, document: Document) -> Docume
                     traceback=detail))
         return DocumentOutcome("failed")
     status = "partial" if partial else "done"
-    problem = partial.problem if partial else None
+    problem = (partial.problem or "only partly done") if partial else None
     store.set_document(run_id, document.doc_id, path, status, result=result, error=problem)
     events.emit(ev.EVENT_TYPES[f"document_{status}"](run_id=run_id, doc_id=document.doc_id, path=path,
                                                       **({"error": f"{path}: {problem}"} if problem else {})))
