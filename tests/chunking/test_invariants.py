@@ -80,6 +80,15 @@ def test_contract_holds_on_arbitrary_text(source, strategy, max_tokens, overlap_
     check_contract(source, chunk_text(source, config), config)
 
 
+@pytest.mark.parametrize("strategy", ["fixed", "structure"])
+def test_contract_holds_on_text_with_lone_surrogates(strategy):
+    """A ``str`` may hold a lone surrogate (from ``surrogateescape`` or a careless decoder): chunked
+    like any other character, not a UnicodeEncodeError."""
+    source = "Fees are due. \ud800 (a) late fees\udfff apply.\n\n" * 40
+    config = ChunkingConfig(strategy=strategy, chunk_tokens=16, overlap=4 if strategy == "fixed" else 0)
+    check_contract(source, chunk_text(source, config), config)
+
+
 @settings(max_examples=30, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(

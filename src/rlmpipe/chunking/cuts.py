@@ -73,7 +73,7 @@ class Cuts:
 
 
 def _codepoints(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # lone ones too
 
 
 def utf8_widths(points: np.ndarray) -> np.ndarray:
