@@ -311,3 +311,27 @@ def test_configure_tracing_console_and_otlp(monkeypatch, capsys):
         assert service["service.name"] == "mine"
     finally:
         receiver.close()
+
+
+def test_a_partial_document_ends_its_span_when_it_ends():
+    """``document_partial`` ends the document's span there, as an error naming what is missing, instead
+    of leaving it open until run_end ("unfinished")."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    listener = TraceListener(provider)
+    t = 1_700_000_000.0
+    listener({"type": "run_start", "time": t, "run_id": "r", "pipeline": "p", "model": "openai/m"})
+    listener({"type": "document_start", "time": t + 1, "run_id": "r", "doc_id": "d", "path": "x.txt"})
+    step = {"run_id": "r", "doc_id": "d", "step_key": "k", "name": "s"}
+    listener({"type": "step_start", "time": t + 2, **step})
+    listener({"type": "step_failed", "time": t + 3, **step, "error": "boom", "error_type": "server"})
+    listener({"type": "document_partial", "time": t + 4, "run_id": "r", "doc_id": "d", "path": "x.txt",
+              "error": "x.txt: the LM failed on 1 of 2 chunks"})
+    listener({"type": "run_end", "time": t + 9, "run_id": "r", "status": "done", "reason": None})
+    document = next(s for s in exporter.get_finished_spans() if s.name == "document")
+    assert document.attributes["rlmpipe.status"] == "partial"
+    assert document.end_time == int((t + 4) * 1e9)
+    assert document.status.status_code == StatusCode.ERROR
+    assert document.status.description == "x.txt: the LM failed on 1 of 2 chunks"
+    assert document.attributes["error.type"] == "server"

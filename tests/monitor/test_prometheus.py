@@ -122,3 +122,14 @@ def test_two_servers_have_their_own_registries():
     tokens = first.registry.get_sample_value("rlmpipe_lm_tokens_total", {"type": "input"})
     assert tokens == 5, "a stopped server's metrics no longer count"
     assert not port_open(first.port) and not port_open(second.port)
+
+
+def test_a_partial_document_leaves_the_flight_and_is_counted():
+    from rlmpipe.monitor.prometheus import RunMetrics
+
+    metrics = RunMetrics()
+    document = {"run_id": "r", "doc_id": "d", "path": "x.txt"}
+    metrics({"type": "document_start", **document})
+    metrics({"type": "document_partial", **document, "error": "x.txt: missing"})
+    assert metrics.registry.get_sample_value("rlmpipe_documents_in_flight") == 0
+    assert metrics.registry.get_sample_value("rlmpipe_documents", {"status": "partial"}) == 1

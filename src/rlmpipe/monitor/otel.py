@@ -11,7 +11,7 @@ Needs the optional extra ``otel`` (``opentelemetry-api``, ``opentelemetry-sdk``,
 
 Spans
     ``invoke_workflow {pipeline}`` (INTERNAL) from ``run_start`` to ``run_end``;
-    ``document`` (INTERNAL) from ``document_start`` to ``document_done|failed|stopped``;
+    ``document`` (INTERNAL) from ``document_start`` to ``document_done|partial|failed|stopped``;
     ``step {name}`` (INTERNAL) from ``step_start`` to ``step_done|failed|stopped`` (a step reused from
     an earlier session is a zero-length span with ``rlmpipe.reused=true`` and its stored usage);
     ``chat {model}`` (CLIENT), one per attempt of an LM call, from ``started`` to ``started + latency``.
@@ -31,6 +31,7 @@ import logging
 import os
 import sys
 import threading
+from functools import partialmethod
 from typing import Literal
 
 from opentelemetry import trace
@@ -81,6 +82,27 @@ def _clean(attributes: dict) -> dict:
     return {key: value for key, value in attributes.items() if value is not None}
 
 
+def _step_attributes(event: dict) -> dict:
+    return {
+        "rlmpipe.run_id": event.get("run_id"),
+        "rlmpipe.step.name": event.get("name"),
+        "rlmpipe.step_key": event.get("step_key"),
+        "rlmpipe.doc_id": event.get("doc_id"),
+        "rlmpipe.chunk_id": event.get("chunk_id"),
+        "rlmpipe.depth": event.get("depth"),
+        "rlmpipe.worker": event.get("worker"),
+    }
+
+
+def _usage_attributes(event: dict) -> dict:
+    """A step's usage, as its span's attributes (``rlmpipe.usage.*``, not ``gen_ai.usage.*``: see above)."""
+    return {
+        "rlmpipe.usage.input_tokens": event.get("prompt_tokens"),
+        "rlmpipe.usage.output_tokens": event.get("completion_tokens"),
+        "rlmpipe.cost_usd": event.get("cost"),
+    }
+
+
 def _error_type_of(message: str | None) -> str:
     """A low-cardinality error.type from an engine message such as ``path: StepFailed: ...``."""
     for part in (message or "").split(": ")[:3]:
@@ -99,14 +121,10 @@ class TraceListener:
     ERROR ``unfinished``.
     """
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None, *,
-                 tracer: trace.Tracer | None = None):
-        if tracer is None:
-            from rlmpipe import __version__
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None):
+        from rlmpipe import __version__
 
-            provider = tracer_provider or trace.get_tracer_provider()
-            tracer = provider.get_tracer(TRACER_NAME, __version__)
-        self._tracer = tracer
+        self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME, __version__)
         self._lock = threading.Lock()
         self._runs: dict[str, Span] = {}
         self._documents: dict[tuple[str, str | None], Span] = {}
@@ -135,7 +153,7 @@ class TraceListener:
         with self._lock:
             run_ids = {*self._runs, *(key[0] for key in self._documents), *(key[0] for key in self._steps)}
         for run_id in run_ids:
-            self._end_run(run_id, end_time, None, "unfinished")
+            self._end_run(run_id, end_time, None)
 
     # --- helpers ----------------------------------------------------------------------------------
     def _start(self, name: str, parent: Span | None, start: float, kind: SpanKind = SpanKind.INTERNAL,
@@ -160,7 +178,7 @@ class TraceListener:
         with self._lock:
             stale = run_id in self._runs
         if stale:  # a second session on the same bus without run_end for the first
-            self._end_run(run_id, event["time"], None, "unfinished")
+            self._end_run(run_id, event["time"], None)
         provider, model = split_model(str(event.get("model") or ""))
         span = self._start(f"invoke_workflow {event.get('pipeline')}", None, event["time"], attributes={
             GEN_AI_OPERATION_NAME: "invoke_workflow",
@@ -194,9 +212,11 @@ class TraceListener:
             span.add_event("stopping", {"reason": str(event.get("reason"))}, timestamp=_ns(event["time"]))
 
     def _on_run_end(self, event: dict) -> None:
-        self._end_run(event["run_id"], event["time"], event, None)
+        self._end_run(event["run_id"], event["time"], event)
 
-    def _end_run(self, run_id: str, end: float | None, event: dict | None, why: str | None) -> None:
+    def _end_run(self, run_id: str, end: float | None, event: dict | None) -> None:
+        """End the run's span and whatever of it is still open; without its run_end ``event``, as
+        ``unfinished``."""
         with self._lock:
             run = self._runs.pop(run_id, None)
             steps = [span for key, span in self._steps.items() if key[0] == run_id]
@@ -228,8 +248,8 @@ class TraceListener:
             elif status == "done":
                 run.set_status(Status(StatusCode.OK))
         else:
-            run.set_attribute("rlmpipe.status", why or "unfinished")
-            run.set_status(Status(StatusCode.ERROR, why or "unfinished"))
+            run.set_attribute("rlmpipe.status", "unfinished")
+            run.set_status(Status(StatusCode.ERROR, "unfinished"))
         run.end(end_time=end_ns)
 
     # --- documents --------------------------------------------------------------------------------
@@ -262,38 +282,23 @@ class TraceListener:
                 "rlmpipe.run_id": event["run_id"], "rlmpipe.doc_id": event.get("doc_id"),
                 "rlmpipe.document.path": event.get("path")})
         span.set_attribute("rlmpipe.status", status)
-        if status == "failed":
+        if status in ("failed", "partial"):  # partial: some of it failed, and the error says what is missing
             span.set_attribute(ERROR_TYPE, step_error or _error_type_of(event.get("error")))
             span.set_status(Status(StatusCode.ERROR, str(event.get("error"))))
         elif status == "done":
             span.set_status(Status(StatusCode.OK))
         span.end(end_time=_ns(event["time"]))
 
-    def _on_document_done(self, event: dict) -> None:
-        self._end_document(event, "done")
-
-    def _on_document_failed(self, event: dict) -> None:
-        self._end_document(event, "failed")
-
-    def _on_document_stopped(self, event: dict) -> None:
-        self._end_document(event, "stopped")
+    _on_document_done = partialmethod(_end_document, status="done")
+    _on_document_partial = partialmethod(_end_document, status="partial")
+    _on_document_failed = partialmethod(_end_document, status="failed")
+    _on_document_stopped = partialmethod(_end_document, status="stopped")
 
     # --- steps ------------------------------------------------------------------------------------
-    def _step_attributes(self, event: dict) -> dict:
-        return {
-            "rlmpipe.run_id": event.get("run_id"),
-            "rlmpipe.step.name": event.get("name"),
-            "rlmpipe.step_key": event.get("step_key"),
-            "rlmpipe.doc_id": event.get("doc_id"),
-            "rlmpipe.chunk_id": event.get("chunk_id"),
-            "rlmpipe.depth": event.get("depth"),
-            "rlmpipe.worker": event.get("worker"),
-        }
-
     def _on_step_start(self, event: dict) -> None:
         parent = self._parent(event["run_id"], event.get("doc_id"))
         span = self._start(f"step {event.get('name')}", parent, event["time"], attributes={
-            **self._step_attributes(event), "rlmpipe.reused": False})
+            **_step_attributes(event), "rlmpipe.reused": False})
         with self._lock:
             self._steps[(event["run_id"], event["step_key"])] = span
 
@@ -309,11 +314,7 @@ class TraceListener:
             return
         span.set_attribute("rlmpipe.status", status)
         if status == "done":
-            span.set_attributes(_clean({
-                "rlmpipe.usage.input_tokens": event.get("prompt_tokens"),
-                "rlmpipe.usage.output_tokens": event.get("completion_tokens"),
-                "rlmpipe.cost_usd": event.get("cost"),
-            }))
+            span.set_attributes(_clean(_usage_attributes(event)))
         elif status == "failed":
             error_type = str(event.get("error_type") or "_OTHER")
             with self._lock:
@@ -325,24 +326,17 @@ class TraceListener:
             span.set_status(Status(StatusCode.ERROR, str(event.get("error"))))
         span.end(end_time=_ns(event["time"]))
 
-    def _on_step_done(self, event: dict) -> None:
-        self._end_step(event, "done")
-
-    def _on_step_failed(self, event: dict) -> None:
-        self._end_step(event, "failed")
-
-    def _on_step_stopped(self, event: dict) -> None:
-        self._end_step(event, "stopped")
+    _on_step_done = partialmethod(_end_step, status="done")
+    _on_step_failed = partialmethod(_end_step, status="failed")
+    _on_step_stopped = partialmethod(_end_step, status="stopped")
 
     def _on_step_reused(self, event: dict) -> None:
         parent = self._parent(event["run_id"], event.get("doc_id"))
         span = self._start(f"step {event.get('name')}", parent, event["time"], attributes={
-            **self._step_attributes(event),
+            **_step_attributes(event),
             "rlmpipe.reused": True,
             "rlmpipe.status": "reused",
-            "rlmpipe.usage.input_tokens": event.get("prompt_tokens"),
-            "rlmpipe.usage.output_tokens": event.get("completion_tokens"),
-            "rlmpipe.cost_usd": event.get("cost"),
+            **_usage_attributes(event),
         })
         span.end(end_time=_ns(event["time"]))
 
@@ -397,14 +391,13 @@ def _traces_url(endpoint: str) -> str:
     return endpoint.rstrip("/") + "/v1/traces" if urlsplit(endpoint).path in ("", "/") else endpoint
 
 
-def configure_tracing(exporter: Literal["console", "otlp"] | None, endpoint: str | None = None, *,
-                      set_global: bool = False):
+def configure_tracing(exporter: Literal["console", "otlp"] | None, endpoint: str | None = None):
     """A ``TracerProvider`` (service ``rlmpipe``) exporting spans to the console (stderr) or by OTLP/HTTP.
 
     ``otlp`` honours the standard ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, timeout,
     compression, certificates); ``endpoint`` overrides the endpoint (a bare ``http://host:4318`` gets
     ``/v1/traces`` appended). ``None`` gives a provider without exporter (add your own span processor).
-    Call ``provider.shutdown()`` at the end to flush. ``set_global`` also makes it the global provider.
+    Call ``provider.shutdown()`` at the end to flush.
     """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -422,6 +415,4 @@ def configure_tracing(exporter: Literal["console", "otlp"] | None, endpoint: str
             OTLPSpanExporter(endpoint=_traces_url(endpoint) if endpoint else None)))
     elif exporter is not None:
         raise ValueError(f"unknown trace exporter {exporter!r} (console or otlp)")
-    if set_global:
-        trace.set_tracer_provider(provider)
     return provider

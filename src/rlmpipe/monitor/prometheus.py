@@ -15,7 +15,7 @@ rlmpipe_lm_retries_total              counter   attempts after the first of a ca
 rlmpipe_lm_cost_usd_total             counter   known USD cost (a lower bound when a price is unknown)
 rlmpipe_lm_unpriced_calls_total       counter   calls whose price litellm does not know
 rlmpipe_lm_request_duration_seconds   histogram latency of attempts that reached the provider, by outcome
-rlmpipe_documents{status}             gauge     documents done|failed|stopped so far
+rlmpipe_documents{status}             gauge     documents done|partial|failed|stopped so far
 rlmpipe_documents_in_flight           gauge     documents being processed now
 rlmpipe_steps{status}                 gauge     steps done|failed|stopped|reused so far
 rlmpipe_steps_in_flight               gauge     steps executing now
@@ -65,15 +65,12 @@ class RunMetrics:
             self.tokens.labels(type=kind)
         for outcome in ("ok", "error", "cached"):
             self.calls.labels(outcome=outcome)
-        for status in ("done", "failed", "stopped"):
+        for status in ("done", "partial", "failed", "stopped"):
             self.documents.labels(status=status)
         for status in ("done", "failed", "stopped", "reused"):
             self.steps.labels(status=status)
-        self.active = True
 
     def __call__(self, event: dict) -> None:
-        if not self.active:
-            return
         kind = event.get("type")
         if kind == "lm_call":
             self._lm_call(event)
@@ -86,7 +83,7 @@ class RunMetrics:
             self.steps.labels(status="reused").inc()
         elif kind == "document_start":
             self.documents_in_flight.inc()
-        elif kind in ("document_done", "document_failed", "document_stopped"):
+        elif kind in ("document_done", "document_partial", "document_failed", "document_stopped"):
             if kind != "document_failed" or event.get("doc_id") is not None:  # unreadable files never started
                 self.documents_in_flight.dec()
             self.documents.labels(status=kind[len("document_"):]).inc()
@@ -112,10 +109,9 @@ class RunMetrics:
 class MetricsServer:
     """A running metrics endpoint; calling it (or :meth:`stop`) stops it and releases the port."""
 
-    def __init__(self, metrics: RunMetrics, server, thread: threading.Thread, host: str):
-        self.metrics = metrics
-        self.registry = metrics.registry
-        self._server, self._thread = server, thread
+    def __init__(self, registry: CollectorRegistry, unsubscribe, server, thread: threading.Thread, host: str):
+        self.registry = registry
+        self._unsubscribe, self._server, self._thread = unsubscribe, server, thread
         self.host = host
         self.port: int = server.server_address[1]
         self._stopped = False
@@ -130,18 +126,12 @@ class MetricsServer:
             if self._stopped:
                 return
             self._stopped = True
-        self.metrics.active = False  # the EventBus has no unsubscribe: go quiet instead
+        self._unsubscribe()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout)
 
     def __call__(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> MetricsServer:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
         self.stop()
 
 
@@ -154,5 +144,4 @@ def serve_metrics(events, port: int = 0, *, host: str = "127.0.0.1") -> MetricsS
     metrics = RunMetrics()
     server, thread = start_http_server(port, addr=host, registry=metrics.registry)
     thread.name = "rlmpipe-metrics"
-    events.subscribe(metrics)
-    return MetricsServer(metrics, server, thread, host)
+    return MetricsServer(metrics.registry, events.subscribe(metrics), server, thread, host)
