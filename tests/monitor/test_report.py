@@ -22,8 +22,10 @@ from rlmpipe.chunking import ChunkingConfig
 from rlmpipe.lm.models import ModelChoice, make_lm
 from rlmpipe.lm.recording import RetryPolicy
 from rlmpipe.lm.usage import LMCall
+from rlmpipe.monitor.formats import cost_text
 from rlmpipe.monitor.metrics import run_tables
-from rlmpipe.monitor.report import MAX_TIMELINE_BARS, clock, cost_text, write_report
+from rlmpipe.monitor.plots import MAX_TIMELINE_BARS, clock
+from rlmpipe.monitor.report import write_report
 from rlmpipe.runtime.runner import RunOptions, execute
 from rlmpipe.runtime.store import Store
 from tests.support import browser
@@ -127,7 +129,6 @@ def test_header_sessions_and_stop_reason(resumed_run):
 
 def test_every_plot_is_inline_svg_with_title_axes_and_caption(resumed_run):
     html = resumed_run["html"]
-    tables = run_tables(resumed_run["store"], resumed_run["run_id"])
     for plot in PLOTS:
         figure = re.search(rf'<figure class="figure" id="figure-{plot}">(.*?)</figure>', html, re.DOTALL)
         assert figure, plot
@@ -383,7 +384,7 @@ def test_many_sessions_a_dead_process_and_no_event_log(tmp_path):
 def test_more_worker_lanes_than_bars_draws_one_bar_per_lane():
     """Each (worker, session) needs a bar of its own: with more of them than ``max_bars`` the merging
     stops at one bar each (it used to loop for ever)."""
-    from rlmpipe.monitor.report import Session, Timeline, timeline_plot
+    from rlmpipe.monitor.plots import Session, Timeline, timeline_plot
 
     calls = [{"worker": f"w{w}", "session": 1, "started": float(i), "latency": 0.5, "outcome": "ok", "depth": 0,
               "step_name": "s", "doc_id": None, "error_type": None, "attempt": 1, "prompt_tokens": 1,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from rlmpipe.lm.models import NONE
 from rlmpipe.lm.usage import Usage
+from rlmpipe.monitor.formats import cost_text, duration
 
 RECENT_SECONDS = 60.0
 
@@ -181,27 +182,19 @@ class RunProgress:
         return max(0, self.steps_running - self.at_model)
 
     def line(self) -> str:
-        eta = self.eta_seconds()
-        cost = f"${self.cost:.4f}" + ("+?" if self.usage.unpriced else "")
         partial = f", partial {self.documents_partial}" if self.documents_partial else ""
         return (
             f"docs {self.documents_finished}/{self.documents_total} (failed {self.documents_failed}{partial}, "
             f"stopped {self.documents_stopped})  steps {self.steps_done} (+{self.steps_reused} reused,"
             f" {self.steps_failed} failed)  at the model {self.at_model}, queued {self.queued}  tokens "
-            f"{self.prompt_tokens:,} in / {self.completion_tokens:,} out  cost {cost}  {self.calls_per_minute:.0f} "
-            f"calls/min  retries {self.usage.retries}  errors {self.usage.errors}  ETA {format_seconds(eta)}"
+            f"{self.prompt_tokens:,} in / {self.completion_tokens:,} out  cost "
+            f"{cost_text(self.cost, self.usage.unpriced)}  {self.calls_per_minute:.0f} calls/min  retries "
+            f"{self.usage.retries}  errors {self.usage.errors}  ETA {self.eta_text()}"
         )
 
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    def eta_text(self) -> str:
+        """The ETA as people read it; '?' while there is no rate to tell it from."""
+        return duration(self.eta_seconds()) or "?"
 
 
 def message_line(event: dict) -> str | None:
@@ -233,8 +226,10 @@ class QuietReporter:
 class PlainReporter(QuietReporter):
     """A line to stderr every ``every`` seconds, and at the end."""
 
-    def __init__(self, progress: RunProgress, every: float = 10.0):
-        self.progress, self.every = progress, every
+    every = 10.0
+
+    def __init__(self, progress: RunProgress):
+        self.progress = progress
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rlmpipe-progress", daemon=True)
 
@@ -288,10 +283,11 @@ class LiveReporter:
             table.add_row("calls now", f"{p.at_model} at the model, {p.queued} queued")
             table.add_row("tokens", f"{p.prompt_tokens:,} in / {p.completion_tokens:,} out")
             u = p.usage
-            table.add_row("cost", f"${p.cost:.4f}" + (f" (+{u.unpriced} calls of unknown price)" if u.unpriced else ""))
+            table.add_row("cost", cost_text(p.cost, u.unpriced)
+                          + (f" ({u.unpriced} calls of unknown price)" if u.unpriced else ""))
             table.add_row("calls", f"{u.calls} ({p.calls_per_minute:.0f}/min), {u.cached} cached, "
                                    f"{u.retries} retries, {u.errors} errors")
-        table.add_row("ETA", format_seconds(p.eta_seconds()))
+        table.add_row("ETA", p.eta_text())
         if p.stop_reason:
             table.add_row("stopping", p.stop_reason)
         return table
@@ -309,18 +305,16 @@ class LiveReporter:
         return self.live.__exit__(*exc)
 
 
-def attach_progress(events, quiet: bool = False, every: float = 10.0, stream=None):
+def attach_progress(events, quiet: bool = False):
     """Subscribe a :class:`RunProgress` to ``events``; returns a context manager that shows it."""
     progress = RunProgress()
     events.subscribe(progress.update)
-    stream = stream or sys.stderr
     if quiet:
         reporter = QuietReporter()
-    elif stream.isatty():
+    elif sys.stderr.isatty():
         reporter = LiveReporter(progress)
     else:
-        reporter = PlainReporter(progress, every)
-    reporter.progress = progress  # type: ignore[attr-defined]
+        reporter = PlainReporter(progress)
 
     def messages(event: dict) -> None:
         line = message_line(event)

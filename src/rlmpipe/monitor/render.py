@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from rlmpipe.monitor.formats import cost_text, when
 from rlmpipe.runtime.store import Store
-
-
-def _when(epoch: float | None) -> str:
-    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S") if epoch else ""
 
 
 def run_state(run: dict) -> str:
@@ -29,20 +25,12 @@ def run_state(run: dict) -> str:
     return run["status"]
 
 
-def money(value: float | None, known: bool = True) -> str:
-    """'$0.0123', or '$0.0123+?' when some calls had no known price (the figure is a lower bound)."""
-    if value is None:
-        return "unknown"
-    text = f"${value:.4f}"
-    return text if known else f"{text}+?"
-
-
 def seconds(value: float | None) -> str:
+    """A figure of a column whose heading says its unit (``model s``)."""
     return "" if value is None else f"{value:.2f}"
 
 
-def print_run_list(store: Store, console: Console | None = None) -> None:
-    console = console or _console()
+def print_run_list(store: Store) -> None:
     table = Table(title="runs")
     for column in ("run", "pipeline", "model", "status", "reason", "sessions", "documents", "started", "updated"):
         table.add_column(column)
@@ -50,8 +38,8 @@ def print_run_list(store: Store, console: Console | None = None) -> None:
         documents = (run.get("totals") or {}).get("documents") or {}
         table.add_row(run["run_id"], run["pipeline"], run["model"] or "", run_state(run), run["stop_reason"] or "",
                       str(run["sessions"]), " ".join(f"{k} {v}" for k, v in sorted(documents.items())),
-                      _when(run["created"]), _when(run["updated"]))
-    console.print(table)
+                      when(run["created"]), when(run["updated"]))
+    _console().print(table)
 
 
 LM_COLUMNS = [("calls", "calls"), ("errors", "err"), ("retries", "retry"), ("cached", "cache"),
@@ -64,7 +52,7 @@ def _lm_cells(row: dict) -> list[str]:
     for key, _ in LM_COLUMNS:
         value = row.get(key)
         if key == "cost":
-            cells.append(money(value, row.get("cost_known", True)))
+            cells.append(cost_text(value, row.get("unpriced_calls") or 0))
         elif key in ("seconds", "queued_seconds", "p50_latency", "p95_latency"):
             cells.append(seconds(value))
         else:
@@ -96,17 +84,19 @@ def _first_lines(text: str, lines: int = 4, width: int = 100) -> str:
     return escape("\n".join(kept) + (f"\n... ({more} more lines)" if more > 0 else ""))
 
 
-def print_run_tables(tables: dict, console: Console | None = None) -> None:
-    console = console or _console()
+def print_run_tables(tables: dict) -> None:
+    console = _console()
     run, totals = tables["run"], tables["totals"]
     console.print(f"[bold]run {run['run_id']}[/bold]  {run['pipeline']}  model {run['model']}  "
                   f"status {run_state(run)}" + (f" ({run['stop_reason']})" if run["stop_reason"] else "")
                   + f"  sessions {run['sessions']}")
     console.print(executor_line(run))
     if not totals["cost_known"]:
-        console.print("cost: '+?' marks a lower bound: some calls were to models whose price litellm does not know")
+        console.print("cost: '≥ $x' is a lower bound, 'unknown' means no call had a known price: some "
+                      "calls were to models whose price litellm does not know")
     console.print(f"totals: {totals['calls']} calls, {totals['prompt_tokens']:,} tokens in, "
-                  f"{totals['completion_tokens']:,} out, cost {money(totals['cost'], totals['cost_known'])}, "
+                  f"{totals['completion_tokens']:,} out, "
+                  f"cost {cost_text(totals['cost'], totals['unpriced_calls'])}, "
                   f"{totals['retries']} retries, {totals['errors']} errors, {totals['cached']} cached")
     for title, rows, first in (("by step", tables["steps"], ["step", "done", "failed"]),
                                ("by recursion depth", tables["depths"], ["depth"]),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from rlmpipe.monitor.progress import LiveReporter, RunProgress, format_seconds
+from rlmpipe.monitor.formats import duration
+from rlmpipe.monitor.progress import LiveReporter, RunProgress
 from rlmpipe.monitor.render import run_state
 from rlmpipe.runtime.eventlog import event_log_path
 from rlmpipe.runtime.events import event_from_dict
@@ -55,5 +56,5 @@ def watch_run(workspace: Path, run_id: str, store: Store, interval: float = 1.0,
     run = store.get_run(run_id) or {}
     print(f"run {run_id}: {run_state(run) if run else 'unknown'}"
           + (f" ({run['stop_reason']})" if run.get("stop_reason") else "")
-          + f", elapsed {format_seconds(time.time() - progress.started)}", file=stream)
+          + f", elapsed {duration(time.time() - progress.started)}", file=stream)
     return progress
