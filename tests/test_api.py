@@ -17,6 +17,7 @@ import pytest
 import rlmpipe
 from rlmpipe.lm.recording import RetryPolicy
 from rlmpipe.runtime.store import Store
+from tests.sandbox.helpers import requires_deno
 from tests.support.kills import kill_after_steps, later_calls
 from tests.support.replies import any_reply
 from tests.support.scripted_lm import ScriptedLM, chat_reply
@@ -253,3 +254,69 @@ def test_kill_9_in_the_middle_of_a_window_chain_then_the_same_command_repeats_no
     assert later, "the rest of the chain was asked"
     assert not {c["step_key"] for c in later} & done, "no committed step of the chain was called again"
     assert (tmp_path / "out.jsonl").read_text() == expected, "the same output as an uninterrupted run"
+
+
+# --- resume: the command record --------------------------------------------------------------------
+def test_resume_runs_a_command_with_the_options_it_was_given(openai_server, folder, tmp_path, monkeypatch):
+    """The record a built-in command keeps has every option resume must restore (the executor and
+    its cluster, the sub-call cap, the rate limits, concurrency); the budgets come from the run's
+    stored options and may be raised. (The engine is replaced: what resume passes it is the point.)"""
+    from rlmpipe.runtime import runner
+
+    sessions = []
+
+    def execute(pipeline, paths, lm, *, options, store, events, run_config, on_start):
+        sessions.append(options)
+        if options.resume_run_id is None:  # the first session: stored as the engine stores a run
+            stored = {"concurrency": options.concurrency, "max_run_tokens": options.max_run_tokens,
+                      "max_cost": options.max_cost, "max_seconds": options.max_seconds,
+                      "prices": options.prices}
+            config = {**run_config, "options": stored}
+            store.start_run("run000000001", pipeline.name, "fp", lm.model, config, 0)
+            store.finish_run("run000000001", "stopped", "budget: token budget reached")
+        return runner.RunSummary("run000000001", "stopped", "budget", {}, {}, {}, 1, [], [])
+
+    monkeypatch.setattr(runner, "execute", execute)
+    given = dict(executor="ray", ray_address="ray://head:10001", max_sub_calls=3, requests_per_minute=60,
+                 tokens_per_minute=50_000, concurrency=2)
+    rlmpipe.ask(folder, "What is the fee?", lm="openai/test-model", api_base=openai_server.base_url,
+                max_run_tokens=1000, max_seconds=30.0, workspace=tmp_path / "ws", **given)
+    rlmpipe.resume("run000000001", workspace=tmp_path / "ws", max_run_tokens=5000)
+    first, resumed = sessions
+    assert resumed.resume_run_id == "run000000001"
+    assert {name: getattr(first, name) for name in given} == given
+    assert {name: getattr(resumed, name) for name in given} == given
+    assert (resumed.max_run_tokens, resumed.max_seconds) == (5000, 30.0), "one budget raised, one as stored"
+
+
+@requires_deno
+@pytest.mark.slow
+def test_a_resumed_ask_keeps_its_sub_call_cap(openai_server, tmp_path, pyodide_cache):
+    """`ask` stopped by its token budget, resumed with a larger one: the resumed session runs the
+    question again under the same --max-sub-calls (1), so the second round's batch of two sub-queries
+    is refused, as it would have been in one session."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    pages = [f"Page {i}. The parties agree to cooperate in good faith on all matters. " * 8
+             for i in range(60)]
+    pages[31] += "The termination fee is 4,250,000 dollars."
+    (folder / "long.txt").write_text("\n\n".join(pages), encoding="utf-8")
+    step1 = ("```python\nat = documents.find('termination fee')\n"
+             "reply = llm_query('SUBQUERY: the fee in: ' + documents[at - 20: at + 60])\nprint(reply)\n```")
+    step2 = ("```python\ninner = llm_query_batched(['SUBQUERY: again ' + reply, 'SUBQUERY: once more'])\n"
+             "SUBMIT(answer=reply, sources=['long.txt'])\n```")
+    step3 = "```python\nSUBMIT(answer=reply, sources=['long.txt'])\n```"
+    for iteration, code in enumerate((step1, step2, step3), start=1):
+        openai_server.reply(rf"\[\[ ## iteration ## \]\]\n{iteration}/",
+                            chat_reply(reasoning="go", code=code))
+    openai_server.reply(r"^SUBQUERY:", "4,250,000 dollars")
+    openai_server.set_usage(400, 50)
+    # admission: the first round's call and its sub-query fit in 2,000 tokens, the second round does not
+    first = rlmpipe.ask(folder, "What is the termination fee?", lm="openai/test-model",
+                        api_base=openai_server.base_url, max_sub_calls=1, max_run_tokens=2000,
+                        workspace=tmp_path / "ws")
+    assert first.status == "stopped" and "token budget" in first.reason
+    before = openai_server.count(r"^SUBQUERY:")
+    resumed = rlmpipe.resume(first.run_id, workspace=tmp_path / "ws", max_run_tokens=100_000)
+    assert resumed.status == "done" and resumed.final["answer"] == "4,250,000 dollars"
+    assert openai_server.count(r"^SUBQUERY:") - before == 1, "the batch of two was refused: the cap holds"

@@ -110,19 +110,15 @@ def _model(lm, *, api_base=None, model_path=None, max_output_tokens=None, adapte
                   {**choice.to_dict(), "max_output_tokens": max_output_tokens})
 
 
-def _options(options, *, concurrency, requests_per_minute, tokens_per_minute, max_run_tokens, max_cost,
-             max_seconds, prices, workspace, fresh, force_resume, adapter, executor, ray_address, resume_run_id=None):
+def _options(options=None, *, executor: str = "threads", prices: dict | None = None, **fields):
+    """The run's :class:`~rlmpipe.runtime.runner.RunOptions`: ``options`` if given, else made of the rest."""
     from rlmpipe.runtime.runner import RunOptions
 
     if executor not in EXECUTORS:
         raise ValueError(f"unknown executor {executor!r} (choose from: {', '.join(EXECUTORS)})")
     if options is not None:
         return options
-    return RunOptions(concurrency=concurrency, requests_per_minute=requests_per_minute,
-                      tokens_per_minute=tokens_per_minute, max_run_tokens=max_run_tokens, max_cost=max_cost,
-                      max_seconds=max_seconds, prices=dict(prices or {}), workspace=workspace, fresh=fresh,
-                      force_resume=force_resume, adapter=adapter, resume_run_id=resume_run_id,
-                      executor=executor, ray_address=ray_address)
+    return RunOptions(executor=executor, prices=dict(prices or {}), **fields)
 
 
 def _paths(inputs) -> list[str]:
@@ -131,7 +127,7 @@ def _paths(inputs) -> list[str]:
     return [str(Path(p)) for p in inputs]
 
 
-def _result(summary, store, final=None, outputs=None, command="run") -> RunResult:
+def _result(summary, store, outputs=None, command="run") -> RunResult:
     """The engine's summary and the store's documents, as the API's result."""
     results = {(item["doc_id"], item["path"]): item for item in summary.results}
     usage = store.usage_by_document(summary.run_id)
@@ -143,7 +139,7 @@ def _result(summary, store, final=None, outputs=None, command="run") -> RunResul
                                         usage=usage.get(row["doc_id"], {})))
     documents.sort(key=lambda d: d.path)
     return RunResult(summary.run_id, summary.status, summary.reason, documents, summary.usage, summary.notes,
-                     store.workspace, final if final is not None else summary.final, outputs or {}, command)
+                     store.workspace, summary.final, outputs or {}, command)
 
 
 def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=None, on_start=None,
@@ -302,22 +298,19 @@ def ask(inputs, question: str, *, max_depth: int = 2, max_iters: int = 12, max_l
 _RUN_OPTION_NAMES = ("concurrency", "requests_per_minute", "tokens_per_minute", "max_run_tokens", "max_cost",
                      "max_seconds", "max_sub_calls", "prices", "workspace", "fresh", "force_resume", "executor",
                      "ray_address", "resume_run_id")
+#: what the command record does not keep: the budgets and prices (resume takes them from the run's
+#: stored options, and may raise the budgets), and what belongs to one session only
+_NOT_RECORDED = ("max_run_tokens", "max_cost", "max_seconds", "prices", "workspace", "fresh", "force_resume",
+                 "resume_run_id")
 
 
 def _builtin(name, pipeline, inputs, *, model: _Model, outputs, events, on_start, finish, **run_options) -> RunResult:
-    from rlmpipe.runtime.runner import RunOptions
-
     unknown = set(run_options) - set(_RUN_OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    executor = run_options.pop("executor", "threads")
-    if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r} (choose from: {', '.join(EXECUTORS)})")
-    prices = run_options.pop("prices", None) or {}
-    options = RunOptions(**run_options, prices=dict(prices), executor=executor)
-    command = {"name": name, "settings": pipeline.settings(), "outputs": outputs,
-               "options": {key: value for key, value in run_options.items()
-                           if key in ("concurrency", "requests_per_minute", "tokens_per_minute")}}
+    options = _options(**run_options)
+    recorded = {key: value for key, value in run_options.items() if key not in _NOT_RECORDED}
+    command = {"name": name, "settings": pipeline.settings(), "outputs": outputs, "options": recorded}
     return _execute(pipeline, _paths(inputs), model, options, command=command, events=events, on_start=on_start,
                     finish=finish)
 
@@ -340,48 +333,37 @@ def resume(run_id: str, *, workspace: str | os.PathLike | None = None, max_run_t
         run_record = matches[0]
     command = dict(run_record["config"].get("command") or {})
     name = command.get("name")
-    builders = {"summarize": _rebuild_summarize, "contracts": _rebuild_contracts, "ask": _rebuild_ask}
-    if name not in builders or "settings" not in command:
+    if name not in ("summarize", "contracts", "ask") or "settings" not in command:
         raise LookupError(f"run {run_record['run_id']} was made by a program of your own ({name or 'unknown'}), "
                           "whose code rlmpipe does not keep: run it again the same way to resume it")
     stored = run_record["config"].get("options") or {}
-    model = command.get("model") or {}
     run_options = {**command.get("options", {}),
                    "max_run_tokens": max_run_tokens if max_run_tokens is not None else stored.get("max_run_tokens"),
                    "max_cost": max_cost if max_cost is not None else stored.get("max_cost"),
                    "max_seconds": max_seconds if max_seconds is not None else stored.get("max_seconds"),
                    "prices": stored.get("prices") or {}, "workspace": workspace, "force_resume": force_resume,
                    "resume_run_id": run_record["run_id"]}
-    return builders[name](command, model, events=events, on_start=on_start, **run_options)
+    return _rebuild(command, events=events, on_start=on_start, **run_options)
 
 
-def _model_arguments(model: dict) -> dict:
-    return {"lm": model.get("lm") or "none", "api_base": model.get("api_base"), "model_path": model.get("model_path"),
-            "max_output_tokens": model.get("max_output_tokens")}
+def _rebuild(command: dict, **run_options) -> RunResult:
+    """The built-in command that ``command`` records, run again (a session of ``resume``)."""
+    name, outputs, model = command["name"], command.get("outputs") or {}, command.get("model") or {}
+    if name == "summarize":
+        from rlmpipe.apps.summarize import SummarizePipeline as Pipeline
 
+        finish = _write_summaries(outputs.get("out"))
+    elif name == "contracts":
+        from rlmpipe.apps.contracts import ContractsPipeline as Pipeline
+        from rlmpipe.apps.contracts import write_results
 
-def _rebuild_summarize(command, model, **options) -> RunResult:
-    from rlmpipe.apps.summarize import SummarizePipeline
+        def finish(summary, store):
+            return write_results(summary, store, Path(outputs["out"]))
+    else:
+        from rlmpipe.apps.ask import AskPipeline as Pipeline
 
-    pipeline = SummarizePipeline.from_settings(command["settings"])
-    out = (command.get("outputs") or {}).get("out")
-    return _builtin("summarize", pipeline, command["paths"], model=_model(**_model_arguments(model)),
-                    outputs=command.get("outputs") or {}, finish=_write_summaries(out), **options)
-
-
-def _rebuild_contracts(command, model, **options) -> RunResult:
-    from rlmpipe.apps.contracts import ContractsPipeline, write_results
-
-    pipeline = ContractsPipeline.from_settings(command["settings"])
-    out = Path(command["outputs"]["out"])
-    return _builtin("contracts", pipeline, command["paths"], model=_model(**_model_arguments(model), default="none"),
-                    outputs=command["outputs"],
-                    finish=lambda summary, store: write_results(summary, store, out), **options)
-
-
-def _rebuild_ask(command, model, **options) -> RunResult:
-    from rlmpipe.apps.ask import AskPipeline
-
-    pipeline = AskPipeline.from_settings(command["settings"])
-    return _builtin("ask", pipeline, command["paths"], model=_model(**_model_arguments(model)), outputs={},
-                    finish=None, **options)
+        finish = None
+    model = _model(model.get("lm") or "none", api_base=model.get("api_base"),
+                   model_path=model.get("model_path"), max_output_tokens=model.get("max_output_tokens"))
+    return _builtin(name, Pipeline.from_settings(command["settings"]), command["paths"], model=model,
+                    outputs=outputs, finish=finish, **run_options)

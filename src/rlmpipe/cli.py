@@ -14,8 +14,8 @@ import functools
 import inspect
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import List, Optional
 
 import typer
@@ -41,12 +41,6 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def note(message: str) -> None:
-    from rlmpipe.ingest import printable
-
-    typer.echo(printable(f"note: {message}"), err=True)
-
-
 def _version(value: bool) -> None:
     if value:
         from rlmpipe import __version__
@@ -62,7 +56,10 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def deprecated(old: str, new: str) -> None:
-    note(f"{old} is deprecated and will go away: use {new}")
+    """The one-line notice of an old flag name, still accepted."""
+    from rlmpipe.ingest import printable
+
+    typer.echo(printable(f"note: {old} is deprecated and will go away: use {new}"), err=True)
 
 
 # --- chunk ---------------------------------------------------------------------------------------------
@@ -138,30 +135,9 @@ LM_HELP = ("Model: a litellm model string (openai/gpt-4o-mini, ollama_chat/llama
            "'local' (the embedded model) or 'none'.")
 
 
-@dataclass
-class RunFlags:
-    """What every run command takes: the model, limits, where runs live, display and observability."""
-
-    lm: Optional[str]
-    api_base: Optional[str]
-    model_path: Optional[str]
-    max_output_tokens: Optional[int]
-    concurrency: int
-    max_run_tokens: Optional[int]
-    max_cost: Optional[float]
-    max_time: Optional[float]
-    price: Optional[str]
-    rpm: Optional[int]
-    tpm: Optional[int]
-    workspace: Optional[Path]
-    force_resume: bool
-    fresh: bool
-    quiet: bool
-    executor: str
-    ray_address: Optional[str]
-    otel: Optional[str]
-    otlp_endpoint: Optional[str]
-    metrics_port: Optional[int]
+class RunFlags(SimpleNamespace):
+    """What every run command takes, one attribute per entry of :data:`RUN_FLAGS`: the model, limits,
+    where runs live, display and observability."""
 
     def model(self) -> dict:
         return {"lm": self.lm, "api_base": self.api_base, "model_path": self.model_path,
@@ -237,24 +213,31 @@ RUN_FLAGS = [
 ALIASES = {"--max-tokens": ("--max-run-tokens", "max_run_tokens")}
 
 
-def run_command(function):
-    """A command taking :class:`RunFlags` as ``flags``: the shared flags are added to its signature
-    (typer reads ``__signature__``), with the old names as hidden aliases."""
+def run_command(function=None, *, only: tuple[str, ...] | None = None):
+    """A command taking :class:`RunFlags` as ``flags``: the shared flags (all, or those named in
+    ``only``; the others keep their defaults) are added to its signature (typer reads
+    ``__signature__``), with the old names of those as hidden aliases. ``@run_command`` or
+    ``@run_command(only=(...))``."""
+    if function is None:
+        return functools.partial(run_command, only=only)
+    taken = {name for name, _, _ in RUN_FLAGS if only is None or name in only}
+    aliases = {old: (new, field) for old, (new, field) in ALIASES.items() if field in taken}
     own = [p for p in inspect.signature(function).parameters.values() if p.name != "flags"]
     shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
-              for name, annotation, option in RUN_FLAGS]
+              for name, annotation, option in RUN_FLAGS if name in taken]
     hidden = [inspect.Parameter(f"alias_{field}", inspect.Parameter.KEYWORD_ONLY,
                                 default=typer.Option(None, old, hidden=True), annotation=Optional[int])
-              for old, (_, field) in ALIASES.items()]
+              for old, (_, field) in aliases.items()]
 
     @functools.wraps(function)
     def command(**kwargs):
-        for old, (new, field) in ALIASES.items():
+        for old, (new, field) in aliases.items():
             value = kwargs.pop(f"alias_{field}")
             if value is not None:
                 deprecated(old, new)
                 kwargs[field] = value
-        flags = RunFlags(**{name: kwargs.pop(name) for name, _, _ in RUN_FLAGS})
+        flags = RunFlags(**{name: kwargs.pop(name) if name in taken else option.default
+                            for name, _, option in RUN_FLAGS})
         return function(flags=flags, **kwargs)
 
     command.__signature__ = inspect.Signature(own + shared + hidden)
@@ -290,8 +273,7 @@ def session(flags: RunFlags):
 @contextlib.contextmanager
 def _observability(events, otel: Optional[str], otlp_endpoint: Optional[str], metrics_port: Optional[int]):
     """--otel / --metrics-port: OpenTelemetry traces and a Prometheus endpoint fed by the run's events."""
-    closers = []
-    try:
+    with contextlib.ExitStack() as closers:  # closed last first: the metrics server, then the traces
         if otel is not None:
             try:
                 from rlmpipe.monitor.otel import TraceListener, configure_tracing
@@ -301,7 +283,8 @@ def _observability(events, otel: Optional[str], otlp_endpoint: Optional[str], me
                 fail(f"--otel needs the 'otel' extra: pip install 'rlmpipe[otel]' ({exc})")
             listener = TraceListener(provider)
             events.subscribe(listener)
-            closers.append(lambda: (listener.close(), provider.shutdown()))  # ends leftovers, flushes
+            closers.callback(provider.shutdown)  # flushes, after ...
+            closers.callback(listener.close)  # ... the spans still open are ended
         if metrics_port is not None:
             try:
                 from rlmpipe.monitor.prometheus import serve_metrics
@@ -312,16 +295,13 @@ def _observability(events, otel: Optional[str], otlp_endpoint: Optional[str], me
             except OSError as exc:
                 fail(f"--metrics-port {metrics_port}: {exc}")
             typer.echo(f"metrics: {server.url}", err=True)
-            closers.append(server.stop)
+            closers.callback(server.stop)
         yield
-    finally:
-        for close in reversed(closers):
-            close()
 
 
-def finish(result, *, wrote: dict | None = None) -> None:
+def finish(result) -> None:
     """After the display has ended: what was written, then the outcome and the exit code."""
-    for path in (wrote or {}).values():
+    for path in result.outputs.values():
         typer.echo(f"wrote {path}", err=True)
     if result.status == "failed":
         typer.echo(f"error: run {result.run_id} failed: {result.reason}", err=True)
@@ -360,16 +340,20 @@ def summarize(
         result = api.summarize(paths, pattern=pattern, strategy=strategy, chunk_tokens=chunk_tokens,
                                overlap=overlap, window_tokens=window_tokens, out=out, events=events,
                                on_start=on_start, **flags.model(), **flags.run_options())
-    if not out and not flags.quiet:
-        _print_summaries(result)
-    finish(result, wrote=result.outputs)
+    _print_result(result, flags.quiet)
+    finish(result)
 
 
-def _print_summaries(result) -> None:
-    for document in result:
-        if document.result is not None:
-            typer.echo(json.dumps({"doc_id": document.doc_id, "path": document.path, "status": document.status,
-                                   "result": document.result}, ensure_ascii=False))
+def _print_result(result, quiet: bool) -> None:
+    """What a run prints on stdout: ask's answer; summarize's summaries, unless they went to --out."""
+    if result.command == "ask":
+        _print_answer(result, quiet)
+    elif result.command == "summarize" and not result.outputs and not quiet:
+        for document in result:
+            if document.result is not None:
+                line = {"doc_id": document.doc_id, "path": document.path, "status": document.status,
+                        "result": document.result}
+                typer.echo(json.dumps(line, ensure_ascii=False))
 
 
 @app.command()
@@ -389,15 +373,13 @@ def ask(
     if len(args) < 2:
         fail("give one or more files or folders, then the question")
     *paths, question = args
-    if not question.strip():
-        fail("the question is empty")
     options = flags.run_options()
     if flags.concurrency == 8:  # the default: fewer in parallel for one question
         options["concurrency"] = 4
     with session(flags) as (events, on_start):
         result = api.ask(paths, question, max_depth=max_depth, max_iters=max_iters, exec_timeout=timeout,
                          max_sub_calls=max_sub_calls, events=events, on_start=on_start, **flags.model(), **options)
-    _print_answer(result, flags.quiet)
+    _print_result(result, flags.quiet)
     finish(result)
 
 
@@ -459,7 +441,7 @@ def contracts_analyze(
         result = api.analyze_contracts(paths, out, read=read, recall=recall, context_chars=context_chars,
                                        finder_model=finder_model, chunk_tokens=chunk_tokens, overlap=overlap,
                                        events=events, on_start=on_start, **flags.model(), **flags.run_options())
-    finish(result, wrote=result.outputs)
+    finish(result)
 
 
 @contracts_app.command("train-finder")
@@ -495,36 +477,18 @@ def contracts_train_finder(
 
 # --- resume ---------------------------------------------------------------------------------------------------
 @app.command()
-def resume(run_id: str,
-           workspace: Optional[Path] = typer.Option(None, "--workspace", help="Where runs live (default: found)."),
-           max_run_tokens: Optional[int] = typer.Option(None, "--max-run-tokens", help="New token budget."),
-           max_cost: Optional[float] = typer.Option(None, "--max-cost", help="New USD budget."),
-           max_time: Optional[float] = typer.Option(None, "--max-time", help="Seconds this session may run."),
-           force_resume: bool = typer.Option(False, "--force-resume", help="Resume although the configuration "
-                                             "(rlmpipe, DSPy or litellm version, ...) changed since the run."),
-           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
-           otel: Optional[str] = RUN_FLAGS[-3][2], otlp_endpoint: Optional[str] = RUN_FLAGS[-2][2],
-           metrics_port: Optional[int] = RUN_FLAGS[-1][2],
-           old_max_tokens: Optional[int] = typer.Option(None, "--max-tokens", hidden=True)) -> None:
+@run_command(only=("max_run_tokens", "max_cost", "max_time", "workspace", "force_resume", "quiet", "otel",
+                   "otlp_endpoint", "metrics_port"))
+def resume(run_id: str, *, flags: RunFlags) -> None:
     """Continue a stopped or failed run where it stopped (finished steps are not run again)."""
     from rlmpipe import api
 
-    if old_max_tokens is not None:
-        deprecated("--max-tokens", "--max-run-tokens")
-        max_run_tokens = old_max_tokens
-    flags = RunFlags(lm=None, api_base=None, model_path=None, max_output_tokens=None, concurrency=8,
-                     max_run_tokens=max_run_tokens, max_cost=max_cost, max_time=max_time, price=None, rpm=None,
-                     tpm=None, workspace=workspace, force_resume=force_resume, fresh=False, quiet=quiet,
-                     executor="threads", ray_address=None, otel=otel, otlp_endpoint=otlp_endpoint,
-                     metrics_port=metrics_port)
     with session(flags) as (events, on_start):
-        result = api.resume(run_id, workspace=workspace, max_run_tokens=max_run_tokens, max_cost=max_cost,
-                            max_seconds=max_time, force_resume=force_resume, events=events, on_start=on_start)
-    if result.command == "ask":
-        _print_answer(result, quiet)
-    elif result.command == "summarize" and not result.outputs and not quiet:
-        _print_summaries(result)
-    finish(result, wrote=result.outputs)
+        result = api.resume(run_id, workspace=flags.workspace, max_run_tokens=flags.max_run_tokens,
+                            max_cost=flags.max_cost, max_seconds=flags.max_time,
+                            force_resume=flags.force_resume, events=events, on_start=on_start)
+    _print_result(result, flags.quiet)
+    finish(result)
 
 
 # --- runs: what happened, live or afterwards -------------------------------------------------------
@@ -597,7 +561,7 @@ def runs_watch(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
 
     store, run = _open_run(workspace, run_id)
     with store:
-        watch_run(store.workspace, run["run_id"], store, interval=interval)
+        watch_run(store, run["run_id"], interval=interval)
 
 
 @runs_app.command("report")

@@ -100,18 +100,17 @@ def test_a_budget_stopped_corpus_run_resumes_with_rlmpipe_resume(openai_server, 
 
 def test_a_contract_with_no_verified_finding_gets_no_invented_summary(openai_server, tmp_path):
     """Nothing verified means nothing to summarise: no summary call is made, and the record says why."""
-    from rlmpipe.apps.contracts import analyze as analyze_corpus
+    from rlmpipe.api import analyze_contracts
     from rlmpipe.apps.contracts.pipeline import NOTHING_TO_SUMMARIZE
     from rlmpipe.lm.models import ModelChoice, make_lm
-    from rlmpipe.runtime.runner import RunOptions
     from tests.support.scripted_lm import chat_reply
 
     openai_server.reply(r"\[\[ ## findings ## \]\]", chat_reply(summary="An invented summary."))
     openai_server.set_default(chat_reply(clauses=[], risks=[], obligations=[]))
     lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=openai_server.base_url))
-    summary, _files = analyze_corpus([CONTRACTS / "ip_agreement_msci.txt"], lm, tmp_path / "out",
-                                     options=RunOptions(concurrency=2, workspace=tmp_path / "ws"))
-    assert summary.status == "done"
+    result = analyze_contracts([CONTRACTS / "ip_agreement_msci.txt"], tmp_path / "out", lm=lm, read="all",
+                               concurrency=2, workspace=tmp_path / "ws")
+    assert result.status == "done"
     record = json.loads((tmp_path / "out" / "contracts.jsonl").read_text())
     assert record["clauses"] == record["risks"] == record["obligations"] == []
     assert record["summary"] == NOTHING_TO_SUMMARIZE

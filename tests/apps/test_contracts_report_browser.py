@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from rlmpipe.apps.contracts import analyze
+from rlmpipe.api import analyze_contracts
 from rlmpipe.lm.models import ModelChoice, make_lm
-from rlmpipe.runtime.runner import RunOptions
 from tests.support import browser
 from tests.support.contract_replies import extraction_reply
 
@@ -54,9 +53,9 @@ def outputs(tmp_path_factory):
     with OpenAIServer() as server:
         server.set_default(extraction_reply)
         lm = make_lm(ModelChoice("openai/test-model", "flag", api_base=server.base_url))
-        summary, files = analyze([folder / "contracts"], lm, folder / "out",
-                                 options=RunOptions(concurrency=4, workspace=folder / "ws"))
-    assert summary.status == "done"
+        result = analyze_contracts([folder / "contracts"], folder / "out", lm=lm, read="all", concurrency=4,
+                                   workspace=folder / "ws")
+    assert result.status == "done"
     return folder / "out"
 
 

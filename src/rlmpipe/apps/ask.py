@@ -45,9 +45,8 @@ class AskPipeline:
                 "max_llm_calls": self.max_llm_calls, "sandbox": self.sandbox}
 
     def settings(self) -> dict:
-        """What rebuilds this pipeline (``rlmpipe resume``)."""
-        return {"question": self.question, "max_depth": self.max_depth, "max_iters": self.max_iters,
-                "max_llm_calls": self.max_llm_calls, "sandbox": self.sandbox}
+        """What rebuilds this pipeline (``rlmpipe resume``): all of its configuration."""
+        return self.config()
 
     @classmethod
     def from_settings(cls, settings: dict) -> "AskPipeline":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 from pathlib import Path
 
@@ -29,32 +31,25 @@ def follow(path: Path, progress: RunProgress, position: int) -> int:
             progress.update(event_from_dict(json.loads(line)))
 
 
-def watch_run(workspace: Path, run_id: str, store: Store, interval: float = 1.0, stream=None) -> RunProgress:
-    import sys
-
-    stream = stream or sys.stderr
+def watch_run(store: Store, run_id: str, interval: float = 1.0) -> RunProgress:
+    """Show the progress of ``run_id`` (of ``store``'s workspace) until it ends: the live panel on a
+    terminal, else a line every ``interval`` seconds; then how it ended."""
     progress = RunProgress()
-    path = event_log_path(workspace, run_id)
+    path = event_log_path(store.workspace, run_id)
     position = follow(path, progress, 0)
-    live = stream.isatty()
-    reporter = LiveReporter(progress) if live else None
-    if reporter:
-        reporter.__enter__()
-    try:
+    live = sys.stderr.isatty()
+    with LiveReporter(progress) if live else contextlib.nullcontext():
         while True:
             position = follow(path, progress, position)
             run = store.get_run(run_id)
             if not live:
-                print(f"[{run_id}] {progress.line()}", file=stream, flush=True)
+                print(f"[{run_id}] {progress.line()}", file=sys.stderr, flush=True)
             if run is None or run_state(run) != "running":
-                position = follow(path, progress, position)
+                follow(path, progress, position)
                 break
             time.sleep(interval)
-    finally:
-        if reporter:
-            reporter.__exit__(None, None, None)
     run = store.get_run(run_id) or {}
     print(f"run {run_id}: {run_state(run) if run else 'unknown'}"
           + (f" ({run['stop_reason']})" if run.get("stop_reason") else "")
-          + f", elapsed {duration(time.time() - progress.started)}", file=stream)
+          + f", elapsed {duration(time.time() - progress.started)}", file=sys.stderr)
     return progress

@@ -8,23 +8,10 @@ from pathlib import Path
 
 from rlmpipe.apps.contracts.outputs import write_outputs
 from rlmpipe.apps.contracts.pipeline import DEFAULT_CHUNKING, ContractsPipeline
-from rlmpipe.chunking import ChunkingConfig
-from rlmpipe.runtime.runner import RunOptions, RunSummary, execute
+from rlmpipe.runtime.runner import RunSummary
 from rlmpipe.runtime.store import Store
 
-__all__ = ["ContractsPipeline", "DEFAULT_CHUNKING", "analyze", "write_results"]
-
-
-def analyze(paths: list, lm, out: str | Path, *, options: RunOptions | None = None,
-            chunking: ChunkingConfig | None = None, mode: str = "full", store: Store | None = None, events=None,
-            run_config: dict | None = None, on_start=None) -> tuple[RunSummary, dict[str, Path]]:
-    """Analyse every contract under ``paths`` with the DSPy LM ``lm`` (``mode``: full, cascade or
-    finder, see :mod:`.pipeline`); write the outputs to ``out``."""
-    options = options or RunOptions()
-    store = store or Store(options.workspace)
-    summary = execute(ContractsPipeline(chunking, mode=mode), paths, lm, options=options, store=store, events=events,
-                      run_config=run_config, on_start=on_start)
-    return summary, write_results(summary, store, Path(out))
+__all__ = ["ContractsPipeline", "DEFAULT_CHUNKING", "write_results"]
 
 
 def write_results(summary: RunSummary, store: Store, out: Path) -> dict[str, Path]:

@@ -58,6 +58,12 @@ def normalize(text: str) -> str:
     return " ".join(text.translate(_FOLD).split())
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``limit`` characters with "..."."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def locate(quote: str, source: NormalizedText) -> Span | None:
     """The span of ``source`` (in source offsets) that ``quote`` quotes, or None."""
     pieces = [normalize(piece) for piece in _ELLIPSIS.split(quote or "")]

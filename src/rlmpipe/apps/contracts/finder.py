@@ -337,13 +337,6 @@ class ClauseFinder:
             ranked += best_first[:1] + [item for item in best_first[1:] if others is None or item[0] >= others[k]]
         return [item[2] for item in sorted(ranked, key=lambda item: -item[1])]
 
-    def present(self, blocks: Iterable, thresholds: np.ndarray | str | None = None) -> dict[str, float]:
-        """Each category's best passage score in the document (present when >= its threshold)."""
-        best = np.zeros(len(self.categories))
-        for _, scores in self.score(blocks):
-            np.maximum(best, scores, out=best)
-        return dict(zip(self.categories, best.tolist()))
-
 
 def _float32(array):
     return None if array is None else np.asarray(array, dtype=np.float32)

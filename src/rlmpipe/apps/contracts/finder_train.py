@@ -37,6 +37,7 @@ from rlmpipe.apps.contracts.finder import (
     position_bucket,
 )
 from rlmpipe.apps.contracts.passages import Passage, passages
+from rlmpipe.ingest import Block
 
 #: The configuration chosen by ``bench/finder_cv.py`` (see bench/RESULTS.md, "finder" section).
 DEFAULT_CONFIG: dict = {  # = variant "trunc6-mc2"
@@ -72,13 +73,6 @@ class Contract:
     annotations: list[tuple[int, int, int, int, int]] = field(default_factory=list)
 
 
-class _Span:
-    __slots__ = ("text", "char_start")
-
-    def __init__(self, text: str, char_start: int = 0):
-        self.text, self.char_start = text, char_start
-
-
 def read_contract_text(path: Path) -> str:
     with open(path, encoding="utf-8", newline="") as handle:
         return handle.read()
@@ -110,7 +104,7 @@ def load_corpus(data_dir: str | Path, contract_ids: list[str] | None = None, *,
     corpus = []
     for cid in wanted:
         text = read_contract_text(data_dir / "contracts" / f"{cid}.txt")
-        cut = list(passages([_Span(text)], max_chars=max_chars))
+        cut = list(passages([Block(text, 0)], max_chars=max_chars))
         starts = [p.char_start for p in cut]
         ends = [p.char_end for p in cut]
         labels = np.zeros((len(cut), len(NAMES)), dtype=bool)
@@ -243,7 +237,8 @@ def passage_scores(model: Linear, corpus: list[Contract]) -> list[np.ndarray]:
     """Scores (passages x categories) for each contract, computed by the shipped finder's own
     streaming code, so cross-validation judges exactly what ships."""
     finder = to_finder(model, {}, {})
-    return [np.array([s for _, s in finder.score([_Span(c.text)])]).reshape(-1, len(NAMES)) for c in corpus]
+    return [np.array([s for _, s in finder.score([Block(c.text, 0)])]).reshape(-1, len(NAMES))
+            for c in corpus]
 
 
 def to_finder(model: Linear, thresholds: dict[str, np.ndarray], info: dict) -> ClauseFinder:

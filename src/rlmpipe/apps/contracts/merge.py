@@ -28,8 +28,8 @@ class Verified:
 
 
 def verify_chunk(findings: dict, chunk_text: str, chunk_start: int, verified: Verified) -> None:
-    """Locate each quote of one chunk's findings in that chunk; keep what is found (with its real
-    offsets), count what is not."""
+    """Locate each quote of one chunk's findings (a language model's) in that chunk; keep what is
+    found (with its real offsets; a clause kept is LM-confirmed), count what is not."""
     source = NormalizedText(chunk_text)
     stats = verified.stats
     for kind, target in (("clauses", verified.clauses), ("risks", verified.risks),
@@ -41,7 +41,7 @@ def verify_chunk(findings: dict, chunk_text: str, chunk_start: int, verified: Ve
                 if category is None:
                     stats.unknown_category += 1
                     continue
-                item = {**item, "category": category}
+                item = {**item, "category": category, "confirmed": True}
             span = locate(item.get("quote", ""), source)
             if span is None:
                 stats.rejected += 1

@@ -15,6 +15,7 @@ is listed in the record (``failed_chunks``) rather than failing the whole contra
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import zipfile
@@ -24,6 +25,7 @@ from pathlib import Path
 from rlmpipe.apps.contracts.cascade import batches, candidate_windows, excerpts_text
 from rlmpipe.apps.contracts.categories import NAMES, category_guide, normalize_category
 from rlmpipe.apps.contracts.digest import compose_summary
+from rlmpipe.apps.contracts.evidence import NormalizedText, clip, locate
 from rlmpipe.apps.contracts.extract import Extractor
 from rlmpipe.apps.contracts.merge import Verified, merge_findings, verify_chunk
 from rlmpipe.apps.contracts.risk import risk_score
@@ -184,7 +186,7 @@ class ContractsPipeline:
                 texts.add(window.char_start, window.text)
             if isinstance(result, StepFailed):
                 failed.append(chunk.chunk_id)
-                last_error = _clip(str(result.cause), 160)
+                last_error = clip(str(result.cause), 160)
                 continue
             verify_reviewed(result, group, verified)
         if calls_made and len(failed) == calls_made:
@@ -207,12 +209,9 @@ class ContractsPipeline:
             chunks += 1
             if isinstance(result, StepFailed):
                 failed.append(chunk.chunk_id)
-                last_error = _clip(str(result.cause), 160)
+                last_error = clip(str(result.cause), 160)
                 continue
-            before = len(verified.clauses)
             verify_chunk(result, chunk.text, chunk.char_start, verified)
-            for item in verified.clauses[before:]:
-                item["confirmed"] = True
         if chunks and len(failed) == chunks:
             raise RuntimeError(f"extraction failed on all {chunks} chunks (last: {last_error})")
         text = document.text()
@@ -260,14 +259,11 @@ def verify_reviewed(result: dict, group: list, verified: Verified) -> None:
         verify_chunk(findings, window.text, window.char_start, verified)
         for item in verified.clauses[before:]:
             item["score"] = round(window.categories[item["category"]], 4)
-            item["confirmed"] = True
 
 
 def _excerpt_of(item: dict, group: list) -> int:
     """The index of the excerpt a finding is about: the one it names if its quote is there, else
     the first whose text holds the quote, else the one it names (its quote will be rejected)."""
-    from rlmpipe.apps.contracts.evidence import NormalizedText, locate
-
     try:
         named = int(item.get("excerpt")) - 1
     except (TypeError, ValueError):
@@ -385,28 +381,19 @@ def _title_line(text: str) -> str:
 
 def _findings_text(clauses, risks, obligations) -> str:
     """The verified findings, one per line and bounded in number, as the summary step's input."""
-    lines = [f"clause {c.category}: {_clip(c.evidence.quote)}" for c in clauses]
-    lines += [f"risk ({r.severity}) {r.what}: {_clip(r.why)}" for r in risks]
-    lines += [f"obligation of {o.party}: {_clip(o.action)}" + (f" ({o.due})" if o.due else "") for o in obligations]
+    lines = [f"clause {c.category}: {clip(c.evidence.quote, 240)}" for c in clauses]
+    lines += [f"risk ({r.severity}) {r.what}: {clip(r.why, 240)}" for r in risks]
+    lines += [f"obligation of {o.party}: {clip(o.action, 240)}" + (f" ({o.due})" if o.due else "")
+              for o in obligations]
     if len(lines) > MAX_FINDING_LINES:
         lines = lines[:MAX_FINDING_LINES] + [f"... and {len(lines) - MAX_FINDING_LINES} more findings"]
     return "\n".join(lines) or "(no verified findings)"
 
 
-def _clip(text: str, limit: int = 240) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-_DIGESTS: dict[str, str] = {}
-
-
+@functools.cache
 def _file_digest(path: str | None) -> str:
     """sha256 of a model file (the shipped one when None), once per process."""
     from rlmpipe.apps.contracts.finder import MODEL_PATH
 
-    path = str(path or MODEL_PATH)
-    if path not in _DIGESTS:
-        with open(path, "rb") as handle:
-            _DIGESTS[path] = hashlib.file_digest(handle, "sha256").hexdigest()
-    return _DIGESTS[path]
+    with open(path or MODEL_PATH, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

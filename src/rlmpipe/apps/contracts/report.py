@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from rlmpipe.apps.contracts.categories import NAMES
+from rlmpipe.apps.contracts.evidence import clip
 from rlmpipe.atomic import write_text_atomic
 from rlmpipe.monitor.html import (Column, asset, card, esc, figure, filter_controls, page, svg_line,
                                   svg_plot, svg_rect, svg_text, table)
@@ -148,7 +149,7 @@ def contract_page(record: dict, text: str | None) -> str:
 
     clauses = "".join(f'<li><b>{esc(clause["category"])}</b> {_clause_pills(clause)}'
                       f'{link("clause", index, clause["evidence"])} '
-                      f'<span class="quote">{esc(_clip(clause["evidence"]["quote"]))}</span></li>'
+                      f'<span class="quote">{esc(clip(clause["evidence"]["quote"], 300))}</span></li>'
                       for index, clause in enumerate(record["clauses"]))
     risks = "".join(f'<li><span class="pill {risk["severity"]}">{risk["severity"]}</span> '
                     f'<b>{esc(risk["what"])}</b> — {esc(risk["why"])} {link("risk", index, risk["evidence"])}'
@@ -253,11 +254,6 @@ def _nothing_verified_note(records: list[dict]) -> str:
     return (f'<p class="warning" role="note">{which} no verified finding (the model proposed {proposed} '
             f'quote(s), {rejected} not found in the contract). {whose} score counts only categories that were not '
             "found, which may be there: check the model (<code>--lm</code>) before relying on it.</p>")
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_corpus_report(records: list[dict], failures: list[dict], out: Path, run: dict | None = None) -> Path:
