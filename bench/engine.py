@@ -472,8 +472,9 @@ def overhead_breakdown(k: int) -> list[list]:
     pieces = [
         ("step key: `step_key()` (JSON + SHA-256)", lambda i: step_key("f" * 32, "doc", f"chunk-{i}", "summarize")),
         ("resume lookup: `Store.done_step()` (a miss)", lambda i: store.done_step(f"absent-{i}")),
-        ("checkpoint: `Store.commit_step()` (1 step row + 1 call row, one transaction)",
-         lambda i: store.commit_step(row(i), [call(i)], 1)),
+        ("checkpoint: `Store.record_calls()` then `Store.commit_step()` (1 call row, then 1 step row: two "
+         "transactions, as a step of one call is stored since the call journal)",
+         lambda i: (store.record_calls([call(i)], 1), store.commit_step(row(i)))),
         ("one event to events.jsonl (`EventBus.emit` + `EventLogWriter`, 3 per step)",
          lambda i: bus.emit(StepDone(run_id="run", step_key=f"key-{i}", name="summarize", doc_id="doc",
                                      chunk_id=str(i), depth=0, prompt_tokens=120, completion_tokens=6, cost=None,

@@ -66,7 +66,8 @@ def fill(workspace: Path, calls: int) -> None:
                             error_type="server" if index % 20 == 0 else None,
                             error="HTTP 503 from the provider" if index % 20 == 0 else None)
                      for index in (2 * step, 2 * step + 1)]
-            store.commit_step(row, batch, 1 + (step * 4 >= calls))  # two sessions
+            store.record_calls(batch, 1 + (step * 4 >= calls))  # two sessions
+            store.commit_step(row)
 
 
 def measure(workspace: str, what: str) -> dict:

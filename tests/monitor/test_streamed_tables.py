@@ -68,7 +68,8 @@ def long_run(tmp_path):
                                 step_key=step.step_key, step_name=None if index % 50 == 0 else step.name,
                                 doc_id=None if index % 60 == 0 else step.doc_id, depth=step.depth,
                                 worker=step.worker, call_id=f"call-{index}"))
-        store.commit_step(step, calls, 1 + (index >= 600))
+        store.record_calls(calls, 1 + (index >= 600))
+        store.commit_step(step)
     yield store
     store.close()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rlmpipe.runtime.store import SCHEMA, Store, WorkspaceTooNew
+from rlmpipe.runtime.store import SCHEMA, SCHEMA_VERSION, Store, WorkspaceTooNew
 from tests.support.cli import ROOT, error_lines, rlmpipe, start
 from tests.support.contract_replies import extraction_reply
 from tests.support.replies import summary_reply
@@ -357,9 +357,11 @@ def test_an_old_workspace_is_migrated_and_a_newer_one_refused(tmp_path):
     with Store(old) as store:
         assert store.get_run("r1")["status"] == "done"
     database = sqlite3.connect(old / "runs.sqlite")
-    assert database.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert database.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     columns = {row[1] for row in database.execute("PRAGMA table_info(lm_calls)")}
-    assert {"queued", "estimated"} <= columns
+    assert {"queued", "estimated", "request", "occurrence", "seq", "parent"} <= columns
+    assert {"replayed", "unused"} <= {row[1] for row in database.execute("PRAGMA table_info(steps)")}
+    assert database.execute("SELECT COUNT(*) FROM journal").fetchone()[0] == 0  # the call journal is there
     database.execute("PRAGMA user_version = 99")
     database.commit()
     database.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,13 @@ class CallContext:
     depth: int = 0
     #: set while a step re-asks after output that did not parse: shown to the model
     reask_feedback: str | None = None
+    #: the step's call journal (:class:`rlmpipe.lm.journal.Replay`): answers kept, and replayed
+    journal: Any = None
+    #: calls that run together (one ``llm_query_batched``): a replay that parts from its journal in one
+    #: of them may still serve the others
+    scope: str | None = None
+    #: the RLM code execution whose tool call is running (calls made now are its sub-calls)
+    parent: str | None = None
 
 
 _current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("rlmpipe_call_context", default=CallContext())

@@ -195,6 +195,31 @@ class Budget:
             self.reserved_cost += cost
             return Reservation(tokens, cost)
 
+    def admit_replayed(self, depth: int = 0, completion_tokens: int = 0) -> None:
+        """Admit a call answered from a step's journal: free (no tokens, no cost), but a sub-call all the
+        same, so the sub-call cap sees the program's history as it was; and an answer of the model's
+        (``completion_tokens`` long when it was billed) that tells what later answers will need.
+        BudgetExceeded when a cap is already reached."""
+        with self._lock:
+            problem = self._exceeded(depth, 0, 0.0, reserved=False)
+            if problem is None:
+                self.largest_completion = max(self.largest_completion, completion_tokens)
+                self.answered = True
+        if problem is not None:
+            raise problem
+
+    def remaining(self) -> dict:
+        """What is left of each cap (None: no cap): what a program may ask to plan its work."""
+        with self._lock:
+            def left(cap, used):
+                return None if cap is None else max(0, cap - used)
+            return {"tokens": left(self.max_run_tokens, self.tokens + self.reserved_tokens),
+                    "cost": None if self.max_cost is None else round(max(0.0, self.max_cost - self.cost
+                                                                          - self.reserved_cost), 6),
+                    "seconds": None if self.max_seconds is None else round(max(0.0, self.max_seconds
+                                                                               - self.elapsed), 1),
+                    "sub_calls": left(self.max_sub_calls, self.sub_calls)}
+
     def release(self, reservation: Reservation) -> None:
         with self._lock:
             self.reserved_tokens -= reservation.tokens

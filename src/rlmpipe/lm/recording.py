@@ -13,6 +13,9 @@ DSPy modules see. Around each attempt it
    provider reported is seen, per call and per thread; an outer tracker still gets it too); a
    reply without usage is counted here with the tokenizer and marked estimated,
 4. records one :class:`LMCall` per attempt (a cache hit is recorded as ``cached``, costing nothing),
+   and keeps each answer in the step's call journal before the program sees it (``lm/journal.py``):
+   a step run again after a crash or a stop is served its answered calls from there, recorded as
+   ``replayed`` (no tokens billed, no cost), and calls the model only for what was never answered,
 5. retries retryable failures with exponential backoff and jitter (tenacity's schedule),
    honouring ``Retry-After`` up to a cap, and opens the circuit breaker (stopping the run) when the
    provider fails attempt after attempt.
@@ -23,7 +26,10 @@ given has its own), so that every attempt is seen and counted here, once.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
+import json
 import threading
 import time
 import uuid
@@ -37,6 +43,7 @@ import tenacity
 from rlmpipe.lm.context import current
 from rlmpipe.lm.control import RunControl
 from rlmpipe.lm.errors import Classified, classify, one_line
+from rlmpipe.lm.journal import Claim, dumps_outputs, preview, request_key
 from rlmpipe.lm.limits import Budget, CircuitBreaker, ModelSlots, RateLimiter, Reservation
 from rlmpipe.lm.tokens import count_outputs, count_prompt
 from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
@@ -48,6 +55,11 @@ ADMISSION_POLL = 0.05
 #: (``initial``, which older ones take, warns there)
 _FIRST_WAIT = ("multiplier" if "multiplier" in inspect.signature(tenacity.wait_exponential_jitter).parameters
                else "initial")
+
+try:  # DSPy 3.4 warns when messages= reaches an LM, except for the adapter's own call: this forwards that call
+    from dspy.clients._deprecation import adapter_message_call as _forwarding
+except ImportError:  # pragma: no cover - a DSPy without the warning
+    _forwarding = None
 
 
 class RunStopping(RuntimeError):
@@ -161,6 +173,18 @@ class RecordingLM(dspy.BaseLM):
                 "Your previous reply could not be used: " + context.reask_feedback
                 + "\nReply again, following the required output format exactly.")}]
         call_id = uuid.uuid4().hex[:16]
+        claim = None
+        if context.journal is not None:
+            claim = context.journal.claim(request_key(self.model, prompt, messages, kwargs), context.scope)
+            if claim.answer is not None:
+                return self._replay(claim, context, call_id)
+        try:
+            return self._call(prompt, messages, kwargs, context, call_id, claim)
+        finally:
+            if claim is not None:
+                context.journal.settle(claim)
+
+    def _call(self, prompt, messages, kwargs, context, call_id: str, claim: Claim | None):
         prompt_tokens = count_prompt(self.model, prompt, messages)
         attempt = 0
         while True:
@@ -168,7 +192,7 @@ class RecordingLM(dspy.BaseLM):
             if self.control.stopping:
                 raise self._stopping()
             try:
-                return self._attempt(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens)
+                return self._attempt(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens, claim)
             except Exception as error:
                 info = classify(error)
                 if self.breaker is not None:
@@ -181,6 +205,18 @@ class RecordingLM(dspy.BaseLM):
                 if info.retry_after is not None and self.limiter is not None:
                     self.limiter.hold(delay)  # the provider asked everyone to wait, not only this call
                 self._sleep(delay)
+
+    def _replay(self, claim: Claim, context, call_id: str):
+        """A call the step made before it was stopped or crashed: its answer, from the journal. It counts as
+        made for the sub-call budget (the program sees the same history), and costs nothing."""
+        if self.budget is not None:
+            self.budget.admit_replayed(context.depth, claim.answer.completion_tokens)
+        self.recorder.record(LMCall(
+            model=self.model, prompt_tokens=0, completion_tokens=0, cost=0.0, latency=0.0, started=time.time(),
+            outcome="replayed", attempt=1, depth=context.depth, run_id=context.run_id, step_key=context.step_key,
+            step_name=context.step_name, doc_id=context.doc_id, worker=threading.current_thread().name,
+            call_id=call_id, request=claim.key, occurrence=claim.occurrence, seq=claim.seq, parent=context.parent))
+        return json.loads(json.dumps(claim.answer.outputs))  # a copy: the program may change what it gets
 
     def _admit(self, prompt_tokens: int, kwargs: dict, depth: int) -> Reservation | None:
         """Reserve this attempt's expected spend in the budget (or raise BudgetExceeded)."""
@@ -207,14 +243,15 @@ class RecordingLM(dspy.BaseLM):
             raise self._stopping()
         return time.perf_counter() - started
 
-    def _attempt(self, prompt, messages, kwargs, context, call_id: str, attempt: int, prompt_tokens: int):
+    def _attempt(self, prompt, messages, kwargs, context, call_id: str, attempt: int, prompt_tokens: int,
+                 claim: Claim | None):
         reservation = self._admit(prompt_tokens, kwargs, context.depth)
         try:
             queued = self._wait_for_the_model(prompt_tokens, kwargs)  # from here on it holds a slot (if any)
             try:
                 if self.control.stopping:  # stopped while it waited: nothing was sent
                     raise self._stopping()
-                return self._send(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens, queued)
+                return self._send(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens, queued, claim)
             finally:
                 if self.slots is not None:
                     self.slots.release()
@@ -222,14 +259,16 @@ class RecordingLM(dspy.BaseLM):
             if reservation is not None:
                 self.budget.release(reservation)
 
-    def _send(self, prompt, messages, kwargs, context, call_id, attempt, counted_prompt, queued):
+    def _send(self, prompt, messages, kwargs, context, call_id, attempt, counted_prompt, queued, claim):
         capture = _UsageCapture(dspy.settings.usage_tracker)
         self.recorder.started(call_id, attempt, queued, context)
         started, clock = time.time(), time.perf_counter()
         error: BaseException | None = None
         outputs = None
         try:
-            with dspy.context(usage_tracker=capture):
+            forwarded = (_forwarding(self.inner, messages) if _forwarding is not None and messages is not None
+                         else contextlib.nullcontext())
+            with dspy.context(usage_tracker=capture), forwarded:
                 outputs = self.inner(prompt, messages=messages, **kwargs)
             return outputs
         except BaseException as exc:
@@ -252,7 +291,7 @@ class RecordingLM(dspy.BaseLM):
                 outcome, info = "cached", None
             if self.breaker is not None and error is None:
                 self.breaker.record(None)
-            self.recorder.record(LMCall(
+            call = LMCall(
                 model=self.model,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
@@ -272,7 +311,16 @@ class RecordingLM(dspy.BaseLM):
                 call_id=call_id,
                 queued=round(queued, 6),
                 estimated=estimated,
-            ))
+                request=claim.key if claim else None,
+                occurrence=claim.occurrence if claim else None,
+                seq=claim.seq if claim else None,
+                parent=context.parent,
+            )
+            answer = dumps_outputs(outputs) if claim is not None and outcome == "ok" else None
+            if answer is not None:  # kept with its call's record before the program sees it
+                context.journal.answered(claim, answer, call, preview(prompt, messages))
+                call = dataclasses.replace(call, stored=True)
+            self.recorder.record(call)
 
     def _delay(self, info: Classified, attempt: int) -> float:
         """Retry-After when the server gave one (capped), else exponential backoff with jitter."""

@@ -13,6 +13,10 @@ from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
 
+#: outcomes of a call that did not reach the model: answered from DSPy's cache, or from the step's call
+#: journal (a step run again after a crash or a stop): no tokens billed, no cost, no model time
+FREE_OUTCOMES = ("cached", "replayed")
+
 
 @dataclass(frozen=True, slots=True)
 class LMCall:
@@ -24,7 +28,7 @@ class LMCall:
     cost: float | None  # None: litellm does not know this model's price (never silently 0)
     latency: float  # seconds
     started: float  # epoch seconds
-    outcome: str  # "ok", "cached" or "error"
+    outcome: str  # "ok", "error", or one of FREE_OUTCOMES ("cached", "replayed")
     attempt: int = 1  # 1 for the first try of a call, 2 for its first retry, ...
     depth: int = 0  # recursion depth (0: the pipeline's own calls; RLM sub-calls are deeper)
     run_id: str | None = None
@@ -40,6 +44,15 @@ class LMCall:
     queued: float = 0.0
     #: the provider reported no usage: the tokens were counted here with the model's tokenizer
     estimated: bool = False
+    #: the request's content and occurrence in its step (the call journal's key; see lm/journal.py)
+    request: str | None = None
+    occurrence: int | None = None
+    #: the call's place in its step (the order requests were made), and the RLM code execution whose
+    #: tool call made it (None: the program's own call)
+    seq: int | None = None
+    parent: str | None = None
+    #: already in the store (kept with its journal entry): not to be written again
+    stored: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -53,8 +66,8 @@ class LMCall:
 class Usage:
     """What a group of LM attempts used: the one place that says how an attempt counts.
 
-    A cache hit counts as ``cached`` and nothing else (no tokens, no cost, no time); every other
-    attempt is a call (``ok`` or ``errors``), a retry when it is not its call's first attempt, its
+    A cache hit counts as ``cached`` and an answer served from a step's call journal as ``replayed``,
+    and nothing else (no tokens, no cost, no time); every other attempt is a call (``ok`` or ``errors``), a retry when it is not its call's first attempt, its
     tokens and time are summed, and its cost too when its price is known (else it is ``unpriced``
     and the cost is a lower bound). The store's totals, ``runs show``, the live display,
     Prometheus and both reports all add attempts here (:meth:`add` takes an :class:`LMCall`, a
@@ -63,6 +76,7 @@ class Usage:
     calls: int = 0  # attempts that reached the provider (ok or error)
     ok: int = 0
     cached: int = 0
+    replayed: int = 0  # answers served from the call journal (a step run again): not billed again
     errors: int = 0
     retries: int = 0  # attempts after the first of their call
     prompt_tokens: int = 0
@@ -75,8 +89,12 @@ class Usage:
 
     def add(self, call) -> "Usage":
         get = call.get if isinstance(call, Mapping) else (lambda key, default=None: getattr(call, key, default))
-        if get("outcome") == "cached":
-            self.cached += 1
+        outcome = get("outcome")
+        if outcome in FREE_OUTCOMES:
+            if outcome == "cached":
+                self.cached += 1
+            else:
+                self.replayed += 1
             return self
         prompt, completion = int(get("prompt_tokens") or 0), int(get("completion_tokens") or 0)
         self.calls += 1
@@ -106,7 +124,8 @@ class Usage:
 
     def row(self) -> dict:
         """The figures as the tables, the API and ``runs show --json`` give them."""
-        return {"calls": self.calls, "ok": self.ok, "cached": self.cached, "errors": self.errors,
+        return {"calls": self.calls, "ok": self.ok, "cached": self.cached, "replayed": self.replayed,
+                "errors": self.errors,
                 "retries": self.retries, "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens, "tokens": self.tokens,
                 "cost": round(self.cost, 8), "cost_known": self.cost_known, "unpriced_calls": self.unpriced,

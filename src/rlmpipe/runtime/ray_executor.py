@@ -102,6 +102,16 @@ class LimitsActorImpl:
             return {"refused": {"what": exc.what, "used": exc.used, "limit": exc.limit, "needed": exc.needed}}
         return {"ok": True} if admitted is not None else {"wait": True}
 
+    def admit_replayed(self, depth: int, completion_tokens: int = 0) -> dict:
+        try:
+            self.budget.admit_replayed(depth, completion_tokens)
+        except BudgetExceeded as exc:
+            return {"refused": {"what": exc.what, "used": exc.used, "limit": exc.limit, "needed": exc.needed}}
+        return {"ok": True}
+
+    def remaining(self) -> dict:
+        return self.budget.remaining()
+
     def release(self, tokens: int, cost: float) -> None:
         self.budget.release(Reservation(tokens, cost))
 
@@ -154,6 +164,17 @@ class RemoteBudget:
         if "refused" in answer:
             raise BudgetExceeded(**answer["refused"])
         return Reservation(tokens, cost or 0.0) if answer.get("ok") else None
+
+    def admit_replayed(self, depth: int = 0, completion_tokens: int = 0) -> None:
+        if self.capped:
+            answer = _ray().get(self.actor.admit_replayed.remote(depth, completion_tokens))
+            if "refused" in answer:
+                raise BudgetExceeded(**answer["refused"])
+
+    def remaining(self) -> dict:
+        if not self.capped:
+            return {"tokens": None, "cost": None, "seconds": None, "sub_calls": None}
+        return _ray().get(self.actor.remaining.remote())
 
     def release(self, reservation: Reservation) -> None:
         if self.capped:
@@ -256,12 +277,24 @@ class RemoteStore:
         done = self._done.get(key)
         return done if done is not None else _ray().get(self.actor.done_step.remote(key))
 
-    def commit_step(self, row, calls, session: int) -> None:
-        _ray().get(self.actor.commit_step.remote(row, calls, session))  # done means stored: wait for it
+    def commit_step(self, row, forget=(), forget_all: bool = False) -> None:
+        _ray().get(self.actor.commit_step.remote(row, list(forget or ()), forget_all))  # done means stored
 
     def record_calls(self, calls, session: int) -> None:
+        calls = [call for call in calls if not call.stored]
         if calls:
             _ray().get(self.actor.record_calls.remote(calls, session))
+
+    def journal(self, step_key: str) -> dict:
+        return _ray().get(self.actor.journal.remote(step_key))
+
+    def keep_answer(self, *args) -> None:
+        _ray().get(self.actor.keep_answer.remote(*args))  # kept before the program sees the answer
+
+    def forget_answers(self, step_key: str, keys) -> None:
+        keys = list(keys)
+        if keys:
+            _ray().get(self.actor.forget_answers.remote(step_key, keys))
 
     def set_document(self, *args, **kwargs) -> None:
         _ray().get(self.actor.set_document.remote(*args, **kwargs))

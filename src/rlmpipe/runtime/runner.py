@@ -29,11 +29,12 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import dspy
 
 from rlmpipe.ingest import Document, DocumentError, Notice, open_documents
-from rlmpipe.lm.context import call_context
+from rlmpipe.lm.context import call_context, current
 from rlmpipe.lm.control import RunControl
 from rlmpipe.lm.errors import BudgetExceeded, classify, one_line
+from rlmpipe.lm.journal import JournalSummary, Replay
 from rlmpipe.lm.recording import RecordingLM, RetryPolicy, RunStopping, without_own_retries
-from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
+from rlmpipe.lm.usage import FREE_OUTCOMES, LMCall, Pricing, UsageRecorder
 from rlmpipe.runtime.eventlog import EventLogWriter
 from rlmpipe.runtime import events as ev
 from rlmpipe.runtime import threadsafe_ast
@@ -203,12 +204,25 @@ class Run:
         """``step`` on the worker pool."""
         return self._pool.submit(self.step, name, fn, **kwargs)
 
+    def _journal(self, key: str, doc_id: str | None) -> Replay | None:
+        """The step's call journal: what it was answered in earlier sessions (served again, free), and
+        where each new answer is kept before the step's program sees it. (None: no journal; only
+        ``bench/rlm_durability.py`` asks for that, to measure what the journal costs.)"""
+
+        def keep(claim, outputs: str, call: LMCall | None, preview: str) -> None:
+            context = current()
+            self.store.keep_answer(self.id, key, claim, outputs, call, preview, context.depth, context.parent,
+                                   self.session)
+
+        return Replay(self.store.journal(key), keep)
+
     def _execute(self, name, fn, key, doc_id, chunk_id, depth) -> Any:
         started = time.time()
         worker = threading.current_thread().name
         self.events.emit(ev.StepStart(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
                          chunk_id=chunk_id, depth=depth, worker=worker))
         reasks, feedback = 0, ""
+        journal = self._journal(key, doc_id)
         try:
             # Pool threads do not inherit the caller's DSPy settings: give every step the run's LM.
             settings = {"lm": self.lm, **({"adapter": self.options.adapter} if self.options.adapter else {})}
@@ -217,7 +231,7 @@ class Run:
                 # long run that is hundreds of MB. Usage is recorded here; the store holds the results.
                 settings.update(trace=None, disable_history=True)
             with dspy.context(**settings), call_context(run_id=self.id, step_key=key, step_name=name,
-                                                        doc_id=doc_id, depth=depth):
+                                                        doc_id=doc_id, depth=depth, journal=journal):
                 while True:
                     try:
                         with call_context(reask_feedback=feedback) if reasks else contextlib.nullcontext():
@@ -238,8 +252,9 @@ class Run:
             extra = to_json_value(extra, f"the detail of step {name!r}")
         except BaseException as exc:
             calls = self._take_calls(key)
+            replay = self._replay_told(journal, name, doc_id)
             if isinstance(exc, (RunStopping, BudgetExceeded, KeyboardInterrupt)):
-                self.store.record_calls(calls, self.session)
+                self.store.forget_answers(key, _stale(journal))
                 if isinstance(exc, BudgetExceeded):
                     self.request_stop(f"budget: {exc}")
                 self.events.emit(ev.StepStopped(run_id=self.id, step_key=key, name=name, doc_id=doc_id))
@@ -247,32 +262,46 @@ class Run:
             info = classify(exc)
             detail = None if info.type != "unexpected" and not isinstance(exc, NotStorable) else _traceback(exc)
             row = self._row(key, name, doc_id, chunk_id, depth, "failed", None, calls, reasks, started, worker,
-                            one_line(exc, 400), detail=detail)
-            self.store.commit_step(row, calls, self.session)
+                            one_line(exc, 400), detail=detail, replay=replay)
+            # an answer that did not parse would fail the same way when replayed: the next try asks afresh
+            self.store.commit_step(row, forget=_stale(journal), forget_all=info.kind == "reask")
             if info.stops_run:
                 self.request_stop(f"failed: {one_line(exc, 400)}" + (f" ({info.hint})" if info.hint else ""))
             self.events.emit(ev.StepFailedEvent(run_id=self.id, step_key=key, name=name, doc_id=doc_id,
                              error=one_line(exc, 400), error_type=info.type, fatal=info.stops_run, traceback=detail))
             raise StepFailed(name, doc_id, exc) from exc
         calls = self._take_calls(key)
+        replay = self._replay_told(journal, name, doc_id)
         if stopped is not None:  # keep the best partial answer, as a step that is not done
             row = self._row(key, name, doc_id, chunk_id, depth, "stopped", result, calls, reasks, started, worker,
-                            stopped, extra=extra)
-            self.store.commit_step(row, calls, self.session)
+                            stopped, extra=extra, replay=replay)
+            self.store.commit_step(row, forget=_stale(journal))
             self.request_stop(stopped)
             self.events.emit(ev.StepStopped(run_id=self.id, step_key=key, name=name, doc_id=doc_id))
             raise RunStopping(self.stop_reason or stopped)
         row = self._row(key, name, doc_id, chunk_id, depth, "done", result, calls, reasks, started, worker,
-                        None, extra=extra)
-        self.store.commit_step(row, calls, self.session)
+                        None, extra=extra, replay=replay)
+        self.store.commit_step(row, forget=_stale(journal))
         self.events.emit(ev.StepDone(run_id=self.id, step_key=key, name=name, doc_id=doc_id, chunk_id=chunk_id,
                          depth=depth, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
                          cost=row.cost, seconds=row.finished - started, worker=worker))
         return json_roundtrip(result)  # exactly what a resume will read back from the store
 
+    def _replay_told(self, journal: Replay | None, name: str, doc_id: str | None) -> JournalSummary:
+        """How the step's replay went; a replay that parted from its journal is said, once, as a note."""
+        summary = journal.summary() if journal is not None else JournalSummary(0, 0, None)
+        if summary.unused:
+            self.events.emit(ev.Note(run_id=self.id, message=(
+                f"step {name}{f' of {doc_id[:12]}' if doc_id else ''}: its replay parted from the call journal "
+                f"after {summary.parted_at} replayed call(s) (the program or its inputs changed, or its code is "
+                f"not deterministic): {summary.unused} earlier answer(s) were not asked for again, and the rest "
+                "ran live")))
+        return summary
+
     def _row(self, key, name, doc_id, chunk_id, depth, status, result, calls, reasks, started, worker,
-             error, *, extra: Any = None, detail: str | None = None) -> StepRow:
-        reached = [c for c in calls if c.outcome != "cached"]
+             error, *, extra: Any = None, detail: str | None = None,
+             replay: JournalSummary | None = None) -> StepRow:
+        reached = [c for c in calls if c.outcome not in FREE_OUTCOMES]
         unknown = any(c.cost is None and c.total_tokens for c in reached)
         return StepRow(
             step_key=key, run_id=self.id, doc_id=doc_id, chunk_id=chunk_id, name=name, depth=depth,
@@ -282,10 +311,16 @@ class Run:
             cost=None if unknown else sum(c.cost or 0.0 for c in reached),
             calls=len({c.call_id for c in calls}), attempts=len(calls), reasks=reasks, error=error,
             started=started, finished=time.time(), worker=worker, extra=extra, detail=detail,
+            replayed=replay.replayed if replay else 0, unused=replay.unused if replay else 0,
         )
 
     def _collect(self, call: LMCall) -> None:
+        """Every attempt of this run is stored as it ends (what was billed survives a crash), and kept
+        for its step's row until the step ends."""
         if call.run_id not in (None, self.id):
+            return
+        self.store.record_calls([call], self.session)
+        if call.step_key is None:
             return
         with self._calls_lock:
             self._calls.setdefault(call.step_key, []).append(call)
@@ -297,7 +332,6 @@ class Run:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._unsubscribe()
-        self.store.record_calls(self._take_calls(None), self.session)  # calls made outside any step
 
 
 def _traceback(error: BaseException) -> str:
@@ -640,6 +674,10 @@ def _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events,
     stop_event_log()
     event_log.close()
     return RunSummary(run_id, status, reason, dict(counts), totals, usage, session, results, plan.notes, final)
+
+
+def _stale(journal: Replay | None) -> list:
+    return journal.stale() if journal is not None else []
 
 
 def _billed(reason: str, options: RunOptions, usage: dict) -> str:

@@ -1,8 +1,11 @@
 """The run store: SQLite in WAL mode, in a workspace folder (default ``./.rlmpipe/``).
 
 What it holds: runs (configuration, fingerprint, status), documents of a run, steps (result,
-usage, attempts, timings, error) and LM calls. A step is *done* only once its row is committed;
-resume reads this table and nothing else. One connection per thread (SQLite's rule), all closed
+usage, attempts, timings, error), LM calls (one row per attempt, written when it ends) and the call
+journal (every answer a step received, written before the step's program sees it: a step run
+again after a crash or a stop is served these instead of calling the model again; see
+``lm/journal.py``). A step is *done* only once its row is committed; resume reads this table and
+nothing else. One connection per thread (SQLite's rule), all closed
 by :meth:`Store.close`; writes are short transactions, and WAL lets readers (``runs watch``) read
 while a run writes. The schema is versioned (``PRAGMA user_version``): a workspace made by an
 older rlmpipe is migrated forward in place, one made by a newer one is refused.
@@ -23,7 +26,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from rlmpipe.lm.usage import LMCall, Usage
+from rlmpipe.lm.journal import Answer, Claim
+from rlmpipe.lm.usage import FREE_OUTCOMES, LMCall, Usage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -60,7 +64,7 @@ CREATE TABLE IF NOT EXISTS steps (
     chunk_id TEXT,
     name TEXT NOT NULL,
     depth INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,          -- done | failed
+    status TEXT NOT NULL,          -- done | failed | stopped (only done is final)
     result TEXT,                   -- JSON
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
@@ -100,13 +104,40 @@ CREATE INDEX IF NOT EXISTS calls_by_run ON lm_calls(run_id);
 """
 
 #: The schema's version now, and the statements that bring a workspace of version ``n - 1`` to ``n``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE lm_calls ADD COLUMN queued REAL NOT NULL DEFAULT 0",       # seconds before the model
         "ALTER TABLE lm_calls ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",  # tokens counted here
         "ALTER TABLE documents ADD COLUMN detail TEXT",                         # a failure's traceback
         "ALTER TABLE steps ADD COLUMN detail TEXT",
+    ],
+    3: [  # the call journal (durable recursion)
+        "ALTER TABLE lm_calls ADD COLUMN request TEXT",       # the request's content digest (the journal's key)
+        "ALTER TABLE lm_calls ADD COLUMN occurrence INTEGER",  # the n-th time its step made that request
+        "ALTER TABLE lm_calls ADD COLUMN seq INTEGER",         # its place among its step's requests
+        "ALTER TABLE lm_calls ADD COLUMN parent TEXT",         # the RLM code execution that made it
+        "ALTER TABLE steps ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0",  # calls served from the journal
+        "ALTER TABLE steps ADD COLUMN unused INTEGER NOT NULL DEFAULT 0",    # journaled answers not asked again
+        """CREATE TABLE IF NOT EXISTS journal (
+            step_key TEXT NOT NULL,
+            request TEXT NOT NULL,         -- the request's content digest
+            occurrence INTEGER NOT NULL,   -- the n-th time the step made this request
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,          -- its place among the step's requests when it was answered
+            depth INTEGER NOT NULL DEFAULT 0,
+            parent TEXT,                   -- the RLM code execution that made it
+            model TEXT,                    -- 'tool:NAME' for a host value the program asked for
+            preview TEXT,                  -- the request's last message, clipped
+            outputs TEXT NOT NULL,         -- JSON: the answer, as the LM returned it
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost REAL,
+            latency REAL,
+            answered REAL NOT NULL,
+            session INTEGER,
+            PRIMARY KEY (step_key, request, occurrence)
+        )""",
     ],
 }
 
@@ -161,6 +192,8 @@ class StepRow:
     worker: str | None
     extra: Any
     detail: str | None = None  # a failed step's traceback
+    replayed: int = 0  # calls served from the call journal (answered in an earlier session)
+    unused: int = 0  # journaled answers the step did not ask for again (its replay parted from them)
 
 
 class Store:
@@ -347,24 +380,74 @@ class Store:
         rows = self._query("SELECT * FROM steps WHERE run_id = ? AND doc_id IS ? AND status = 'done'", (run_id, doc_id))
         return {row["step_key"]: _step_row(row) for row in rows}
 
-    def commit_step(self, row: StepRow, calls: list[LMCall], session: int) -> None:
-        """The step's result and the LM calls it made, in one transaction: done means stored."""
+    def commit_step(self, row: StepRow, forget: Iterable[tuple[str, int]] | None = (),
+                    forget_all: bool = False) -> None:
+        """The step's row (its calls are stored as they end): done means stored. In the same transaction,
+        journaled answers that no longer belong to the step are dropped: ``forget`` (the ones its replay
+        parted from), or all of them (``forget_all``: a failure that the same answers would repeat)."""
         statements = [(
             "INSERT OR REPLACE INTO steps (step_key, run_id, doc_id, chunk_id, name, depth, status, result,"
             " prompt_tokens, completion_tokens, cost, calls, attempts, reasks, error, started, finished, worker, extra,"
-            " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " detail, replayed, unused) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (row.step_key, row.run_id, row.doc_id, row.chunk_id, row.name, row.depth, row.status,
              json.dumps(row.result) if row.result is not None else None, row.prompt_tokens,
              row.completion_tokens, row.cost, row.calls, row.attempts, row.reasks, row.error, row.started,
-             row.finished, row.worker, json.dumps(row.extra) if row.extra is not None else None, row.detail),
+             row.finished, row.worker, json.dumps(row.extra) if row.extra is not None else None, row.detail,
+             row.replayed, row.unused),
         )]
-        statements.extend(_call_insert(call, session) for call in calls)
+        if forget_all:
+            statements.append(("DELETE FROM journal WHERE step_key = ?", (row.step_key,)))
+        statements.extend(("DELETE FROM journal WHERE step_key = ? AND request = ? AND occurrence = ?",
+                           (row.step_key, request, occurrence)) for request, occurrence in forget or ())
         self._write(statements)
 
+    def forget_answers(self, step_key: str, keys: Iterable[tuple[str, int]]) -> None:
+        """Drop some of a step's journaled answers (those its replay parted from)."""
+        statements = [("DELETE FROM journal WHERE step_key = ? AND request = ? AND occurrence = ?",
+                       (step_key, request, occurrence)) for request, occurrence in keys]
+        if statements:
+            self._write(statements)
+
     def record_calls(self, calls: list[LMCall], session: int) -> None:
-        """LM calls outside a committed step (a step that failed or was stopped): still counted."""
+        """LM call attempts, as they end (their step need not be done: what was billed is kept)."""
+        calls = [call for call in calls if not call.stored]
         if calls:
             self._write([_call_insert(call, session) for call in calls])
+
+    # --- the call journal -----------------------------------------------------------------------
+    def journal(self, step_key: str) -> dict[tuple[str, int], Answer]:
+        """A step's journaled answers, by (request, occurrence)."""
+        rows = self._query("SELECT request, occurrence, outputs, prompt_tokens, completion_tokens, cost FROM journal"
+                           " WHERE step_key = ?", (step_key,))
+        return {(row["request"], row["occurrence"]): Answer(json.loads(row["outputs"]), row["prompt_tokens"],
+                                                             row["completion_tokens"], row["cost"]) for row in rows}
+
+    def keep_answer(self, run_id: str, step_key: str, claim: Claim, outputs: str, call: LMCall | None,
+                    preview: str, depth: int, parent: str | None, session: int) -> None:
+        """One answer of a step, and the record of the call that got it, in one transaction: once this
+        returns, a crash cannot make the step pay for it again."""
+        statements = [(
+            "INSERT OR REPLACE INTO journal (step_key, request, occurrence, run_id, seq, depth, parent, model,"
+            " preview, outputs, prompt_tokens, completion_tokens, cost, latency, answered, session)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (step_key, claim.key, claim.occurrence, run_id, claim.seq, depth, parent,
+             call.model if call is not None else "tool", preview, outputs,
+             call.prompt_tokens if call else 0, call.completion_tokens if call else 0,
+             call.cost if call else None, call.latency if call else None, time.time(), session))]
+        if call is not None:
+            statements.append(_call_insert(call, session))
+        self._write(statements)
+
+    def journal_entries(self, step_key: str) -> list[dict]:
+        """A step's journaled answers as the trajectory view reads them (by their place in the step)."""
+        return [dict(row) for row in self._query("SELECT * FROM journal WHERE step_key = ? ORDER BY seq, answered",
+                                                 (step_key,))]
+
+    def step_calls(self, step_key: str) -> list[dict]:
+        """The LM calls of a step's last session (the trajectory view): one row per attempt."""
+        return [dict(row) for row in self._query(
+            "SELECT * FROM lm_calls WHERE step_key = ? AND session = (SELECT MAX(session) FROM lm_calls"
+            " WHERE step_key = ?) ORDER BY seq, started, id", (step_key, step_key))]
 
     def steps(self, run_id: str) -> list[StepRow]:
         return [_step_row(row) for row in self._query(
@@ -391,10 +474,10 @@ class Store:
         grouped ``by`` a column ("step_name", "doc_id", "depth"; None: one group), sorted by group, then
         latency: percentiles in one pass, sorted by SQLite (which spills a large sort to disk)."""
         group = {None: "NULL", "step_name": "step_name", "doc_id": "doc_id", "depth": "depth"}[by]
-        condition = "outcome = ?" if outcome else "outcome != ?"
+        condition = "outcome = ?" if outcome else "outcome NOT IN (?, ?)"
         for row in self._each(f"SELECT {group} AS grp, latency, COUNT(*) OVER (PARTITION BY {group}) AS size"
                               f" FROM lm_calls WHERE run_id = ? AND {condition} ORDER BY grp, latency",
-                              (run_id, outcome or "cached")):
+                              (run_id, outcome) if outcome else (run_id, *FREE_OUTCOMES)):
             yield row["grp"], row["latency"], row["size"]
 
     def step_counts(self, run_id: str) -> dict[str, int]:
@@ -422,11 +505,13 @@ _USAGE_COLUMNS = "outcome, attempt, prompt_tokens, completion_tokens, cost, late
 def _call_insert(call: LMCall, session: int) -> tuple[str, tuple]:
     return (
         "INSERT INTO lm_calls (run_id, step_key, step_name, doc_id, depth, model, prompt_tokens, completion_tokens,"
-        " cost, latency, started, outcome, attempt, error_type, error, worker, call_id, session, queued, estimated)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " cost, latency, started, outcome, attempt, error_type, error, worker, call_id, session, queued, estimated,"
+        " request, occurrence, seq, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, ?)",
         (call.run_id, call.step_key, call.step_name, call.doc_id, call.depth, call.model, call.prompt_tokens,
          call.completion_tokens, call.cost, call.latency, call.started, call.outcome, call.attempt,
-         call.error_type, call.error, call.worker, call.call_id, session, call.queued, int(call.estimated)),
+         call.error_type, call.error, call.worker, call.call_id, session, call.queued, int(call.estimated),
+         call.request, call.occurrence, call.seq, call.parent),
     )
 
 

@@ -54,6 +54,11 @@ def install(config_json, tool_bridge):
                      "posix_spawnp"):
             if hasattr(module, name):
                 setattr(module, name, _no_processes)
+    # The same random numbers in every process (with the hash seed the runner sets): model-written code run
+    # again against the same answers (a step replayed after a crash) does what it did the first time.
+    import random
+
+    random.seed(0)
 
 
 # -- tools and SUBMIT -------------------------------------------------------------------------------------

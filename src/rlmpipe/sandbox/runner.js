@@ -163,7 +163,9 @@ globalThis.addEventListener("unhandledrejection", (event) => event.preventDefaul
 let pyodide;
 try {
   pyodide = await loadPyodide({
-    env: { HOME: "/home/pyodide" },
+    // a fixed hash seed: sets and dicts of strings iterate alike in every process, so that code run again
+    // (an RLM step replayed after a crash) prints what it printed the first time
+    env: { HOME: "/home/pyodide", PYTHONHASHSEED: "0" },
     jsglobals,
     stdin: () => null,
     stdout: () => {},
