@@ -293,7 +293,8 @@ def test_resume_runs_a_command_with_the_options_it_was_given(openai_server, fold
 @pytest.mark.slow
 def test_a_resumed_ask_keeps_its_sub_call_cap(openai_server, tmp_path, pyodide_cache):
     """`ask` stopped by its token budget, resumed with a larger one: the resumed session runs the
-    question again under the same --max-sub-calls (1), so the second round's batch of two sub-queries
+    question again under the same --max-sub-calls (1); the first round's sub-query is replayed from the
+    call journal (not asked again) and counts as made, so the second round's batch of two sub-queries
     is refused, as it would have been in one session."""
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -319,4 +320,8 @@ def test_a_resumed_ask_keeps_its_sub_call_cap(openai_server, tmp_path, pyodide_c
     before = openai_server.count(r"^SUBQUERY:")
     resumed = rlmpipe.resume(first.run_id, workspace=tmp_path / "ws", max_run_tokens=100_000)
     assert resumed.status == "done" and resumed.final["answer"] == "4,250,000 dollars"
-    assert openai_server.count(r"^SUBQUERY:") - before == 1, "the batch of two was refused: the cap holds"
+    assert openai_server.count(r"^SUBQUERY:") - before == 0, "replayed, and the batch of two refused: the cap holds"
+    with Store(tmp_path / "ws") as store:
+        step = next(s for s in store.steps(resumed.run_id) if s.name == "ask")
+    assert step.replayed >= 2  # the first round's call and its sub-query
+    assert "sub-call budget reached" in json.dumps(step.extra["trajectory"])

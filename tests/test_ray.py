@@ -31,8 +31,15 @@ def _unshare_works() -> bool:
 @pytest.mark.skipif(not _unshare_works(), reason="cannot make a network namespace here (unshare -n needs root)")
 def test_the_ray_suite_in_a_loopback_only_namespace(tmp_path):
     short = tempfile.mkdtemp(prefix="rlmray-", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    from rlmpipe.sandbox import default_deno_dir, deno_available, ensure_pyodide
+
+    if deno_available():  # fetched here, while the npm registry is reachable (the RLM test needs it)
+        ensure_pyodide()
+
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}",
-           "HOME": str(tmp_path), "RAY_TMPDIR": short}  # Ray's token and files stay here
+           "HOME": str(tmp_path), "RAY_TMPDIR": short,  # Ray's token and files stay here
+           # the sandbox's Pyodide, as cached outside the namespace (which cannot reach the npm registry)
+           "RLMPIPE_DENO_DIR": os.environ.get("RLMPIPE_DENO_DIR") or str(default_deno_dir())}
     script = (f"ip link set lo up && exec {sys.executable} -m pytest {ROOT / 'tests' / 'ray'} -m ray -q -p "
               "no:cacheprovider -x -W ignore::DeprecationWarning")
     result = subprocess.run(["unshare", "-n", "bash", "-c", script], capture_output=True, text=True, cwd=ROOT,

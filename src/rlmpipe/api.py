@@ -64,6 +64,7 @@ class RunResult:
     final: Any = None  # a corpus-level result (``ask``)
     outputs: dict[str, Path] = field(default_factory=dict)  # files an app wrote (``analyze_contracts``)
     command: str = "run"  # what made it: run, summarize, contracts, ask
+    settings: dict = field(default_factory=dict)  # a built-in command's settings (``ask``: ``each``, ...)
 
     def __iter__(self) -> Iterator[DocumentResult]:
         return iter(self.documents)
@@ -127,7 +128,7 @@ def _paths(inputs) -> list[str]:
     return [str(Path(p)) for p in inputs]
 
 
-def _result(summary, store, outputs=None, command="run") -> RunResult:
+def _result(summary, store, outputs=None, command="run", settings=None) -> RunResult:
     """The engine's summary and the store's documents, as the API's result."""
     results = {(item["doc_id"], item["path"]): item for item in summary.results}
     usage = store.usage_by_document(summary.run_id)
@@ -139,7 +140,7 @@ def _result(summary, store, outputs=None, command="run") -> RunResult:
                                         usage=usage.get(row["doc_id"], {})))
     documents.sort(key=lambda d: d.path)
     return RunResult(summary.run_id, summary.status, summary.reason, documents, summary.usage, summary.notes,
-                     store.workspace, summary.final, outputs or {}, command)
+                     store.workspace, summary.final, outputs or {}, command, settings or {})
 
 
 def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=None, on_start=None,
@@ -159,7 +160,7 @@ def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=N
         summary = execute(pipeline, paths, model.lm, options=options, store=store, events=events,
                           run_config=run_config, on_start=on_start)
         outputs = finish(summary, store) if finish is not None else None
-        return _result(summary, store, outputs=outputs, command=command["name"])
+        return _result(summary, store, outputs=outputs, command=command["name"], settings=command.get("settings"))
 
 
 # --- the front door --------------------------------------------------------------------------------
@@ -279,16 +280,18 @@ def analyze_contracts(inputs, out: str | os.PathLike = "contracts-out", *, lm: s
                     **run_options)
 
 
-def ask(inputs, question: str, *, max_depth: int = 2, max_iters: int = 12, max_llm_calls: int = 40,
-        exec_timeout: float = 120.0, lm: str | None = None, api_base: str | None = None,
+def ask(inputs, question: str, *, each: bool = False, max_depth: int = 2, max_iters: int = 12,
+        max_llm_calls: int = 40, exec_timeout: float = 120.0, lm: str | None = None, api_base: str | None = None,
         model_path: str | None = None, max_output_tokens: int | None = None, events=None, on_start=None,
         **run_options) -> RunResult:
     """Answer ``question`` over the documents with a Recursive Language Model (``rlmpipe ask``):
-    ``result.final`` holds the answer (or, if a budget stopped it, the best partial answer)."""
+    ``result.final`` holds the answer (or, if a budget stopped it, the best partial answer). With
+    ``each``, one recursion per document instead, in parallel: each document's ``result`` holds its
+    answer, sources and status."""
     from rlmpipe.apps.ask import AskPipeline
 
-    pipeline = AskPipeline(question, max_depth=max_depth, max_iters=max_iters, max_llm_calls=max_llm_calls,
-                           sandbox={"timeout": exec_timeout})
+    pipeline = AskPipeline(question, each=each, max_depth=max_depth, max_iters=max_iters,
+                           max_llm_calls=max_llm_calls, sandbox={"timeout": exec_timeout})
     run_options.setdefault("concurrency", 4)
     model = _model(lm, api_base=api_base, model_path=model_path, max_output_tokens=max_output_tokens)
     return _builtin("ask", pipeline, inputs, model=model, outputs={}, events=events, on_start=on_start,

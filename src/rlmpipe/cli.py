@@ -364,6 +364,8 @@ def ask(
     max_iters: int = typer.Option(12, "--max-iters", help="REPL rounds of the top-level model."),
     max_sub_calls: Optional[int] = typer.Option(None, "--max-sub-calls", help="Sub-model calls, all depths together."),
     timeout: float = typer.Option(120.0, "--exec-timeout", help="Seconds one code execution may take."),
+    each: bool = typer.Option(False, "--each", help="One recursion per document (in parallel), one JSON line "
+                              "each: path, status, answer, sources; else one over all documents together."),
     *, flags: RunFlags,
 ) -> None:
     """Answer a question over documents of any size with a Recursive Language Model (dspy.RLM) in an
@@ -377,7 +379,7 @@ def ask(
     if flags.concurrency == 8:  # the default: fewer in parallel for one question
         options["concurrency"] = 4
     with session(flags) as (events, on_start):
-        result = api.ask(paths, question, max_depth=max_depth, max_iters=max_iters, exec_timeout=timeout,
+        result = api.ask(paths, question, each=each, max_depth=max_depth, max_iters=max_iters, exec_timeout=timeout,
                          max_sub_calls=max_sub_calls, events=events, on_start=on_start, **flags.model(), **options)
     _print_result(result, flags.quiet)
     finish(result)
@@ -386,6 +388,9 @@ def ask(
 def _print_answer(result, quiet: bool) -> None:
     from rlmpipe.runtime.store import Store
 
+    if result.settings.get("each"):
+        _print_answers(result)
+        return
     answer = result.final
     if answer is None:
         with Store(result.workspace) as store:
@@ -400,6 +405,25 @@ def _print_answer(result, quiet: bool) -> None:
     if not quiet:
         typer.echo(f"[run {result.run_id}: {answer.get('iterations')} REPL rounds; "
                    f"details: rlmpipe runs show {result.run_id}]", err=True)
+
+
+def _print_answers(result) -> None:
+    """``ask --each``: one JSON line per document, in path order: its answer and sources, or why it has none
+    (a stopped recursion's best partial answer is given as such)."""
+    from rlmpipe.runtime.store import Store
+
+    with Store(result.workspace) as store:
+        stopped = {s.doc_id: s.result or {} for s in store.steps(result.run_id)
+                   if s.name == "ask" and s.status == "stopped"}
+    for document in sorted(result, key=lambda d: d.path):
+        answer = document.result if isinstance(document.result, dict) else {}
+        line = {"path": document.path, "status": document.status, "answer": answer.get("answer"),
+                "sources": answer.get("sources"), "iterations": answer.get("iterations")}
+        if document.status == "stopped" and document.doc_id in stopped:
+            line["partial_answer"] = stopped[document.doc_id].get("partial_answer")
+        if document.error:
+            line["error"] = document.error
+        typer.echo(json.dumps(line, ensure_ascii=False))
 
 
 contracts_app = typer.Typer(help="The contract corpus analyzer.", no_args_is_help=True)

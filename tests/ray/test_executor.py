@@ -19,6 +19,7 @@ from rlmpipe.lm.models import ModelChoice, make_lm
 from rlmpipe.lm.recording import RetryPolicy
 from rlmpipe.runtime.runner import RunOptions, execute
 from rlmpipe.runtime.store import Store
+from rlmpipe.sandbox import deno_available, pyodide_cached
 from tests.support.kills import kill_after_steps
 from tests.support.replies import numbered_document, summary_reply, user_text
 
@@ -179,3 +180,46 @@ def test_a_driver_killed_and_run_again_repeats_no_committed_step(cluster, openai
         assert store.get_run(run_id)["sessions"] == 2
     assert not later & committed, "a committed step was called again after the driver's death"
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == len(documents)
+
+
+@pytest.mark.skipif(not (deno_available() and pyodide_cached()), reason="the RLM's sandbox (Deno, Pyodide) is not here")
+def test_a_worker_killed_mid_recursion_replays_its_journal_on_the_next_worker(cluster, openai_server, tmp_path):
+    import threading
+
+    from rlmpipe.apps.ask import AskPipeline
+    from tests.support.recursion import expected_answer, journal_size, journaled_prompts, repeats, script
+
+    script(openai_server, 12, "sequential", sub_latency=0.1)
+    path = tmp_path / "docs" / "filing.txt"
+    path.parent.mkdir()
+    path.write_text("A supply agreement between two parties. " * 100, encoding="utf-8")
+    pids, workspace = tmp_path / "pids", tmp_path / "ws"
+    seen: dict = {}
+
+    class Recording(AskPipeline):
+        def process(self, run, document):
+            with open(pids, "a") as handle:
+                handle.write(f"{os.getpid()}\n")
+            return super().process(run, document)
+
+    def kill_after(answers: int) -> None:
+        while journal_size(workspace) < answers:
+            time.sleep(0.01)
+        seen["before"] = [call.prompt for call in openai_server.chat_calls]
+        seen["journaled"] = journaled_prompts(workspace)
+        os.kill(int(pids.read_text().split()[0]), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after, args=(6,), daemon=True)
+    killer.start()
+    result = execute(Recording("What are the items?", each=True), [str(path)], lm_for(openai_server),
+                     options=RunOptions(workspace=workspace, concurrency=2, executor="ray", retry=FAST))
+    killer.join(5)
+    assert result.status == "done", result.reason
+    assert len(set(pids.read_text().split())) == 2, "the document ran again in another worker"
+    assert result.results[0]["result"]["answer"] == expected_answer(12)
+    after = [call.prompt for call in openai_server.chat_calls[len(seen["before"]):]]
+    paid_twice = repeats(seen["before"], after, seen["journaled"])
+    assert paid_twice.only_in_flight and len(paid_twice.repeated) <= 1, paid_twice
+    with Store(workspace) as store:
+        step = next(s for s in store.steps(result.run_id) if s.name == "ask")
+    assert step.status == "done" and step.replayed >= len(seen["journaled"])

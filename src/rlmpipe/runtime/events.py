@@ -191,6 +191,30 @@ class Reask(StepEvent):
     error: str
 
 
+# --- a recursion (RLM) as it runs ------------------------------------------------------------------------------
+@event_kind("rlm_iteration")
+class RLMIteration(StepEvent):
+    """The model's code starts to run: the ``iteration``-th execution of one RLM at ``depth``."""
+
+    depth: int
+    iteration: int
+    execution: str  # its id in the step (x1, x2, ...), the ``parent`` of the LM calls its tools make
+    parent: str | None  # the execution whose tool call runs this RLM (None: the step's own RLM)
+    code: str  # clipped
+
+
+@event_kind("rlm_output")
+class RLMOutput(StepEvent):
+    """The model's code ended."""
+
+    depth: int
+    iteration: int
+    execution: str
+    seconds: float
+    error: bool
+    output: str  # clipped
+
+
 # --- LM calls --------------------------------------------------------------------------------------------------
 @event_kind("lm_call_start")
 class LMCallStart(Event):
@@ -226,6 +250,7 @@ class LMCallEvent(Event):
     call_id: str = ""
     queued: float = 0.0
     estimated: bool = False
+    parent: str | None = None
 
     @classmethod
     def of(cls, call) -> "LMCallEvent":
