@@ -46,7 +46,10 @@ def run_tables(store: Store, run_id: str) -> dict:
     slowest = _Top(10, lambda s: s.finished - s.started)
     costliest = _Top(10, lambda s: (s.cost or 0.0, s.prompt_tokens + s.completion_tokens))
     trajectories, failed_steps = [], []
+    parted_steps = unused = 0  # steps whose replay parted from their call journal, and the answers left
     for step in store.each_step(run_id):
+        parted_steps += step.unused > 0
+        unused += step.unused
         step_status[step.name][step.status] += 1
         step_time[step.name] += (step.finished or 0) - (step.started or 0)
         doc_steps[step.doc_id] += 1
@@ -75,14 +78,27 @@ def run_tables(store: Store, run_id: str) -> dict:
                          "steps": doc_steps.get(document["doc_id"], 0),
                          "doc_seconds": round((document["finished"] or 0) - (document["started"] or 0), 3)
                          if document["finished"] else None})
+    known, other_rows = {document["doc_id"] for document in documents}, []
+    if (None in by_doc and by_doc[None].calls + by_doc[None].replayed) or doc_steps.get(None):
+        # steps over the whole corpus (``ask``'s one recursion over every document), or calls outside steps
+        other_rows.append({**usage_row(by_doc[None], "doc_id", None), "path": "(all documents: corpus-level steps)",
+                         "doc_id": None, "status": "", "error": None, "detail": None,
+                         "steps": doc_steps.get(None, 0), "doc_seconds": None})
+    unattributed = [doc for doc in by_doc if doc is not None and doc not in known]
+    for doc_id in unattributed:  # (a document whose row is gone: still counted)
+        other_rows.append({**usage_row(by_doc[doc_id], "doc_id", doc_id), "path": f"(document {doc_id[:12]})",
+                         "doc_id": doc_id, "status": "", "error": None, "detail": None,
+                         "steps": doc_steps.get(doc_id, 0), "doc_seconds": None})
     depth_rows = [{"depth": depth, **usage_row(by_depth[depth], "depth", depth)} for depth in sorted(by_depth)]
     return {
         "run": run,
         "totals": usage_row(total, None, None),
+        "replay": {"replayed": total.replayed, "parted_steps": parted_steps, "unused": unused},
         "failed_steps": failed_steps,
         "trajectories": trajectories,
         "steps": step_rows,
         "documents": doc_rows,
+        "other_documents": other_rows,  # steps and calls of no listed document (corpus-level steps)
         "depths": depth_rows,
         "slowest_steps": [_step_summary(s) for s in slowest.items()],
         "costliest_steps": [_step_summary(s) for s in costliest.items()],

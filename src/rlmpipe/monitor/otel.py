@@ -357,6 +357,7 @@ class TraceListener:
             "rlmpipe.attempt": event.get("attempt"),
             "rlmpipe.outcome": outcome,
             "rlmpipe.cached": outcome == "cached",
+            "rlmpipe.replayed": outcome == "replayed",
             "rlmpipe.cost_usd": event.get("cost"),
             "rlmpipe.call_id": event.get("call_id") or None,
             "rlmpipe.run_id": event.get("run_id"),

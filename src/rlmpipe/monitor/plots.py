@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlmpipe.lm.usage import percentiles
+from rlmpipe.lm.usage import FREE_OUTCOMES, percentiles
 from rlmpipe.monitor.formats import cost_text, duration
 from rlmpipe.monitor.html import (count, esc, figure, legend, nice_ticks, num, svg_line, svg_plot, svg_rect,
                                   svg_text, tick_label)
@@ -33,6 +33,7 @@ OUTCOME_SHADES = {  # by recursion depth: 0 is the darkest shade, deeper calls a
     "ok": ["#1f5f99", "#3f86c8", "#7fb0e0", "#b5d2ef"],
     "error": ["#b3261e", "#dc4c43", "#ee8a83", "#f6bdb8"],
     "cached": ["#3d7a23", "#6aa84f", "#9fcc86", "#cde5bf"],
+    "replayed": ["#6b5b95", "#8e7cc3", "#b4a7d6", "#d9d2e9"],
 }
 TOKEN_IN, TOKEN_OUT, COST_COLOUR = "#3f6fb5", "#9cc0ea", "#c98a1b"
 ERROR_TYPE_COLOURS = {
@@ -119,7 +120,7 @@ def build_sessions(run: dict, calls: Iterable[dict], events: list[dict]) -> list
         begin, finish = call["started"], _call_end(call)
         low, high = span.get(number, (begin, finish))
         span[number] = [min(low, begin), max(high, finish)]
-        if call["outcome"] != "cached":
+        if call["outcome"] not in FREE_OUTCOMES:
             per_session[number]["attempts"] += 1
             per_session[number]["errors"] += call["outcome"] == "error"
             per_session[number]["retries"] += call["attempt"] > 1
@@ -382,7 +383,7 @@ def timeline_plot(timeline: Timeline, sessions: list[Session], doc_paths: dict) 
     calls = timeline.calls
     svg = svg_plot(plot_id, title, WIDTH, bottom + 50, parts, f' data-calls="{calls}" data-bars="{bars}"'
                f' data-error-marks="{markers}" data-per-bar="{per_bar}"')
-    legend_items = [(_shade(o, 0), o) for o in ("ok", "error", "cached")]
+    legend_items = [(_shade(o, 0), o) for o in ("ok", "error", "cached", "replayed")]
     if timeline.depths != [0]:
         legend_items += [("", "shade by depth:")] + [(_shade("ok", d), f"depth {d}") for d in timeline.depths]
     caption_tail = " Hover a bar for its step, document, attempt, tokens and error."
@@ -398,7 +399,7 @@ def timeline_plot(timeline: Timeline, sessions: list[Session], doc_paths: dict) 
                      if len(sessions) > 1 else "")
     caption = (f"Each bar is one LM call attempt ({count(calls)} in all), in the lane of the worker "
                "thread that made it, from its start to its start plus its latency; colour says the outcome "
-               "(ok, error, cached) and the shade its recursion depth (darker is shallower)."
+               "(ok, error, cached, replayed from the call journal) and the shade its recursion depth (darker is shallower)."
                + sessions_text + caption_tail)
     return figure(plot_id, title, svg, caption, legend(legend_items))
 
@@ -581,7 +582,7 @@ class FailureCounts:
         counts = cls(0, bucket, defaultdict(Counter), Counter(), Counter())
         for call in calls:
             number = call.get("session") or 1
-            if call["outcome"] == "cached" or number not in starts:
+            if call["outcome"] in FREE_OUTCOMES or number not in starts:
                 continue
             key = (number, int((call["started"] - starts[number]) // bucket))
             counts.attempts += 1
@@ -650,7 +651,7 @@ def outside_documents(calls: Iterable[dict], doc_paths: dict) -> list[BarRow]:
     """Calls made outside any document (doc_id NULL or unknown), as one row, if there are any."""
     row = BarRow("(no document)", "LM calls made outside any document", 0, 0, 0.0, 0, 0)
     for call in calls:
-        if call["outcome"] != "cached" and call["doc_id"] not in doc_paths:
+        if call["outcome"] not in FREE_OUTCOMES and call["doc_id"] not in doc_paths:
             tokens = call["prompt_tokens"] + call["completion_tokens"]
             row.prompt_tokens, row.completion_tokens = (row.prompt_tokens + call["prompt_tokens"],
                                                         row.completion_tokens + call["completion_tokens"])

@@ -7,7 +7,12 @@ unfinished documents are estimated from their size at the steps-per-byte rate se
 
 A step that is running is not necessarily at the model: it may wait for a rate-limit window or
 for the model's one slot (the embedded model answers one call at a time). Only calls that were
-sent count as *at the model*; the rest are *queued*.
+sent count as *at the model*; the rest are *queued*. Calls answered from a step's call journal
+(a step run again after a crash or a stop) are *replayed*: counted apart, never at the model.
+
+A recursion (an RLM step) is shown while it runs: the iteration each of its RLMs is at, by depth,
+and its calls by depth (:class:`Recursion`, from ``rlm_iteration``/``rlm_output`` and the calls'
+depths). A run's event log holds every session of it: each ``run_start`` begins the figures again.
 
 ``attach_progress`` shows it: a rich live panel on a terminal, a plain line every few seconds
 otherwise (CI logs, pipes), nothing with ``--quiet``. Whatever the display, every note and every
@@ -19,19 +24,44 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from rlmpipe.lm.models import NONE
-from rlmpipe.lm.usage import Usage
+from rlmpipe.lm.usage import FREE_OUTCOMES, Usage
 from rlmpipe.monitor.formats import cost_text, duration
 
 RECENT_SECONDS = 60.0
+#: recursions shown at once in the live panel (the others are counted)
+SHOWN_RECURSIONS = 3
+
+
+@dataclass
+class Recursion:
+    """One RLM step while it runs: the iteration its RLM at each depth is at, and its calls by depth."""
+
+    name: str
+    doc_id: str | None
+    iterations: dict[int, int] = field(default_factory=dict)  # depth -> iteration of the RLM running there
+    running: set[int] = field(default_factory=set)  # depths whose code is executing now
+    calls: Counter = field(default_factory=Counter)  # depth -> calls answered (live)
+    replayed: Counter = field(default_factory=Counter)  # depth -> calls answered from the journal
+    at_model: Counter = field(default_factory=Counter)  # depth -> calls sent, not answered yet
+    rlm: bool = False  # an RLM's code has run in this step (other steps are not shown as recursions)
+
+    def text(self) -> str:
+        where = ", ".join(f"depth {d} iteration {n}{' (code running)' if d in self.running else ''}"
+                          for d, n in sorted(self.iterations.items()))
+        depths = sorted(set(self.calls) | set(self.replayed) | set(self.at_model))
+        calls = " ".join(f"d{d}: {self.calls[d]}" + (f" (+{self.replayed[d]} replayed)" if self.replayed[d] else "")
+                         + (f" [{self.at_model[d]} at the model]" if self.at_model[d] else "") for d in depths)
+        return f"{self.name}: {where or 'starting'}; calls {calls or 'none yet'}"
 
 
 @dataclass
 class RunProgress:
     started: float = field(default_factory=time.time)
+    ended: float | None = None
     run_id: str = ""
     model: str = ""
     documents_total: int = 0
@@ -49,6 +79,8 @@ class RunProgress:
     usage: Usage = field(default_factory=Usage)  # this session's LM attempts, by the one usage rule
     reused_tokens: tuple[int, int] = (0, 0)  # (in, out) of the finished steps a resumed run reused
     reused_cost: float = 0.0
+    recursions: dict = field(default_factory=dict)  # step_key -> Recursion, while the step runs (a call's
+    # depth is counted from the step's start: its first call comes before its RLM's first iteration)
     status: str = "running"
     stop_reason: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -67,7 +99,10 @@ class RunProgress:
         kind = event["type"]
         now = event.get("time", time.time())
         if kind == "run_start":
+            if self.run_id:  # a later session of the run (an event log holds them all): count afresh
+                self._restart()
             self.run_id, self.model = event["run_id"], event.get("model", "")
+            self.started = event.get("time") or self.started
         elif kind == "document_queued":
             self.documents_total += 1
             self.bytes_total += event.get("size") or 0
@@ -88,9 +123,11 @@ class RunProgress:
             self.bytes_done += self._sizes.pop(event.get("doc_id"), 0)
         elif kind == "step_start":
             self.steps_running += 1
+            self.recursions[event.get("step_key")] = Recursion(event.get("name") or "", event.get("doc_id"))
             self._doc_steps[event.get("doc_id")] = self._doc_steps.get(event.get("doc_id"), 0) + 1
         elif kind in ("step_done", "step_failed", "step_stopped"):
             self.steps_running = max(0, self.steps_running - 1)
+            self.recursions.pop(event.get("step_key"), None)
             if kind == "step_done":
                 self.steps_done += 1
                 self._recent_steps.append(now)
@@ -104,11 +141,30 @@ class RunProgress:
             self.reused_cost += event.get("cost") or 0.0
         elif kind == "lm_call_start":
             self.at_model += 1
+            if event.get("step_key") in self.recursions:
+                self.recursions[event["step_key"]].at_model[event.get("depth") or 0] += 1
         elif kind == "lm_call":
             self.usage.add(event)
-            if event["outcome"] != "cached":
+            recursion = self.recursions.get(event.get("step_key"))
+            depth = event.get("depth") or 0
+            if event["outcome"] not in FREE_OUTCOMES:
                 self.at_model = max(0, self.at_model - 1)
                 self._recent_calls.append(now)
+                if recursion is not None:
+                    recursion.at_model[depth] = max(0, recursion.at_model[depth] - 1)
+                    recursion.calls[depth] += event["outcome"] == "ok"
+            elif recursion is not None and event["outcome"] == "replayed":
+                recursion.replayed[depth] += 1
+        elif kind == "rlm_iteration":
+            recursion = self.recursions.setdefault(event["step_key"], Recursion(event.get("name") or "",
+                                                                              event.get("doc_id")))
+            recursion.rlm = True
+            recursion.iterations[event["depth"]] = event["iteration"]
+            recursion.running.add(event["depth"])
+        elif kind == "rlm_output":
+            recursion = self.recursions.get(event["step_key"])
+            if recursion is not None:
+                recursion.running.discard(event["depth"])
         elif kind == "note":
             self.notes.append(event["message"])
         elif kind == "run_stopping":
@@ -116,9 +172,16 @@ class RunProgress:
         elif kind == "run_end":
             self.status = event["status"]
             self.stop_reason = event.get("reason")
+            self.ended = now
         for recent in (self._recent_steps, self._recent_calls):
             while recent and now - recent[0] > RECENT_SECONDS:
                 recent.popleft()
+
+    def _restart(self) -> None:
+        fresh = RunProgress()
+        for name in self.__dataclass_fields__:
+            if name != "_lock":
+                setattr(self, name, getattr(fresh, name))
 
     # --- derived figures ------------------------------------------------------------------------
     def rate(self, recent: deque) -> float:
@@ -181,15 +244,33 @@ class RunProgress:
         """Steps running but not at the model: waiting for a slot or a rate-limit window."""
         return max(0, self.steps_running - self.at_model)
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds since this session started (until it ended)."""
+        return (self.ended or time.time()) - self.started
+
+    def running_recursions(self) -> list[Recursion]:
+        return [r for r in list(self.recursions.values()) if r.rlm]
+
+    def recursion_text(self) -> str:
+        """The recursions running now, one clause each (empty when none is)."""
+        running = self.running_recursions()
+        shown = [r.text() for r in running[:SHOWN_RECURSIONS]]
+        more = len(running) - len(shown)
+        return "; ".join(shown) + (f"; {more} more recursions" if more > 0 else "")
+
     def line(self) -> str:
         partial = f", partial {self.documents_partial}" if self.documents_partial else ""
+        replayed = f", {self.usage.replayed} replayed" if self.usage.replayed else ""
+        recursion = self.recursion_text()
         return (
             f"docs {self.documents_finished}/{self.documents_total} (failed {self.documents_failed}{partial}, "
             f"stopped {self.documents_stopped})  steps {self.steps_done} (+{self.steps_reused} reused,"
             f" {self.steps_failed} failed)  at the model {self.at_model}, queued {self.queued}  tokens "
             f"{self.prompt_tokens:,} in / {self.completion_tokens:,} out  cost "
-            f"{cost_text(self.cost, self.usage.unpriced)}  {self.calls_per_minute:.0f} calls/min  retries "
+            f"{cost_text(self.cost, self.usage.unpriced)}  {self.calls_per_minute:.0f} calls/min{replayed}  retries "
             f"{self.usage.retries}  errors {self.usage.errors}  ETA {self.eta_text()}"
+            + (f"  rlm {recursion}" if recursion else "")
         )
 
     def eta_text(self) -> str:
@@ -286,7 +367,13 @@ class LiveReporter:
             table.add_row("cost", cost_text(p.cost, u.unpriced)
                           + (f" ({u.unpriced} calls of unknown price)" if u.unpriced else ""))
             table.add_row("calls", f"{u.calls} ({p.calls_per_minute:.0f}/min), {u.cached} cached, "
-                                   f"{u.retries} retries, {u.errors} errors")
+                                   + (f"{u.replayed} replayed (not billed again), " if u.replayed else "")
+                                   + f"{u.retries} retries, {u.errors} errors")
+            running = p.running_recursions()
+            for number, recursion in enumerate(running[:SHOWN_RECURSIONS]):
+                table.add_row("recursion" if number == 0 else "", recursion.text())
+            if len(running) > SHOWN_RECURSIONS:
+                table.add_row("", f"... {len(running) - SHOWN_RECURSIONS} more recursions")
         table.add_row("ETA", p.eta_text())
         if p.stop_reason:
             table.add_row("stopping", p.stop_reason)

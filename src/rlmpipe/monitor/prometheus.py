@@ -10,7 +10,7 @@ Metrics (each server has its own ``CollectorRegistry``; nothing goes to the glob
 
 ===================================== ========= ==================================================
 rlmpipe_lm_tokens_total{type}         counter   tokens the provider reported, type=input|output
-rlmpipe_lm_calls_total{outcome}       counter   LM attempts, outcome=ok|error|cached
+rlmpipe_lm_calls_total{outcome}       counter   LM attempts, outcome=ok|error|cached|replayed
 rlmpipe_lm_retries_total              counter   attempts after the first of a call
 rlmpipe_lm_cost_usd_total             counter   known USD cost (a lower bound when a price is unknown)
 rlmpipe_lm_unpriced_calls_total       counter   calls whose price litellm does not know
@@ -63,7 +63,7 @@ class RunMetrics:
         self.runs_in_flight = Gauge("rlmpipe_runs_in_flight", "Runs in progress.", registry=r)
         for kind in ("input", "output"):  # present from the first scrape, at 0
             self.tokens.labels(type=kind)
-        for outcome in ("ok", "error", "cached"):
+        for outcome in ("ok", "error", "cached", "replayed"):
             self.calls.labels(outcome=outcome)
         for status in ("done", "partial", "failed", "stopped"):
             self.documents.labels(status=status)
@@ -96,7 +96,7 @@ class RunMetrics:
         outcome = str(event.get("outcome"))
         self.calls.labels(outcome=outcome).inc()
         counted = Usage().add(event)  # what this attempt adds, by the one rule every table uses
-        if counted.cached:
+        if counted.cached or counted.replayed:
             return
         self.retries.inc(counted.retries)
         self.tokens.labels(type="input").inc(counted.prompt_tokens)

@@ -42,7 +42,7 @@ def print_run_list(store: Store) -> None:
     _console().print(table)
 
 
-LM_COLUMNS = [("calls", "calls"), ("errors", "err"), ("retries", "retry"), ("cached", "cache"),
+LM_COLUMNS = [("calls", "calls"), ("errors", "err"), ("retries", "retry"), ("cached", "cache"), ("replayed", "replay"),
               ("prompt_tokens", "tok in"), ("completion_tokens", "tok out"), ("cost", "cost"),
               ("seconds", "model s"), ("queued_seconds", "queued s"), ("p50_latency", "p50"), ("p95_latency", "p95")]
 
@@ -97,10 +97,18 @@ def print_run_tables(tables: dict) -> None:
     console.print(f"totals: {totals['calls']} calls, {totals['prompt_tokens']:,} tokens in, "
                   f"{totals['completion_tokens']:,} out, "
                   f"cost {cost_text(totals['cost'], totals['unpriced_calls'])}, "
-                  f"{totals['retries']} retries, {totals['errors']} errors, {totals['cached']} cached")
+                  f"{totals['retries']} retries, {totals['errors']} errors, {totals['cached']} cached, "
+                  f"{totals['replayed']} replayed")
+    replay = tables.get("replay") or {}
+    if replay.get("replayed") or replay.get("parted_steps"):
+        console.print(f"replay: {replay['replayed']} calls answered from the call journal (not billed again)"
+                      + (f"; replay parted from the journal in {replay['parted_steps']} step(s), leaving "
+                         f"{replay['unused']} earlier answer(s) unused (the rest ran live)"
+                         if replay.get("parted_steps") else ""))
     for title, rows, first in (("by step", tables["steps"], ["step", "done", "failed"]),
                                ("by recursion depth", tables["depths"], ["depth"]),
-                               ("by document", tables["documents"], ["path", "status", "steps"])):
+                               ("by document", tables["documents"] + tables.get("other_documents", []),
+                                ["path", "status", "steps"])):
         table = Table(title=title)
         for column in first:
             table.add_column(column)
@@ -108,7 +116,7 @@ def print_run_tables(tables: dict) -> None:
             table.add_column(label, justify="right")
         for row in rows:
             cells = [str(row.get(column, "")) for column in first]
-            if first[0] == "path":
+            if first[0] == "path" and not cells[0].startswith("("):
                 cells[0] = Path(cells[0]).name
             table.add_row(*cells, *_lm_cells(row))
         console.print(table)

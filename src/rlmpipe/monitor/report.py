@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlmpipe.lm.usage import FREE_OUTCOMES
 from rlmpipe.monitor.formats import cost_text, duration, usd, when
 from rlmpipe.monitor.html import Column, card, count, esc, page, table
 from rlmpipe.monitor.metrics import run_tables
@@ -36,12 +37,16 @@ from rlmpipe.monitor.plots import (MAX_TIMELINE_BARS, BarRow, FailureCounts, Lat
                                    Timeline, build_sessions, failures_plot, latency_plot, outside_documents,
                                    short_path, timeline_plot, tokens_cost_plot)
 from rlmpipe.monitor.render import run_state
+from rlmpipe.monitor.trajectory import Recursion
+from rlmpipe.monitor.trajectory import build as build_recursion
+from rlmpipe.monitor.trajectory import render as render_recursion
 from rlmpipe.runtime.eventlog import read_events
 from rlmpipe.runtime.store import Store
 
 MAX_TABLE_ROWS = 500  # rows of the per-document table (failed documents first)
 MAX_PLOT_DOCUMENTS = 20  # documents drawn in the tokens-by-document plot; the rest are one row
 MAX_NOTES = 30
+MAX_TRAJECTORIES = 20  # RLM steps drawn as trees (an `ask --each` over 500 documents has 500)
 
 
 def write_report(store: Store, run_id: str, path: str | Path) -> Path:
@@ -55,13 +60,14 @@ def write_report(store: Store, run_id: str, path: str | Path) -> Path:
 # --- tables -------------------------------------------------------------------------------------
 LM_COLUMNS = [
     Column("calls", "calls", "int"), Column("errors", "errors", "int"), Column("retries", "retries", "int"),
-    Column("cached", "cached", "int"), Column("prompt_tokens", "tokens in", "int"),
+    Column("cached", "cached", "int"), Column("replayed", "replayed", "int"),
+    Column("prompt_tokens", "tokens in", "int"),
     Column("completion_tokens", "tokens out", "int"),
     Column("cost", "cost", "num", fmt=lambda r: cost_text(r.get("cost"), r.get("unpriced_calls") or 0)),
     Column("seconds", "model time", "seconds"), Column("queued_seconds", "queued", "seconds"),
     Column("p50_latency", "p50 latency", "seconds"), Column("p95_latency", "p95 latency", "seconds"),
 ]
-DOC_LM_COLUMNS = [c for c in LM_COLUMNS if c.key not in ("cached", "p50_latency", "p95_latency")]
+DOC_LM_COLUMNS = [c for c in LM_COLUMNS if c.key not in ("cached", "replayed", "p50_latency", "p95_latency")]
 
 
 STEP_COLUMNS = [  # the slowest and the most expensive steps
@@ -91,7 +97,8 @@ class RunReport:
     slowest_steps: list[dict]
     costliest_steps: list[dict]
     failed_steps: list[dict]  # steps whose last attempt failed (at most MAX_TABLE_ROWS)
-    trajectories: list[dict]  # RLM code executions, by step
+    trajectories: list[Recursion]  # RLM steps as trees (the first MAX_TRAJECTORIES)
+    more_trajectories: int  # RLM steps beyond those
     sessions: list[Session]
     notes: list[str]  # the run's notes from its event log, oldest first
     store_name: str
@@ -128,7 +135,7 @@ def collect(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BARS) -> 
     return RunReport(
         run=run, totals=tables["totals"],
         calls_with_tokens=sum(1 for c in calls()
-                              if c["outcome"] != "cached" and c["prompt_tokens"] + c["completion_tokens"]),
+                              if c["outcome"] not in FREE_OUTCOMES and c["prompt_tokens"] + c["completion_tokens"]),
         timeline=Timeline.build(calls, max_bars),
         latency=LatencyHistogram.build(lambda: store.each_latency(run_id, outcome="ok")),
         failures=FailureCounts.build(calls(), sessions),
@@ -137,7 +144,10 @@ def collect(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BARS) -> 
         documents=documents, steps=tables["steps"],
         depths=tables["depths"], slowest_steps=tables["slowest_steps"],
         costliest_steps=tables["costliest_steps"], failed_steps=failed_steps,
-        trajectories=tables.get("trajectories", []),
+        trajectories=[build_recursion({**t, "document": doc_paths.get(t["doc_id"], "")}, t["entries"],
+                                      store.step_calls(t["step_key"]), store.journal_entries(t["step_key"]))
+                      for t in tables.get("trajectories", [])[:MAX_TRAJECTORIES]],
+        more_trajectories=max(0, len(tables.get("trajectories", [])) - MAX_TRAJECTORIES),
         sessions=sessions,
         notes=[e.get("message") or "" for e in events if e.get("type") == "note"][:MAX_NOTES],
         store_name=store.path.name, workspace=str(store.workspace),
@@ -216,6 +226,8 @@ def _cards(report: RunReport) -> str:
         card("retries", count(totals["retries"]), key="retries", bad=totals["retries"] > 0),
         card("errors", count(totals["errors"]), key="errors", bad=totals["errors"] > 0),
         card("cached", count(totals["cached"]), key="cached"),
+        card("replayed", count(totals["replayed"]), key="replayed",
+             sub="answers from the call journal: not billed again" if totals["replayed"] else ""),
     ])
 
 
@@ -325,16 +337,14 @@ def _sections(report: RunReport) -> list[tuple[str, str, str, str]]:
                                       Column("error", "error", "error")],
                report.failed_steps, empty="no step failed")),
     ]
-    for trajectory in report.trajectories:
-        entries = "".join(
-            f'<details{" open" if number < 3 else ""}><summary>#{number} · depth {entry["depth"]} · '
-            f'{entry["seconds"]:.2f}s{" · error" if entry["error"] else ""}</summary>'
-            f'<pre>{esc(entry["code"])}</pre><pre class="muted">{esc(entry["output"])}</pre></details>'
-            for number, entry in enumerate(trajectory["entries"], start=1))
-        by_depth = ", ".join(f"{n} at depth {d}" for d, n in trajectory["by_depth"].items())
-        sections.append((f"RLM trajectory: step {trajectory['step']}", f"trajectory-{trajectory['step_key'][:8]}",
-                         f"Every execution of model-written code ({esc(by_depth)}), status {esc(trajectory['status'])}; "
-                         "the LM calls at each depth are in the tables above.", entries))
+    for recursion in report.trajectories:
+        sections.append((f"RLM trajectory: step {recursion.step}", f"trajectory-{recursion.step_key[:8]}",
+                         "The recursion as it ran, iteration by iteration (the LM calls at each depth are also "
+                         "in the tables above).", render_recursion(recursion)))
+    if report.more_trajectories:
+        sections.append(("More RLM trajectories", "trajectory-more",
+                         f"{count(report.more_trajectories)} more RLM steps are not drawn here: "
+                         "<code>rlmpipe runs show RUN_ID</code> lists every trajectory.", ""))
     return sections
 
 

@@ -51,5 +51,5 @@ def watch_run(store: Store, run_id: str, interval: float = 1.0) -> RunProgress:
     run = store.get_run(run_id) or {}
     print(f"run {run_id}: {run_state(run) if run else 'unknown'}"
           + (f" ({run['stop_reason']})" if run.get("stop_reason") else "")
-          + f", elapsed {duration(time.time() - progress.started)}", file=sys.stderr)
+          + f", elapsed {duration(progress.elapsed)}", file=sys.stderr)
     return progress
