@@ -7,8 +7,10 @@ Kills wait for what the store holds (answers in the journal), never for a time; 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -313,3 +315,37 @@ def test_ask_each_runs_one_recursion_per_document_and_a_bad_file_fails_alone(tmp
     calls = len(openai_server.chat_calls)
     again = run_cli(*args, cwd=tmp_path)  # the same command again: every answer reused, no call made
     assert again.stdout == result.stdout and len(openai_server.chat_calls) == calls
+
+
+@requires_deno
+@pytest.mark.slow
+def test_the_code_asks_what_is_left_of_its_budgets_and_a_replay_sees_what_the_first_run_saw(tmp_path, pyodide_cache):
+    from rlmpipe.patterns.rlm import BUDGET_INSTRUCTIONS
+    from tests.support.recursion import iteration
+
+    lm = ScriptedLM(usage=(400, 50))
+    plan = ("```python\nleft = budget_left()\nprint('LEFT', sorted(left.items()))\n"
+            "notes = [llm_query(f'SUBQUERY {i}: note') for i in range(3)]\n```")
+    lm.reply(iteration(1), chat_reply(reasoning="See what is left.", code=plan))
+    lm.reply(iteration(2), chat_reply(reasoning="Done.", code="```python\nSUBMIT(answer=str(left), sources=[])\n```"))
+    lm.reply(r"SUBQUERY \d+", "noted")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "doc.txt").write_text("Some contract text. " * 100, encoding="utf-8")
+    workspace = tmp_path / "ws"
+    first = execute(AskPipeline(QUESTION, max_depth=2, max_llm_calls=9), [str(docs)], lm,
+                    options=RunOptions(workspace=workspace, max_run_tokens=3200, max_sub_calls=5))
+    assert first.status == "stopped"  # the second iteration did not fit the token budget
+    prompt = next(c.prompt for c in lm.calls if c.rule == iteration(1))
+    assert BUDGET_INSTRUCTIONS.strip() in " ".join(prompt.split())  # the tool is named in the instructions
+    with Store(workspace) as store:
+        step = next(s for s in store.steps(first.run_id) if s.name == "ask")
+    seen = next(e["output"] for e in step.extra["trajectory"] if "LEFT" in e["output"])
+    assert "('depth', 2)" in seen and "('llm_calls', 9)" in seen and "('sub_calls', 5)" in seen
+    tokens_left = int(re.search(r"\('tokens', (\d+)\)", seen).group(1))
+    assert 0 < tokens_left < 3200 - 400  # the first call was billed before the code asked
+    resumed = execute(AskPipeline(QUESTION, max_depth=2, max_llm_calls=9), [str(docs)], lm,
+                      options=RunOptions(workspace=workspace, max_run_tokens=50_000, max_sub_calls=5))
+    assert resumed.status == "done"
+    first_seen = dict(ast.literal_eval(seen.split("LEFT ", 1)[1].strip()))
+    assert ast.literal_eval(resumed.final["answer"]) == first_seen  # replayed: what the first run saw, not now
