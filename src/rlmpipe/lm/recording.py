@@ -16,9 +16,10 @@ DSPy modules see. Around each attempt it
    and keeps each answer in the step's call journal before the program sees it (``lm/journal.py``):
    a step run again after a crash or a stop is served its answered calls from there, recorded as
    ``replayed`` (no tokens billed, no cost), and calls the model only for what was never answered,
-5. retries retryable failures with exponential backoff and jitter (tenacity's schedule),
-   honouring ``Retry-After`` up to a cap, and opens the circuit breaker (stopping the run) when the
-   provider fails attempt after attempt.
+5. retries retryable failures (tenacity's ``Retrying``: exponential backoff with jitter, or the
+   ``Retry-After`` the provider sent, up to a cap, which then pauses every worker; a sleep ends at once
+   when the run stops), and opens the circuit breaker (stopping the run) when the provider fails
+   attempt after attempt.
 
 DSPy's own retries are turned off on the inner LM (``num_retries=0``: a copy is made when the LM
 given has its own), so that every attempt is seen and counted here, once.
@@ -28,13 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import dspy
@@ -42,7 +41,7 @@ import tenacity
 
 from rlmpipe.lm.context import current
 from rlmpipe.lm.control import RunControl
-from rlmpipe.lm.errors import Classified, classify, one_line
+from rlmpipe.lm.errors import classify, one_line
 from rlmpipe.lm.journal import Claim, dumps_outputs, preview, request_key
 from rlmpipe.lm.limits import Budget, CircuitBreaker, ModelSlots, RateLimiter, Reservation
 from rlmpipe.lm.tokens import count_outputs, count_prompt
@@ -51,10 +50,6 @@ from rlmpipe.lm.usage import LMCall, Pricing, UsageRecorder
 
 #: seconds between two asks for admission while calls in flight hold what is left of the budget
 ADMISSION_POLL = 0.05
-#: the name of the first wait in tenacity's exponential schedule: ``multiplier`` in newer releases
-#: (``initial``, which older ones take, warns there)
-_FIRST_WAIT = ("multiplier" if "multiplier" in inspect.signature(tenacity.wait_exponential_jitter).parameters
-               else "initial")
 
 try:  # DSPy 3.4 warns when messages= reaches an LM, except for the adapter's own call: this forwards that call
     from dspy.clients._deprecation import adapter_message_call as _forwarding
@@ -131,9 +126,9 @@ class RecordingLM(dspy.BaseLM):
         #: the model's own slots: how many calls it answers at once (None: as many as are made)
         parallel = getattr(inner, "parallel_calls", None)
         self.slots = slots or (ModelSlots(parallel) if parallel else None)
-        # tenacity's schedule, built once (a Retrying per call left a reference cycle per call)
-        self._backoff = tenacity.wait_exponential_jitter(
-            **{_FIRST_WAIT: self.retry.initial_wait}, max=self.retry.max_wait, jitter=self.retry.jitter)
+        # the schedule between attempts: exponential from initial_wait, capped, plus up to `jitter` seconds
+        self._backoff = (tenacity.wait_exponential(multiplier=self.retry.initial_wait, max=self.retry.max_wait)
+                         + tenacity.wait_random(0, self.retry.jitter))
 
     # --- DSPy's view of the LM: the inner LM's capabilities -------------------------------------
     @property
@@ -185,26 +180,25 @@ class RecordingLM(dspy.BaseLM):
                 context.journal.settle(claim)
 
     def _call(self, prompt, messages, kwargs, context, call_id: str, claim: Claim | None):
+        """The call, attempted as the retry policy says (``_attempt`` once per attempt)."""
         prompt_tokens = count_prompt(self.model, prompt, messages)
-        attempt = 0
-        while True:
-            attempt += 1
-            if self.control.stopping:
-                raise self._stopping()
-            try:
-                return self._attempt(prompt, messages, kwargs, context, call_id, attempt, prompt_tokens, claim)
-            except Exception as error:
-                info = classify(error)
-                if self.breaker is not None:
-                    opened = self.breaker.record(info.type, one_line(error))
-                    if opened:
-                        self.control.stop(f"provider unavailable: {opened}")
-                if info.kind != "retryable" or attempt >= self.retry.max_attempts:
+        attempts = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retry.max_attempts),
+            retry=tenacity.retry_if_exception(lambda error: classify(error).kind == "retryable"),
+            wait=self._wait, sleep=self._sleep, before_sleep=self._pause_everyone, reraise=True)
+        for attempt in attempts:
+            with attempt:
+                if self.control.stopping:
+                    raise self._stopping()
+                try:
+                    return self._attempt(prompt, messages, kwargs, context, call_id,
+                                         attempt.retry_state.attempt_number, prompt_tokens, claim)
+                except Exception as error:
+                    if self.breaker is not None:
+                        opened = self.breaker.record(classify(error).type, one_line(error))
+                        if opened:
+                            self.control.stop(f"provider unavailable: {opened}")
                     raise
-                delay = self._delay(info, attempt)
-                if info.retry_after is not None and self.limiter is not None:
-                    self.limiter.hold(delay)  # the provider asked everyone to wait, not only this call
-                self._sleep(delay)
 
     def _replay(self, claim: Claim, context, call_id: str):
         """A call the step made before it was stopped or crashed: its answer, from the journal. It counts as
@@ -322,13 +316,18 @@ class RecordingLM(dspy.BaseLM):
                 call = dataclasses.replace(call, stored=True)
             self.recorder.record(call)
 
-    def _delay(self, info: Classified, attempt: int) -> float:
+    def _wait(self, state: tenacity.RetryCallState) -> float:
         """Retry-After when the server gave one (capped), else exponential backoff with jitter."""
-        if info.retry_after is not None:
-            return min(info.retry_after, self.retry.max_retry_after)
-        return self._backoff(SimpleNamespace(attempt_number=attempt))  # the one field its waits read
+        after = classify(state.outcome.exception()).retry_after
+        return min(after, self.retry.max_retry_after) if after is not None else self._backoff(state)
+
+    def _pause_everyone(self, state: tenacity.RetryCallState) -> None:
+        """A Retry-After is the provider asking everyone to wait, not only this call."""
+        if self.limiter is not None and classify(state.outcome.exception()).retry_after is not None:
+            self.limiter.hold(state.next_action.sleep)
 
     def _sleep(self, seconds: float) -> None:
+        """Sleep between attempts; RunStopping at once when the run stops."""
         if self.control.wait(seconds):
             raise self._stopping()
 
