@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from rlmpipe.runtime.store import SCHEMA, SCHEMA_VERSION, Store, WorkspaceTooNew
+from rlmpipe.runtime.store import FIRST_SCHEMA, SCHEMA_VERSION, Store, WorkspaceTooNew
 from tests.support.cli import ROOT, error_lines, rlmpipe, start
 from tests.support.contract_replies import extraction_reply
 from tests.support.replies import summary_reply
@@ -349,7 +349,7 @@ def test_an_old_workspace_is_migrated_and_a_newer_one_refused(tmp_path):
     old = tmp_path / "old"
     old.mkdir()
     database = sqlite3.connect(old / "runs.sqlite")
-    database.executescript(SCHEMA)  # the first schema, as rlmpipe 0.1 left it (user_version 0)
+    database.executescript(FIRST_SCHEMA)  # the first schema, as rlmpipe 0.1 left it (user_version 0)
     database.execute("INSERT INTO runs (run_id, pipeline, fingerprint, model, config, status, created, updated) "
                      "VALUES ('r1', 'summarize', 'f', 'm', '{}', 'done', 1, 1)")
     database.commit()

@@ -28,119 +28,9 @@ from typing import Any, Iterable, Iterator
 
 from rlmpipe.lm.journal import Answer, Claim
 from rlmpipe.lm.usage import FREE_OUTCOMES, LMCall, Usage
+from rlmpipe.runtime.schema import FIRST_SCHEMA, SCHEMA_VERSION, WorkspaceTooNew, insert, migrate
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    pipeline TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    model TEXT,
-    config TEXT NOT NULL,          -- JSON: everything needed to run it again (inputs included)
-    status TEXT NOT NULL,          -- running | done | stopped | failed
-    stop_reason TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    sessions INTEGER NOT NULL DEFAULT 0,
-    pid INTEGER,
-    totals TEXT                     -- JSON: documents/steps counts at the last update
-);
-CREATE TABLE IF NOT EXISTS documents (
-    run_id TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    status TEXT NOT NULL,          -- pending | running | done | failed | stopped
-    error TEXT,
-    chunks INTEGER,
-    steps_total INTEGER,
-    started REAL,
-    finished REAL,
-    result TEXT,                   -- JSON: the document's final output
-    PRIMARY KEY (run_id, doc_id, path)
-);
-CREATE TABLE IF NOT EXISTS steps (
-    step_key TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    doc_id TEXT,
-    chunk_id TEXT,
-    name TEXT NOT NULL,
-    depth INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,          -- done | failed | stopped (only done is final)
-    result TEXT,                   -- JSON
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cost REAL,                     -- NULL: some call had an unknown price
-    calls INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    reasks INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    started REAL,
-    finished REAL,
-    worker TEXT,
-    extra TEXT                     -- JSON: pattern-specific detail (e.g. an RLM trajectory)
-);
-CREATE INDEX IF NOT EXISTS steps_by_run ON steps(run_id, status);
-CREATE TABLE IF NOT EXISTS lm_calls (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT,
-    step_key TEXT,
-    step_name TEXT,
-    doc_id TEXT,
-    depth INTEGER NOT NULL,
-    model TEXT NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cost REAL,
-    latency REAL NOT NULL,
-    started REAL NOT NULL,
-    outcome TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    error_type TEXT,
-    error TEXT,
-    worker TEXT,
-    call_id TEXT,
-    session INTEGER
-);
-CREATE INDEX IF NOT EXISTS calls_by_run ON lm_calls(run_id);
-"""
-
-#: The schema's version now, and the statements that bring a workspace of version ``n - 1`` to ``n``.
-SCHEMA_VERSION = 3
-MIGRATIONS: dict[int, list[str]] = {
-    2: [
-        "ALTER TABLE lm_calls ADD COLUMN queued REAL NOT NULL DEFAULT 0",       # seconds before the model
-        "ALTER TABLE lm_calls ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",  # tokens counted here
-        "ALTER TABLE documents ADD COLUMN detail TEXT",                         # a failure's traceback
-        "ALTER TABLE steps ADD COLUMN detail TEXT",
-    ],
-    3: [  # the call journal (durable recursion)
-        "ALTER TABLE lm_calls ADD COLUMN request TEXT",       # the request's content digest (the journal's key)
-        "ALTER TABLE lm_calls ADD COLUMN occurrence INTEGER",  # the n-th time its step made that request
-        "ALTER TABLE lm_calls ADD COLUMN seq INTEGER",         # its place among its step's requests
-        "ALTER TABLE lm_calls ADD COLUMN parent TEXT",         # the RLM code execution that made it
-        "ALTER TABLE steps ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0",  # calls served from the journal
-        "ALTER TABLE steps ADD COLUMN unused INTEGER NOT NULL DEFAULT 0",    # journaled answers not asked again
-        """CREATE TABLE IF NOT EXISTS journal (
-            step_key TEXT NOT NULL,
-            request TEXT NOT NULL,         -- the request's content digest
-            occurrence INTEGER NOT NULL,   -- the n-th time the step made this request
-            run_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,          -- its place among the step's requests when it was answered
-            depth INTEGER NOT NULL DEFAULT 0,
-            parent TEXT,                   -- the RLM code execution that made it
-            model TEXT,                    -- 'tool:NAME' for a host value the program asked for
-            preview TEXT,                  -- the request's last message, clipped
-            outputs TEXT NOT NULL,         -- JSON: the answer, as the LM returned it
-            prompt_tokens INTEGER NOT NULL DEFAULT 0,
-            completion_tokens INTEGER NOT NULL DEFAULT 0,
-            cost REAL,
-            latency REAL,
-            answered REAL NOT NULL,
-            session INTEGER,
-            PRIMARY KEY (step_key, request, occurrence)
-        )""",
-    ],
-}
-
+__all__ = ["FIRST_SCHEMA", "SCHEMA_VERSION", "StepRow", "Store", "WorkspaceBusy", "WorkspaceTooNew", "find_workspace"]
 
 WORKSPACE_NAME = ".rlmpipe"
 
@@ -164,10 +54,6 @@ def find_workspace(explicit: str | Path | None = None, start: str | Path | None 
 
 class WorkspaceBusy(RuntimeError):
     """Another run holds the workspace; the message names it."""
-
-
-class WorkspaceTooNew(RuntimeError):
-    """The workspace was written by a newer rlmpipe."""
 
 
 @dataclass
@@ -209,30 +95,7 @@ class Store:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         with self._write_lock:
-            self._migrate(self._connection())
-
-    def _migrate(self, connection: sqlite3.Connection) -> None:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            fresh = not connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone()
-            if version > SCHEMA_VERSION:
-                raise WorkspaceTooNew(
-                    f"{self.workspace} was written by a newer rlmpipe (store schema {version}, this one "
-                    f"knows {SCHEMA_VERSION}): upgrade rlmpipe, or use another --workspace")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            if fresh:
-                version = 1
-            for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+            migrate(self._connection(), self.workspace)
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -385,16 +248,10 @@ class Store:
         """The step's row (its calls are stored as they end): done means stored. In the same transaction,
         journaled answers that no longer belong to the step are dropped: ``forget`` (the ones its replay
         parted from), or all of them (``forget_all``: a failure that the same answers would repeat)."""
-        statements = [(
-            "INSERT OR REPLACE INTO steps (step_key, run_id, doc_id, chunk_id, name, depth, status, result,"
-            " prompt_tokens, completion_tokens, cost, calls, attempts, reasks, error, started, finished, worker, extra,"
-            " detail, replayed, unused) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.step_key, row.run_id, row.doc_id, row.chunk_id, row.name, row.depth, row.status,
-             json.dumps(row.result) if row.result is not None else None, row.prompt_tokens,
-             row.completion_tokens, row.cost, row.calls, row.attempts, row.reasks, row.error, row.started,
-             row.finished, row.worker, json.dumps(row.extra) if row.extra is not None else None, row.detail,
-             row.replayed, row.unused),
-        )]
+        values = {**{name: getattr(row, name) for name in _STEP_COLUMNS},
+                  "result": json.dumps(row.result) if row.result is not None else None,
+                  "extra": json.dumps(row.extra) if row.extra is not None else None}
+        statements = [(_STEP_INSERT, tuple(values[name] for name in _STEP_COLUMNS))]
         if forget_all:
             statements.append(("DELETE FROM journal WHERE step_key = ?", (row.step_key,)))
         statements.extend(("DELETE FROM journal WHERE step_key = ? AND request = ? AND occurrence = ?",
@@ -426,14 +283,13 @@ class Store:
                     preview: str, depth: int, parent: str | None, session: int) -> None:
         """One answer of a step, and the record of the call that got it, in one transaction: once this
         returns, a crash cannot make the step pay for it again."""
-        statements = [(
-            "INSERT OR REPLACE INTO journal (step_key, request, occurrence, run_id, seq, depth, parent, model,"
-            " preview, outputs, prompt_tokens, completion_tokens, cost, latency, answered, session)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (step_key, claim.key, claim.occurrence, run_id, claim.seq, depth, parent,
-             call.model if call is not None else "tool", preview, outputs,
-             call.prompt_tokens if call else 0, call.completion_tokens if call else 0,
-             call.cost if call else None, call.latency if call else None, time.time(), session))]
+        answer = {"step_key": step_key, "request": claim.key, "occurrence": claim.occurrence, "run_id": run_id,
+                  "seq": claim.seq, "depth": depth, "parent": parent,
+                  "model": call.model if call is not None else "tool", "preview": preview, "outputs": outputs,
+                  "prompt_tokens": call.prompt_tokens if call else 0,
+                  "completion_tokens": call.completion_tokens if call else 0, "cost": call.cost if call else None,
+                  "latency": call.latency if call else None, "answered": time.time(), "session": session}
+        statements = [(insert("journal", answer, "INSERT OR REPLACE"), tuple(answer.values()))]
         if call is not None:
             statements.append(_call_insert(call, session))
         self._write(statements)
@@ -503,16 +359,9 @@ _USAGE_COLUMNS = "outcome, attempt, prompt_tokens, completion_tokens, cost, late
 
 
 def _call_insert(call: LMCall, session: int) -> tuple[str, tuple]:
-    return (
-        "INSERT INTO lm_calls (run_id, step_key, step_name, doc_id, depth, model, prompt_tokens, completion_tokens,"
-        " cost, latency, started, outcome, attempt, error_type, error, worker, call_id, session, queued, estimated,"
-        " request, occurrence, seq, parent) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " ?, ?)",
-        (call.run_id, call.step_key, call.step_name, call.doc_id, call.depth, call.model, call.prompt_tokens,
-         call.completion_tokens, call.cost, call.latency, call.started, call.outcome, call.attempt,
-         call.error_type, call.error, call.worker, call.call_id, session, call.queued, int(call.estimated),
-         call.request, call.occurrence, call.seq, call.parent),
-    )
+    values = {**{name: getattr(call, name) for name in _CALL_FIELDS}, "estimated": int(call.estimated),
+              "session": session}
+    return _CALL_INSERT, tuple(values[name] for name in _CALL_COLUMNS)
 
 
 def _run_dict(row: sqlite3.Row) -> dict:
@@ -522,7 +371,12 @@ def _run_dict(row: sqlite3.Row) -> dict:
     return record
 
 
-_STEP_COLUMNS = [field.name for field in fields(StepRow)]
+_STEP_COLUMNS = [field.name for field in fields(StepRow)]  # a step row is a StepRow
+_STEP_INSERT = insert("steps", _STEP_COLUMNS, "INSERT OR REPLACE")
+#: a call row is an LMCall (what it says of itself) and the session that made it
+_CALL_FIELDS = [field.name for field in fields(LMCall) if field.name != "stored"]
+_CALL_COLUMNS = [*_CALL_FIELDS, "session"]
+_CALL_INSERT = insert("lm_calls", _CALL_COLUMNS)
 
 
 def _step_row(row: sqlite3.Row | dict) -> StepRow:
