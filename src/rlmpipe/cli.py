@@ -362,6 +362,8 @@ def ask(
     args: List[str] = typer.Argument(..., metavar="PATH... QUESTION", help="Files or folders, then the question."),
     max_depth: int = typer.Option(2, "--max-depth", help="Deepest recursion level of sub-model calls."),
     max_iters: int = typer.Option(12, "--max-iters", help="REPL rounds of the top-level model."),
+    max_llm_calls: int = typer.Option(40, "--max-llm-calls", min=1, help="Sub-model calls one RLM may make "
+                                      "(dspy.RLM's max_llm_calls; --max-sub-calls caps all of them together)."),
     max_sub_calls: Optional[int] = typer.Option(None, "--max-sub-calls", help="Sub-model calls, all depths together."),
     timeout: float = typer.Option(120.0, "--exec-timeout", help="Seconds one code execution may take."),
     each: bool = typer.Option(False, "--each", help="One recursion per document (in parallel), one JSON line "
@@ -379,7 +381,8 @@ def ask(
     if flags.concurrency == 8:  # the default: fewer in parallel for one question
         options["concurrency"] = 4
     with session(flags) as (events, on_start):
-        result = api.ask(paths, question, each=each, max_depth=max_depth, max_iters=max_iters, exec_timeout=timeout,
+        result = api.ask(paths, question, each=each, max_depth=max_depth, max_iters=max_iters,
+                         max_llm_calls=max_llm_calls, exec_timeout=timeout,
                          max_sub_calls=max_sub_calls, events=events, on_start=on_start, **flags.model(), **options)
     _print_result(result, flags.quiet)
     finish(result)
