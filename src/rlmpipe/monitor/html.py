@@ -6,16 +6,66 @@ one script and the page around them. A page built by :func:`page` is self-contai
 script and SVG, and a Content-Security-Policy that forbids loading anything), so it opens offline
 and can be mailed as it is.
 
+The markup is in Jinja2 templates (``templates/``, package data) with autoescape on, so escaping is
+what happens unless a value is marked as markup (:func:`markup`); :func:`render` fills one. Only the
+SVG primitives stay in Python (each a line or two, escaping their text with :func:`esc`). Every
+function here returns a plain ``str``, so callers may join its pieces as they like.
+
 Layering: ``rlmpipe.apps`` may import this module; it imports nothing of ``rlmpipe.apps``.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
+
+import jinja2
+from markupsafe import Markup
+
+
+# --- templates -----------------------------------------------------------------------------------
+def markup(text: str) -> Markup:
+    """``text`` as HTML a template inserts as it is (it must already be escaped where it holds data)."""
+    return Markup(text)
+
+
+def _attrs(attributes: dict | None) -> Markup:
+    """`` name="value"`` for each attribute (values escaped); a None value leaves its attribute out."""
+    return Markup("".join(f' {name}="{esc(value)}"' for name, value in (attributes or {}).items()
+                          if value is not None))
+
+
+def environment(package: str = __package__) -> jinja2.Environment:
+    """The templates of ``package`` (its ``templates`` folder), autoescaped; an app's templates may
+    import the kit's macros (``{% import "kit.html" as kit %}``). One per package (filters added to it
+    stay)."""
+    return _environment(package)
+
+
+@functools.cache
+def _environment(package: str) -> jinja2.Environment:
+    loaders = [jinja2.PackageLoader(package, "templates")]
+    if package != __package__:
+        loaders.append(jinja2.PackageLoader(__package__, "templates"))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["attrs"] = _attrs
+    env.filters["count"] = lambda value: count(value)
+    return env
+
+
+def render(template: str, package: str = __package__, **context) -> str:
+    """A template of ``package`` filled with ``context``, as a plain string."""
+    return str(environment(package).get_template(template).render(**context))
+
+
+def _kit(name: str, *args, **kwargs) -> str:
+    """One of the kit's macros (templates/kit.html), as a plain string."""
+    return str(getattr(environment().get_template("kit.html").module, name)(*args, **kwargs))
 
 
 # --- text -----------------------------------------------------------------------------------------
@@ -96,27 +146,20 @@ def svg_plot(plot_id: str, title: str, width: float, height: float, body: Iterab
 def figure(plot_id: str, title: str, svg: str, caption: str, legend: str = "") -> str:
     """A plot with its heading (if ``title``), its legend and its caption (HTML: it may hold markup),
     so that every plot says what it shows."""
-    heading = f"<h3>{esc(title)}</h3>" if title else ""
-    return (f'<figure class="figure" id="figure-{plot_id}">{heading}{legend}'
-            f'<div class="plot-wrap">{svg}</div><figcaption>{caption}</figcaption></figure>')
+    return _kit("figure", plot_id, title, Markup(svg), Markup(caption), Markup(legend))
 
 
 def legend(items: Iterable[tuple[str, str]]) -> str:
     """A legend of (colour, label) keys, in HTML above the plot (it wraps and stays readable when the
     plot scales down); an item without a colour is a muted label."""
-    spans = "".join(f'<span class="key"><i style="background:{colour}"></i>{esc(label)}</span>' if colour
-                    else f'<span class="key muted">{esc(label)}</span>' for colour, label in items)
-    return f'<div class="legend">{spans}</div>'
+    return _kit("legend", list(items))
 
 
 # --- cards and tables -----------------------------------------------------------------------------
 def card(label: str, value: str, *, key: str = "", bad: bool = False, sub: str = "") -> str:
     """One headline figure (put cards in ``<div class="cards">``): a label over a large value, red if
     ``bad``; ``key`` names the value (data-total) for tests and scripts; ``sub`` is a small note."""
-    total = f' data-total="{esc(key)}"' if key else ""
-    return (f'<div class="card{" bad" if bad else ""}"><div class="label">{esc(label)}</div>'
-            f'<div class="value"{total}>{esc(value)}</div>'
-            + (f'<div class="sub">{esc(sub)}</div>' if sub else "") + "</div>")
+    return _kit("card", label, value, key=key, bad=bad, sub=sub)
 
 
 NUMERIC_KINDS = ("int", "seconds", "num")
@@ -138,22 +181,20 @@ class Column:
     cls: str = ""  # more classes of the cells
 
 
-def _cell(column: Column, row: dict) -> str:
-    """One <td> of :func:`table`: its markup, or its text (escaped); a number also in data-value."""
+def _cell(column: Column, row: dict) -> tuple[dict, str | Markup]:
+    """One cell of :func:`table`: its attributes (a number also in data-value), and its markup or text."""
     value = row.get(column.key)
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     kind = "num" if column.kind in NUMERIC_KINDS else "" if column.kind == "text" else column.kind
     classes = " ".join(c for c in (kind, column.cls) if c)
-    attributes = (f' data-value="{value}"' if numeric else "") + (f' class="{classes}"' if classes else "")
+    attributes = {"data-value": value if numeric else None, "class": classes or None}
     if column.markup is not None:
-        content = column.markup(row)
-    elif column.fmt is not None:
-        content = esc(column.fmt(row))
-    elif column.kind == "int":
-        content = esc(count(value))
-    else:
-        content = "" if value is None else esc(f"{value:.3f}s" if column.kind == "seconds" else value)
-    return f"<td{attributes}>{content}</td>"
+        return attributes, Markup(column.markup(row))
+    if column.fmt is not None:
+        return attributes, column.fmt(row)
+    if column.kind == "int":
+        return attributes, count(value)
+    return attributes, "" if value is None else (f"{value:.3f}s" if column.kind == "seconds" else value)
 
 
 def table(table_id: str, columns: list[Column], rows: list[dict], *, empty: str | None = "nothing to show",
@@ -162,18 +203,10 @@ def table(table_id: str, columns: list[Column], rows: list[dict], *, empty: str 
     ``first_order`` is the first click's order) and that :func:`filter_controls` can filter.
     ``row_attributes`` gives each row's attributes (escaped here), e.g. the tags a filter reads;
     ``empty`` is the row shown when there is none (None: no row)."""
-    head = "".join(f'<th class="num">{esc(c.label)}</th>' if c.kind in NUMERIC_KINDS
-                   else f"<th>{esc(c.label)}</th>" for c in columns)
-    body = []
-    for row in rows:
-        extra = "".join(f' {name}="{esc(value)}"' for name, value in (row_attributes(row) if row_attributes
-                                                                     else {}).items())
-        body.append(f"<tr{extra}>" + "".join(_cell(column, row) for column in columns) + "</tr>")
-    if not rows and empty is not None:
-        body.append(f'<tr><td colspan="{len(columns)}" class="muted">{esc(empty)}</td></tr>')
-    order = f' data-first-order="{first_order}"' if first_order != "desc" else ""
-    return (f'<div class="table-wrap"><table id="{table_id}" class="sortable"{order}><thead><tr>{head}</tr>'
-            f'</thead><tbody>{"".join(body)}</tbody></table></div>')
+    head = [(column.label, column.kind in NUMERIC_KINDS) for column in columns]
+    body = [(row_attributes(row) if row_attributes else {}, [_cell(column, row) for column in columns])
+            for row in rows]
+    return _kit("table", table_id, head, body, empty, len(columns), first_order)
 
 
 def filter_controls(table_id: str, key: str, label: str, options: Iterable[str], shown: int, *,
@@ -181,14 +214,7 @@ def filter_controls(table_id: str, key: str, label: str, options: Iterable[str],
     """Controls over ``table_id``: show the rows whose tags hold (or lack) the chosen option, and say
     how many are shown. A row's tags are its ``data-<key>`` attribute, values joined by "|" (give
     them with :func:`table`'s ``row_attributes``); ``shown`` is the count before the script runs."""
-    choices = "".join(f'<option value="{esc(option)}">{esc(option)}</option>' for option in options)
-    return (f'<div class="controls"><label>{esc(label)} <select id="{select_id}" '
-            f'data-filter-table="{table_id}" data-filter-key="{esc(key)}"><option value="">(any)</option>'
-            f"{choices}</select></label>"
-            f'<label>is <select id="{mode_id}" data-filter-table="{table_id}" data-filter-mode>'
-            '<option value="present">present</option><option value="absent">absent</option></select></label>'
-            f'<span><span id="{shown_id}" data-shown-table="{table_id}">{shown}</span> shown · '
-            "click a column to sort</span></div>")
+    return _kit("filter_controls", table_id, key, label, list(options), shown, select_id, mode_id, shown_id)
 
 
 # --- the page -------------------------------------------------------------------------------------
@@ -211,9 +237,5 @@ SCRIPT = asset(__package__, "report.js")
 def page(title: str, body: str, *, css: str = "") -> str:
     """A whole HTML document around ``body`` (HTML, in <main>): the CSP that forbids loading anything,
     the one stylesheet plus ``css`` (a report's own few rules), and the one script, at the end."""
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
-            '<meta name="generator" content="rlmpipe">\n'
-            f"<title>{esc(title)}</title>\n<style>\n{CSS}{css}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n"
-            f"<script>\n{SCRIPT}</script>\n</body>\n</html>\n")
+    return render("page.html", title=title, body=Markup(body), csp=Markup(CSP), css=Markup(CSS + css),
+                  script=Markup(SCRIPT))

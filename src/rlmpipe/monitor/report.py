@@ -31,7 +31,8 @@ from pathlib import Path
 
 from rlmpipe.lm.usage import FREE_OUTCOMES
 from rlmpipe.monitor.formats import cost_text, duration, usd, when
-from rlmpipe.monitor.html import Column, card, count, esc, page, table
+from rlmpipe.monitor import html
+from rlmpipe.monitor.html import Column, count, esc, markup, page, table
 from rlmpipe.monitor.metrics import run_tables
 from rlmpipe.monitor.plots import (MAX_TIMELINE_BARS, BarRow, FailureCounts, LatencyHistogram, Session,
                                    Timeline, build_sessions, failures_plot, latency_plot, outside_documents,
@@ -160,93 +161,32 @@ def render_report(store: Store, run_id: str, *, max_bars: int = MAX_TIMELINE_BAR
 
 
 def render(report: RunReport) -> str:
-    """The page: the template below, filled by one function per part."""
-    run = report.run
-    body = f"""<header>
-<h1>Run <code>{esc(run['run_id'])}</code> · {esc(run['pipeline'])}</h1>
-<dl class="facts">{_facts(report)}</dl>
-<div class="cards" id="totals">{_cards(report)}</div>
-{''.join(_notes(report))}
-</header>
-<section id="section-sessions"><h2>Sessions</h2>
-<p class="muted">Each start or resume of the run is a session; LM figures include every session.</p>
-{_sessions_table(report.sessions)}</section>
-<section id="section-plots"><h2>Plots</h2>
-{''.join(_plots(report))}
-</section>
-{''.join(f'<section id="section-{tid}"><h2>{esc(title)}</h2><p class="muted">{intro}</p>{body}</section>'
-         for title, tid, intro, body in _sections(report))}
-<footer>Written by rlmpipe on {esc(when(report.generated))} from {esc(report.store_name)} (workspace
-<code>{esc(report.workspace)}</code>). Self-contained: opens offline, loads nothing.
-Click a table heading to sort by it.</footer>"""
-    return page(f"rlmpipe run {run['run_id']} · {run['pipeline']} · {run_state(run)}", body)
-
-
-def _facts(report: RunReport) -> str:
+    """The page: templates/run_report.html, filled from the data model and what is derived here."""
     run, sessions = report.run, report.sessions
     state = run_state(run)
     start, end = ((sessions[0].start, max([s.end for s in sessions] + [run["updated"] or 0])) if sessions
                   else (run["created"], run["updated"]))  # the first start, the last end (or update)
     document_counts = Counter(d["status"] for d in report.documents)
-    facts = [
-        ("run", f"<code>{esc(run['run_id'])}</code>"),
-        ("pipeline", esc(run["pipeline"])),
-        ("model", f"<code>{esc(run['model'] or '')}</code>"),
-        ("status", f'<span class="status-{esc(run["status"])}" id="run-status">{esc(state)}</span>'),
-        ("stop reason", esc(run["stop_reason"]) if run["stop_reason"] else '<span class="muted">none</span>'),
-        ("sessions", f'<span id="run-sessions">{esc(run["sessions"])}</span>'),
-        ("started", esc(when(start))),
-        ("ended" if state != "running" else "last update", esc(when(end))),
-        ("wall time", esc(duration((end or 0) - (start or 0))) + (
-            f' <span class="muted">({esc(duration(sum(s.seconds for s in sessions)))} in sessions)</span>'
-            if len(sessions) > 1 else "")),
-        ("documents", esc(", ".join(f"{n} {status}" for status, n in sorted(document_counts.items()))
-                          or "none")),
-        ("fingerprint", f"<code>{esc(run['fingerprint'])}</code>"),
-        ("concurrency", esc(((run.get("config") or {}).get("options") or {}).get("concurrency", ""))),
-    ]
-    return "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts)
+    facts = {"state": state, "started": when(start), "ended": when(end),
+             "wall": duration((end or 0) - (start or 0)),
+             "in_sessions": duration(sum(s.seconds for s in sessions)) if len(sessions) > 1 else "",
+             "documents": ", ".join(f"{n} {status}" for status, n in sorted(document_counts.items())) or "none",
+             "concurrency": ((run.get("config") or {}).get("options") or {}).get("concurrency", "")}
+    totals, total_cost = report.totals, _total_cost(report)
+    unpriced = f"{count(totals['unpriced_calls'])} calls unpriced" if totals["unpriced_calls"] else ""
+    cost = {"total": total_cost, "floor": usd(totals["cost"]),
+            "sub": f"lower bound {usd(totals['cost'])}: {unpriced}" if total_cost == "unknown" and unpriced
+            else unpriced}
+    body = html.render("run_report.html", report=report, facts=facts, cost=cost,
+                       sessions=markup(_sessions_table(sessions)), plots=[markup(p) for p in _plots(report)],
+                       sections=[{"title": title, "id": tid, "intro": markup(intro), "body": markup(part)}
+                                 for title, tid, intro, part in _sections(report)],
+                       generated=when(report.generated))
+    return page(f"rlmpipe run {run['run_id']} · {run['pipeline']} · {state}", body)
 
 
 def _total_cost(report: RunReport) -> str:
     return cost_text(report.totals["cost"], report.totals["unpriced_calls"], report.calls_with_tokens)
-
-
-def _cards(report: RunReport) -> str:
-    totals = report.totals
-    total_cost = _total_cost(report)
-    unpriced = f"{count(totals['unpriced_calls'])} calls unpriced" if totals["unpriced_calls"] else ""
-    cost_sub = (f"lower bound {usd(totals['cost'])}: {unpriced}" if total_cost == "unknown" and unpriced
-                else unpriced)
-    return "".join([
-        card("LM calls (attempts)", count(totals["calls"]), key="calls"),
-        card("tokens in", count(totals["prompt_tokens"]), key="prompt_tokens"),
-        card("tokens out", count(totals["completion_tokens"]), key="completion_tokens"),
-        card("cost (USD)", total_cost, key="cost", sub=cost_sub),
-        card("retries", count(totals["retries"]), key="retries", bad=totals["retries"] > 0),
-        card("errors", count(totals["errors"]), key="errors", bad=totals["errors"] > 0),
-        card("cached", count(totals["cached"]), key="cached"),
-        card("replayed", count(totals["replayed"]), key="replayed",
-             sub="answers from the call journal: not billed again" if totals["replayed"] else ""),
-    ])
-
-
-def _notes(report: RunReport) -> list[str]:
-    """The cost note, when some calls have no known price, then the run's own notes."""
-    totals, notes = report.totals, [f'<p class="note">{esc(message)}</p>' for message in report.notes]
-    if not totals["unpriced_calls"]:
-        return notes
-    model = f"<code>{esc(report.run['model'] or '')}</code>"
-    unpriced, floor = count(totals["unpriced_calls"]), esc(usd(totals["cost"]))
-    if _total_cost(report) == "unknown":
-        text = (f"<strong>Cost unknown.</strong> None of the {unpriced} calls that used tokens has a known "
-                f"price (the price table has no entry for model {model}): the cost is at least {floor}, a "
-                "lower bound, and nothing more can be said. Token counts are exact.")
-    else:
-        text = (f"<strong>Cost is a lower bound.</strong> {unpriced} of {count(totals['calls'])} calls have "
-                f"no known price (no entry in the price table for their model; run model {model}): their "
-                f"cost is not counted, so the run cost at least {floor}.")
-    return [f'<p class="note" id="cost-note">{text}</p>', *notes]
 
 
 def _sessions_table(sessions: list[Session]) -> str:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from rlmpipe.lm.journal import clip
 from rlmpipe.monitor.formats import duration
-from rlmpipe.monitor.html import count, esc
+from rlmpipe.monitor import html
+from rlmpipe.monitor.html import environment
 
 #: characters of a prompt or an answer shown before "more"
 SHOWN_CHARS = 240
@@ -178,79 +179,26 @@ def _answer_text(outputs: str | None) -> str:
 
 # --- HTML ---------------------------------------------------------------------------------------
 def render(recursion: Recursion) -> str:
+    """The tree as HTML (templates/trajectory.html)."""
     depth_text = ", ".join(f"{n} at depth {d}" for d, n in recursion.by_depth.items()) or "none"
-    head = (f'<p class="muted">Status {esc(recursion.status)}'
-            + (f" · document {esc(recursion.document)}" if recursion.document else "")
-            + f" · {count(recursion.calls)} LM calls in its last session ({esc(depth_text)})"
-            + (f', <span class="replayed">{count(recursion.replayed)} replayed</span> from the call journal '
-               "(answered in an earlier session, not billed again)" if recursion.replayed else "")
-            + ". Each iteration: the call that wrote the code, the code, its output, then what its tools "
-              "asked (sub-calls, nested RLMs), in order.</p>")
-    return f'<div class="recursion">{head}{_agent_html(recursion.root, top=True)}</div>'
+    env = environment()
+    env.filters.update(oneline=lambda text: " ".join(str(text).split()), kept=lambda text: clip(text or "", KEPT_CHARS),
+                       duration=duration, in_order=_in_order, executions_in_order=_executions_in_order)
+    return html.render("trajectory.html", recursion=recursion, depth_text=depth_text, shown=SHOWN_CHARS,
+                       most=MAX_SUB_CALLS)
 
 
-def _agent_html(agent: Agent, top: bool = False) -> str:
-    executions = sorted(agent.executions, key=lambda e: (e.first_seq if e.first_seq is not None else 1 << 60,
-                                                          e.iteration or 0))
-    parts = [_execution_html(e, open_=top and number < 3) for number, e in enumerate(executions)]
-    if agent.calls:
-        parts.append('<div class="calls-after">' + "".join(_call_html(c) for c in agent.calls) + "</div>")
-    if not parts:
-        return '<p class="muted">no code ran</p>'
-    return "".join(parts)
+def _executions_in_order(agent: Agent) -> list[Execution]:
+    return sorted(agent.executions, key=lambda e: (e.first_seq if e.first_seq is not None else 1 << 60,
+                                                   e.iteration or 0))
 
 
-def _execution_html(execution: Execution, open_: bool) -> str:
-    writer = "".join(_call_html(c, label="written by") for c in execution.written_by)
-    subs = execution.sub_calls[:MAX_SUB_CALLS]
-    more = len(execution.sub_calls) - len(subs)
-    replayed = sum(1 for c in execution.sub_calls if c.replayed)
-    items = sorted([(c.seq if c.seq is not None else 1 << 60, _call_html(c)) for c in subs]
-                   + [(min([c.seq for c in a.calls if c.seq is not None] + [
-                       e.first_seq for e in a.executions if e.first_seq is not None] + [1 << 60]),
-                       _nested_html(a)) for a in execution.agents], key=lambda item: item[0])
-    summary = (f"iteration {esc(execution.iteration or '?')} · depth {execution.depth} · code "
-               f"{esc(duration(execution.seconds))}"
-               + (f" · {count(len(execution.sub_calls))} sub-call{'s' if len(execution.sub_calls) != 1 else ''}"
-                  + (f" ({count(replayed)} replayed)" if replayed else "") if execution.sub_calls else "")
-               + (f" · {len(execution.agents)} nested RLM{'s' if len(execution.agents) != 1 else ''}"
-                  if execution.agents else "")
-               + (' · <span class="error">error</span>' if execution.error else ""))
-    return (f'<details class="execution depth-{min(execution.depth, 3)}"{" open" if open_ else ""}>'
-            f"<summary>{summary}</summary>{writer}"
-            f'<div class="label">code</div><pre>{esc(clip(execution.code, KEPT_CHARS))}</pre>'
-            f'<div class="label">output</div><pre class="muted">{esc(clip(execution.output, KEPT_CHARS))}</pre>'
-            + "".join(html for _, html in items)
-            + (f'<p class="muted">... and {count(more)} more sub-calls</p>' if more > 0 else "")
-            + "</details>")
-
-
-def _nested_html(agent: Agent) -> str:
-    return (f'<details class="nested depth-{min(agent.depth, 3)}" open><summary>nested RLM at depth '
-            f"{agent.depth} ({len(agent.executions)} iterations)</summary>{_agent_html(agent)}</details>")
-
-
-def _call_html(call: Call, label: str = "sub-call") -> str:
-    badge = ('<span class="pill replayed" title="answered from the call journal: asked in an earlier session, '
-             'not billed again">replayed</span> ' if call.replayed else
-             '<span class="pill error">error</span> ' if call.outcome == "error" else "")
-    tokens = f"{count(call.prompt_tokens)} in / {count(call.completion_tokens)} out"
-    facts = (f"{label} · depth {call.depth} · {tokens} tokens"
-             + (" (when first made)" if call.replayed else f" · {esc(duration(call.seconds))}")
-             + (f" · {call.attempts} attempts" if call.attempts > 1 else ""))
-    answer = call.answer if call.outcome != "error" else (call.error or "")
-    said = _text("asked", call.prompt) + _text("answered" if call.outcome != "error" else "failed", answer)
-    if label == "written by":  # the RLM's own prompt is long and its answer is the code below: on a click
-        return (f'<details class="call{" is-replayed" if call.replayed else ""}"><summary>{badge}{facts}</summary>'
-                f"{said}</details>")
-    return f'<div class="call{" is-replayed" if call.replayed else ""}"><div>{badge}{facts}</div>{said}</div>'
-
-
-def _text(label: str, text: str) -> str:
-    """A prompt or an answer: one line of it, and all of it (up to KEPT_CHARS) behind a click."""
-    text = clip(text or "", KEPT_CHARS)
-    line = " ".join(text.split())
-    if len(line) <= SHOWN_CHARS and "\n" not in text.strip():
-        return f'<div class="said"><span class="label">{label}</span> <code>{esc(line)}</code></div>'
-    return (f'<details class="said"><summary><span class="label">{label}</span> '
-            f"<code>{esc(line[:SHOWN_CHARS])}…</code></summary><pre>{esc(text)}</pre></details>")
+def _in_order(execution: Execution) -> list[tuple[str, Call | Agent]]:
+    """What an execution's tools made, in the order they made it: its sub-calls (at most MAX_SUB_CALLS)
+    and its nested RLMs (placed by their first call or code)."""
+    items = [(c.seq if c.seq is not None else 1 << 60, "call", c) for c in execution.sub_calls[:MAX_SUB_CALLS]]
+    for agent in execution.agents:
+        first = min([c.seq for c in agent.calls if c.seq is not None]
+                    + [e.first_seq for e in agent.executions if e.first_seq is not None] + [1 << 60])
+        items.append((first, "agent", agent))
+    return [(kind, item) for _, kind, item in sorted(items, key=lambda item: item[0])]
