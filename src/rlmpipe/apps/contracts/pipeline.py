@@ -10,7 +10,8 @@
 - ``full``: structure-aware chunks of the whole contract, one extraction call per chunk.
 
 Every LM call is a checkpointed step, so a corpus run resumes where it stopped; a call that fails
-is listed in the record (``failed_chunks``) rather than failing the whole contract.
+(a chunk's, a batch's or the summary's) is listed in the record (``failed_chunks``; ``"summary"``
+for the summary's) and makes the contract *partial* rather than failing it whole.
 """
 
 from __future__ import annotations
@@ -193,10 +194,10 @@ class ContractsPipeline:
             raise RuntimeError(f"the LM's review failed on all {calls_made} batches of excerpts (last: {last_error})")
         clauses, risks, obligations = merge_findings(verified, texts.text)
         title = _title(clauses, head.text, document)
-        summary = self._summary(run, document, title, clauses, risks, obligations)
-        record = _record(document, title, calls_made, clauses, risks, obligations, summary, verified.stats, failed,
-                         mode="cascade")
-        return _partial_if_failed(record, failed, calls_made, last_error, "batches of excerpts")
+        summary, summary_failed = self._summary(run, document, title, clauses, risks, obligations)
+        record = _record(document, title, calls_made, clauses, risks, obligations, summary, verified.stats,
+                         failed + ["summary"] * bool(summary_failed), mode="cascade")
+        return _partial_if_failed(record, failed, calls_made, last_error, "batches of excerpts", summary_failed)
 
     # -- full: the LM reads every chunk --------------------------------------------------------
     def _full_read(self, run, document: Document) -> dict:
@@ -217,20 +218,22 @@ class ContractsPipeline:
         text = document.text()
         clauses, risks, obligations = merge_findings(verified, lambda start, end: text[start:end])
         title = _title(clauses, text[:HEAD_CHARS], document)
-        summary = self._summary(run, document, title, clauses, risks, obligations)
-        record = _record(document, title, chunks, clauses, risks, obligations, summary, verified.stats, failed,
-                         mode="full")
-        return _partial_if_failed(record, failed, chunks, last_error, "chunks")
+        summary, summary_failed = self._summary(run, document, title, clauses, risks, obligations)
+        record = _record(document, title, chunks, clauses, risks, obligations, summary, verified.stats,
+                         failed + ["summary"] * bool(summary_failed), mode="full")
+        return _partial_if_failed(record, failed, chunks, last_error, "chunks", summary_failed)
 
-    def _summary(self, run, document, title, clauses, risks, obligations) -> str:
+    def _summary(self, run, document, title, clauses, risks, obligations) -> tuple[str, str]:
+        """The summary, and why its call failed ("" if it did not): a contract without its summary is
+        partial, like one with a failed chunk (a resume makes the call again)."""
         if not (clauses or risks or obligations):  # a summary of nothing could only be invented
-            return NOTHING_TO_SUMMARIZE
+            return NOTHING_TO_SUMMARIZE, ""
         findings = _findings_text(clauses, risks, obligations)
         try:
             return run.step("summary", lambda: self.extractor.summary(title, findings),
-                            doc_id=document.doc_id, inputs=[digest(findings)])["summary"]
+                            doc_id=document.doc_id, inputs=[digest(findings)])["summary"], ""
         except StepFailed as failure:
-            return f"(no summary: {failure.cause})"
+            return f"(no summary: {failure.cause})", clip(str(failure.cause), 160)
 
 
 def verify_reviewed(result: dict, group: list, verified: Verified) -> None:
@@ -291,10 +294,14 @@ def _record(document, title, calls, clauses, risks, obligations, summary, stats,
         status="partial" if failed else "complete", mode=mode, needs_lm=list(needs_lm))
 
 
-def _partial_if_failed(record: ContractRecord, failed: list, calls: int, last_error: str, what: str):
-    if failed:
-        return Partial(record.model_dump(), f"the LM failed on {len(failed)} of {calls} {what} "
-                                            f"(last: {last_error}): findings there are missing")
+def _partial_if_failed(record: ContractRecord, failed: list, calls: int, last_error: str, what: str,
+                       summary_failed: str = ""):
+    problems = [f"the LM failed on {len(failed)} of {calls} {what} (last: {last_error}): findings there are "
+                "missing"] if failed else []
+    if summary_failed:
+        problems.append(f"the summary call failed ({summary_failed}): the summary is missing")
+    if problems:
+        return Partial(record.model_dump(), "; ".join(problems))
     return record.model_dump()
 
 

@@ -1,0 +1,104 @@
+"""The analyzer's edges a user meets (issue 28): a failed summary is loud, outputs are rebuilt from
+what this session's inputs are, output files open for others, no temporary file outlives a kill."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import error_lines, rlmpipe
+from tests.support.contract_replies import extraction_reply
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACTS = ROOT / "examples" / "contracts"
+SUMMARY_CALL = r"\[\[ ## findings ## \]\]"
+
+
+def without_summary(summary: str) -> bool:
+    """A summary replaced by why its call failed (not the note of a contract with nothing to summarise)."""
+    from rlmpipe.apps.contracts.pipeline import NOTHING_TO_SUMMARIZE
+
+    return summary.startswith("(no summary:") and summary != NOTHING_TO_SUMMARIZE
+
+
+def clean_env(tmp_path: Path) -> dict:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home), "RLMPIPE_LM": "", "RLMPIPE_API_BASE": ""}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+# -- item 1: a failed summary makes its contract partial, in every output -----------------------------------
+def test_a_failed_summary_makes_its_contract_partial_everywhere(openai_server, tmp_path):
+    """The summary call is refused (400) for every contract: each contract that had one to make is
+    partial in its record, failed.jsonl, the report, the exit code and one stderr line each."""
+    openai_server.set_default(extraction_reply)
+    refused = openai_server.fail("bad_request", pattern=SUMMARY_CALL)
+    out = tmp_path / "out"
+    result = rlmpipe("contracts", "analyze", CONTRACTS, "--lm", "openai/test-model", "--api-base",
+                     openai_server.base_url, "--out", out, "--quiet", "--workspace", tmp_path / "ws", cwd=tmp_path,
+                     env=clean_env(tmp_path))
+    assert refused.fired > 0, "some contract had findings to summarise"
+    assert result.returncode == 1, result.stderr
+    records = read_jsonl(out / "contracts.jsonl")
+    missing = [r for r in records if without_summary(r["summary"])]
+    assert len(missing) == refused.fired
+    for record in missing:
+        assert record["status"] == "partial" and "summary" in record["failed_chunks"], record
+    failed = {Path(f["path"]).name: f for f in read_jsonl(out / "failed.jsonl")}
+    errors = error_lines(result.stderr)
+    for record in missing:
+        name = Path(record["path"]).name
+        assert failed[name]["status"] == "partial" and "the summary call failed" in failed[name]["error"]
+        assert [line for line in errors if record["path"] in line and "the summary call failed" in line], errors
+    assert len(errors) == len(missing), result.stderr
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert report.count(">partial</span>") >= len(missing)
+
+
+def _contracts_pipeline_run(server, tmp_path, read, paths=CONTRACTS, attempts=2, **options):
+    import rlmpipe
+    from rlmpipe.apps.contracts import ContractsPipeline
+    from rlmpipe.lm.recording import RetryPolicy
+
+    pipeline = ContractsPipeline(mode=read)
+    options = rlmpipe.RunOptions(workspace=tmp_path / "ws", concurrency=2,
+                                 retry=RetryPolicy(max_attempts=attempts, initial_wait=0.01, max_wait=0.01, jitter=0.0),
+                                 **options)
+    return rlmpipe.run(pipeline, paths, lm="openai/test-model", api_base=server.base_url, options=options)
+
+
+@pytest.mark.parametrize("read", ["cascade", "full"])
+def test_a_dropped_connection_on_the_summary_is_a_partial_contract_not_a_quiet_one(openai_server, tmp_path, read):
+    """The issue's case: the connection fails only on the summary calls (after the reads went well),
+    in a run too short for the circuit breaker (3 contracts x 2 attempts < 8 in a row)."""
+    openai_server.set_default(extraction_reply)
+    dropped = openai_server.fail("reset", pattern=SUMMARY_CALL)
+    result = _contracts_pipeline_run(openai_server, tmp_path, read)
+    assert result.status == "done" and dropped.fired > 0
+    quiet = [d for d in result if d.status == "done" and without_summary(d.result["summary"])]
+    assert quiet == [], "no contract without its summary is called done"
+    partial = [d for d in result if d.status == "partial"]
+    assert len(partial) == dropped.fired // 2
+    for document in partial:
+        assert document.result["status"] == "partial" and "the summary call failed" in document.error
+
+
+@pytest.mark.parametrize("read", ["cascade", "full"])
+def test_failed_summary_calls_count_toward_the_circuit_breaker_in_every_mode(openai_server, tmp_path, read):
+    """Attempts of the summary call count toward the breaker like a full read's extraction calls: a
+    provider that fails only those still stops the run, resumable. (One contract: its summary's
+    attempts come after all of its reads, so they are in a row; with more contracts another one's
+    successful read may come between them, as it should.)"""
+    openai_server.set_default(extraction_reply)
+    down = openai_server.fail("unavailable", pattern=SUMMARY_CALL)
+    result = _contracts_pipeline_run(openai_server, tmp_path, read, CONTRACTS / "ip_agreement_msci.txt", attempts=10,
+                                     breaker_failures=3, breaker_seconds=0.0)
+    assert result.status == "stopped" and result.reason.startswith("provider unavailable"), result.reason
+    assert down.fired == 3, "the breaker opened at the third failed attempt in a row"
+    assert [d.status for d in result] == ["stopped"]
