@@ -127,12 +127,14 @@ def _paths(inputs) -> list[str]:
     return [str(Path(p)) for p in inputs]
 
 
-def _result(summary, store, outputs=None, command="run") -> RunResult:
-    """The engine's summary and the store's documents, as the API's result."""
+def _result(summary, store, outputs=None, command="run", inputs: "SessionInputs | None" = None) -> RunResult:
+    """The engine's summary and the store's documents (those of this session's inputs), as the API's result."""
     results = {(item["doc_id"], item["path"]): item for item in summary.results}
     usage = store.usage_by_document(summary.run_id)
     documents = []
     for row in store.documents(summary.run_id):
+        if inputs is not None and (row["doc_id"], row["path"]) not in inputs.documents:
+            continue  # a document of an earlier session that is no longer an input (edited, deleted)
         item = results.get((row["doc_id"], row["path"]))
         documents.append(DocumentResult(path=row["path"], doc_id=row["doc_id"], status=row["status"],
                                         error=row["error"], result=item["result"] if item else row["result"],
@@ -142,10 +144,36 @@ def _result(summary, store, outputs=None, command="run") -> RunResult:
                      store.workspace, summary.final, outputs or {}, command)
 
 
+class SessionInputs:
+    """What this session's inputs were, told by the run's events: the documents it queued (and the
+    files that failed before they had an id), and the inputs it never reached (the run stopped
+    first). Outputs are rebuilt from these on every session, so a document edited or deleted since
+    an earlier session of the run does not haunt them."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+        self.documents: set[tuple[str, str]] = set()  # (doc_id, path); doc_id "" for a file that never opened
+
+    def __call__(self, event) -> None:
+        if event["type"] == "document_queued":
+            self.documents.add((event["doc_id"], event["path"]))
+        elif event["type"] == "document_failed" and not event.get("doc_id"):
+            self.documents.add(("", event["path"]))
+
+    def unread(self) -> list[str]:
+        """The input files this session did not reach (only a stopped run leaves any)."""
+        from rlmpipe.ingest import expand_paths
+
+        reached = {path for _, path in self.documents}
+        return [str(path) for path in expand_paths(self.paths) if isinstance(path, Path) and str(path) not in reached]
+
+
 def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=None, on_start=None,
              finish: Callable | None = None) -> RunResult:
-    """One run of ``pipeline``; ``command`` (how to make it again) is kept with the run for resume."""
+    """One run of ``pipeline``; ``command`` (how to make it again) is kept with the run for resume.
+    ``finish(summary, store, inputs)`` writes the outputs (``inputs``: the :class:`SessionInputs`)."""
     from rlmpipe.lm.errors import FatalLMError
+    from rlmpipe.runtime.events import EventBus
     from rlmpipe.runtime.runner import execute
     from rlmpipe.runtime.store import Store
 
@@ -155,11 +183,17 @@ def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=N
                            "'local' is the embedded model", kind="not_configured")
     options.adapter = options.adapter if options.adapter is not None else model.adapter
     run_config = {"command": {**command, "paths": [str(Path(p).resolve()) for p in paths], "model": model.record}}
-    with Store(options.workspace) as store:
-        summary = execute(pipeline, paths, model.lm, options=options, store=store, events=events,
-                          run_config=run_config, on_start=on_start)
-        outputs = finish(summary, store) if finish is not None else None
-        return _result(summary, store, outputs=outputs, command=command["name"])
+    events = events if events is not None else EventBus()
+    inputs = SessionInputs(paths)
+    stop_listening = events.subscribe(inputs)
+    try:
+        with Store(options.workspace) as store:
+            summary = execute(pipeline, paths, model.lm, options=options, store=store, events=events,
+                              run_config=run_config, on_start=on_start)
+            outputs = finish(summary, store, inputs) if finish is not None else None
+            return _result(summary, store, outputs=outputs, command=command["name"], inputs=inputs)
+    finally:
+        stop_listening()
 
 
 # --- the front door --------------------------------------------------------------------------------
@@ -224,7 +258,7 @@ def summarize(inputs, *, pattern: str = "map-reduce", strategy: str = "structure
 
 
 def _write_summaries(out):
-    def finish(summary, store):
+    def finish(summary, store, inputs):
         if not out:
             return None
         import json
@@ -275,7 +309,7 @@ def analyze_contracts(inputs, out: str | os.PathLike = "contracts-out", *, lm: s
         batch_tokens=batch_tokens or contracts.DEFAULT_BATCH_TOKENS)
     out = Path(out)
     return _builtin("contracts", pipeline, inputs, model=model, outputs={"out": str(out.resolve())}, events=events,
-                    on_start=on_start, finish=lambda summary, store: write_results(summary, store, out),
+                    on_start=on_start, finish=lambda summary, store, inputs: write_results(summary, store, out, inputs),
                     **run_options)
 
 
@@ -357,8 +391,8 @@ def _rebuild(command: dict, **run_options) -> RunResult:
         from rlmpipe.apps.contracts import ContractsPipeline as Pipeline
         from rlmpipe.apps.contracts import write_results
 
-        def finish(summary, store):
-            return write_results(summary, store, Path(outputs["out"]))
+        def finish(summary, store, inputs):
+            return write_results(summary, store, Path(outputs["out"]), inputs)
     else:
         from rlmpipe.apps.ask import AskPipeline as Pipeline
 

@@ -4,10 +4,12 @@ what this session's inputs are, output files open for others, no temporary file 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from rlmpipe.runtime.store import Store
 from tests.support.cli import error_lines, rlmpipe
 from tests.support.contract_replies import extraction_reply
 
@@ -102,3 +104,52 @@ def test_failed_summary_calls_count_toward_the_circuit_breaker_in_every_mode(ope
     assert result.status == "stopped" and result.reason.startswith("provider unavailable"), result.reason
     assert down.fired == 3, "the breaker opened at the third failed attempt in a row"
     assert [d.status for d in result] == ["stopped"]
+
+
+# -- item 3: outputs are rebuilt for this session's inputs ---------------------------------------------------
+def _stop_when_queued(name: str):
+    """(events, on_start) for a session that is stopped (as by Ctrl-C) the moment ``name`` is queued:
+    the documents before it are analysed, it gets a "stopped" row, the ones after it are never read."""
+    from rlmpipe.runtime.events import EventBus
+
+    events, current = EventBus(), {}
+
+    def listen(event):
+        if event["type"] == "document_queued" and Path(event["path"]).name == name:
+            current["run"].request_stop("interrupted")
+
+    events.subscribe(listen)
+    return events, lambda run: current.update(run=run)
+
+
+@pytest.mark.parametrize("change", ["edited", "deleted"])
+def test_a_document_changed_after_a_stop_leaves_no_ghost_failure(tmp_path, change):
+    """A contract not yet analysed when the run stopped is edited (or deleted), and the run resumed:
+    the outputs are those of the inputs as they are now, with no "not analysed ... (None)" left."""
+    from rlmpipe import api
+
+    folder = tmp_path / "contracts"
+    shutil.copytree(CONTRACTS, folder)
+    names = sorted(p.name for p in folder.glob("*.txt"))
+    second, last = names[1], names[-1]
+    events, on_start = _stop_when_queued(second)
+    first = api.analyze_contracts(folder, tmp_path / "out", lm="none", workspace=tmp_path / "ws", events=events,
+                                  on_start=on_start)
+    assert first.status == "stopped"
+    failed = {Path(f["path"]).name: f for f in read_jsonl(tmp_path / "out" / "failed.jsonl")}
+    assert failed[second]["status"] == "stopped" and "(interrupted)" in failed[second]["error"]
+    assert failed[last]["error"] == "not analysed: the run stopped (interrupted) before it was read; resume it to finish"
+
+    if change == "edited":
+        with open(folder / second, "a", encoding="utf-8") as handle:
+            handle.write("\n\nAmended: this Agreement is governed by the laws of Delaware.\n")
+    else:
+        (folder / second).unlink()
+    again = api.analyze_contracts(folder, tmp_path / "out", lm="none", workspace=tmp_path / "ws")
+    assert again.run_id == first.run_id and again.status == "done"
+    assert again.failed == [], [(d.path, d.status, d.error) for d in again.failed]
+    assert (tmp_path / "out" / "failed.jsonl").read_text() == ""
+    analysed = sorted(Path(r["path"]).name for r in read_jsonl(tmp_path / "out" / "contracts.jsonl"))
+    assert analysed == sorted(p.name for p in folder.glob("*.txt"))
+    with Store(tmp_path / "ws") as store:  # the earlier session's row is still in the store: only the outputs moved on
+        assert any(row["status"] == "stopped" for row in store.documents(first.run_id))
