@@ -4,7 +4,13 @@ what this session's inputs are, output files open for others, no temporary file 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -153,3 +159,59 @@ def test_a_document_changed_after_a_stop_leaves_no_ghost_failure(tmp_path, chang
     assert analysed == sorted(p.name for p in folder.glob("*.txt"))
     with Store(tmp_path / "ws") as store:  # the earlier session's row is still in the store: only the outputs moved on
         assert any(row["status"] == "stopped" for row in store.documents(first.run_id))
+
+
+# -- items 6 and 13: output files -----------------------------------------------------------------------------
+def _analyze_offline(tmp_path: Path, out: Path):
+    return rlmpipe("contracts", "analyze", CONTRACTS, "--out", out, "--quiet", "--workspace", tmp_path / "ws",
+                   cwd=tmp_path, env=clean_env(tmp_path))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_are_created_with_the_users_umask(tmp_path, umask):
+    previous = os.umask(umask)  # the command inherits it, as from a shell
+    try:
+        result = _analyze_offline(tmp_path, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert result.returncode == 0, result.stderr
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"contracts.jsonl", "contracts.schema.json", "clauses.csv", "failed.jsonl",
+                                       "report.html"}
+    assert len(files) > 5, "the contract pages too"
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, (path, oct(path.stat().st_mode))
+
+
+def test_a_write_killed_before_its_rename_leaves_no_temporary_file_after_the_next_run(tmp_path):
+    """SIGKILL in the middle of the first write of an output: the target is absent (never half
+    written), its temporary file is left; the next run of the command removes it."""
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sys
+        from rlmpipe.atomic import open_atomic
+        with open_atomic(sys.argv[1]) as handle:
+            handle.write('{"half": ')
+            handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    """), str(out / "contracts.schema.json")], env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert killed.returncode == -signal.SIGKILL
+    assert not (out / "contracts.schema.json").exists()
+    assert [p.name for p in out.glob(".contracts.schema.json.*.tmp")], "the kill left its temporary file"
+
+    result = _analyze_offline(tmp_path, out)
+    assert result.returncode == 0, result.stderr
+    assert list(out.rglob("*.tmp")) == []
+    assert "properties" in json.loads((out / "contracts.schema.json").read_text())
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    from rlmpipe.atomic import open_atomic, write_text_atomic
+
+    target = tmp_path / "report.html"
+    with open_atomic(target) as slow:
+        slow.write("the slow writer")
+        write_text_atomic(target, "the quick writer")  # cleans up the abandoned ones only
+        assert target.read_text() == "the quick writer"
+    assert target.read_text() == "the slow writer"  # it replaced the target when it ended
+    assert list(tmp_path.glob("*.tmp")) == []
