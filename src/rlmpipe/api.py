@@ -172,11 +172,13 @@ def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=N
              finish: Callable | None = None) -> RunResult:
     """One run of ``pipeline``; ``command`` (how to make it again) is kept with the run for resume.
     ``finish(summary, store, inputs)`` writes the outputs (``inputs``: the :class:`SessionInputs`)."""
+    from rlmpipe.ingest import check_inputs
     from rlmpipe.lm.errors import FatalLMError
     from rlmpipe.runtime.events import EventBus
     from rlmpipe.runtime.runner import execute
     from rlmpipe.runtime.store import Store
 
+    check_inputs(paths)  # an empty folder is a mistake to say before the run, not a run of nothing
     if model.is_none and not getattr(pipeline, "works_without_lm", False):
         raise FatalLMError(f"{command['name']} needs a language model (got 'none')",
                            "give one with --lm (e.g. --lm openai/gpt-4o-mini), RLMPIPE_LM or rlmpipe.toml; "

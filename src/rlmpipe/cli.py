@@ -79,7 +79,7 @@ def chunk(
     """Cut documents into token-exact chunks, as JSON Lines (one chunk per line)."""
     from rlmpipe.chunking import Chunk, ChunkingConfig, chunk_paths, get_tokenizer
     from rlmpipe.chunking.stats import ChunkStats
-    from rlmpipe.ingest import Document, DocumentError
+    from rlmpipe.ingest import Document, DocumentError, check_inputs
 
     if old_max_tokens is not None:
         deprecated("--max-tokens", "--chunk-tokens")
@@ -87,6 +87,7 @@ def chunk(
     try:
         config = ChunkingConfig(strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap, tokenizer=tokenizer)
         get_tokenizer(config.tokenizer)
+        check_inputs(paths)
     except ValueError as exc:
         fail(str(exc))
     totals = ChunkStats()
