@@ -91,6 +91,20 @@ def test_what_would_make_every_call_fail_stops_the_run_before_it_starts(contract
     assert not (tmp_path / ".rlmpipe" / "runs.sqlite").exists() or not Store(tmp_path / ".rlmpipe").list_runs()
 
 
+def test_ask_without_deno_says_what_to_install_before_the_run_starts(openai_server, contracts, tmp_path):
+    """Issue 28: without Deno, `ask` started, failed its step with "DenoNotFoundError ... (check the model
+    name (--lm))" and exited 2 with nothing saying to install the rlm extra."""
+    result = rlmpipe("ask", contracts, "Who may terminate?", "--lm", "openai/test-model", "--api-base",
+                     openai_server.base_url, "--workspace", tmp_path / "ws", cwd=tmp_path,
+                     env={"RLMPIPE_DENO": str(tmp_path / "no-deno-here")})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: rlmpipe ask runs the model's code in a Deno sandbox, and no working Deno was found: "
+        "pip install 'rlmpipe[rlm]' (or put deno on PATH, or set RLMPIPE_DENO)"]
+    assert openai_server.chat_calls == [], "no call was made"
+    assert not (tmp_path / "ws" / "runs.sqlite").exists() or not Store(tmp_path / "ws").list_runs()
+
+
 # --- nothing to read: an error before the run, not an empty success --------------------------------------------
 @pytest.mark.parametrize("command", ["contracts", "summarize", "ask", "chunk"])
 def test_a_folder_with_nothing_to_read_is_an_error_not_an_empty_success(openai_server, tmp_path, command):

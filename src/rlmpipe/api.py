@@ -340,10 +340,32 @@ _NOT_RECORDED = ("max_run_tokens", "max_cost", "max_seconds", "prices", "workspa
                  "resume_run_id")
 
 
+class SetupError(RuntimeError):
+    """Something a command needs is not installed or cannot start; the message says what to do."""
+
+
+def _check_sandbox(sandbox: dict) -> None:
+    """``ask`` runs the model's code in the Deno sandbox: a sandbox that cannot start would fail
+    the run at its first step, so it is checked before (and Pyodide fetched now if it must be)."""
+    from rlmpipe.sandbox import PyodideNotCachedError, deno_available, ensure_pyodide
+    from rlmpipe.lm.errors import one_line
+
+    if not deno_available():
+        raise SetupError("rlmpipe ask runs the model's code in a Deno sandbox, and no working Deno was found: "
+                         "pip install 'rlmpipe[rlm]' (or put deno on PATH, or set RLMPIPE_DENO)")
+    try:
+        ensure_pyodide(sandbox.get("deno_dir"))
+    except PyodideNotCachedError as exc:
+        raise SetupError(f"rlmpipe ask's sandbox needs Pyodide, fetched once from the npm registry: "
+                         f"{one_line(exc, 300)}") from None
+
+
 def _builtin(name, pipeline, inputs, *, model: _Model, outputs, events, on_start, finish, **run_options) -> RunResult:
     unknown = set(run_options) - set(_RUN_OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if name == "ask":
+        _check_sandbox(pipeline.sandbox)
     options = _options(**run_options)
     recorded = {key: value for key, value in run_options.items() if key not in _NOT_RECORDED}
     command = {"name": name, "settings": pipeline.settings(), "outputs": outputs, "options": recorded}

@@ -250,6 +250,7 @@ def session(flags: RunFlags):
     """Events with the live display, observability and Ctrl-C handling around one run; yields
     ``(events, on_start)`` for the library call. Errors that stop a run before it starts become
     one line on stderr and exit code 2."""
+    from rlmpipe.api import SetupError
     from rlmpipe.lm.errors import FatalLMError
     from rlmpipe.lm.local import LocalModelMissing
     from rlmpipe.monitor.progress import attach_progress
@@ -267,7 +268,7 @@ def session(flags: RunFlags):
                 _observability(events, flags.otel, flags.otlp_endpoint, flags.metrics_port):
             yield events, lambda run: current.update(run=run)
     except (FatalLMError, LocalModelMissing, ValueError, WorkspaceBusy, WorkspaceTooNew, ConfigurationChanged,
-            LookupError) as exc:
+            LookupError, SetupError) as exc:
         fail(str(exc))
 
 
