@@ -45,3 +45,5 @@ def test_the_readme_python_api_examples_run(index, openai_server, tmp_path):
     assert result.returncode == 0, f"README example {index + 1} failed:\n{code}\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), "it printed what the README says it prints"
     assert openai_server.chat_calls, "it went through the model"
+    warnings = [line for line in result.stderr.splitlines() if "warn" in line.lower()]
+    assert warnings == [], "the README's examples print no warning (DSPy's, Python's, rlmpipe's)"
