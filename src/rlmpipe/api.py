@@ -302,13 +302,14 @@ def analyze_contracts(inputs, out: str | os.PathLike = "contracts-out", *, lm: s
         raise ValueError("read='all' (--read all) needs a language model: give one with --lm")
     mode = "finder" if model.is_none else READS[read]
     default = contracts.DEFAULT_CHUNKING
-    chunking = ChunkingConfig(strategy="structure", chunk_tokens=chunk_tokens or default.chunk_tokens,
+    chunking = ChunkingConfig(strategy="structure",  # (None: the default; 0 is refused, as -5 is)
+                              chunk_tokens=default.chunk_tokens if chunk_tokens is None else chunk_tokens,
                               overlap=default.overlap if overlap is None else overlap)
     pipeline = ContractsPipeline(
         chunking, mode=mode,
-        finder_model=finder_model, recall=recall or contracts.DEFAULT_RECALL,
+        finder_model=finder_model, recall=contracts.DEFAULT_RECALL if recall is None else recall,
         context_chars=contracts.DEFAULT_CONTEXT_CHARS if context_chars is None else context_chars,
-        batch_tokens=batch_tokens or contracts.DEFAULT_BATCH_TOKENS)
+        batch_tokens=contracts.DEFAULT_BATCH_TOKENS if batch_tokens is None else batch_tokens)
     out = Path(out)
     return _builtin("contracts", pipeline, inputs, model=model, outputs={"out": str(out.resolve())}, events=events,
                     on_start=on_start, finish=lambda summary, store, inputs: write_results(summary, store, out, inputs),
@@ -382,6 +383,8 @@ def resume(run_id: str, *, workspace: str | os.PathLike | None = None, max_run_t
     ``force_resume``)."""
     from rlmpipe.runtime.store import Store
 
+    if not run_id:
+        raise LookupError("give a run id, or its first characters (rlmpipe runs list shows them)")
     with Store(workspace) as store:
         matches = store.find_runs(run_id)
         if not matches:
