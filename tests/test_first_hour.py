@@ -105,6 +105,24 @@ def test_ask_without_deno_says_what_to_install_before_the_run_starts(openai_serv
     assert not (tmp_path / "ws" / "runs.sqlite").exists() or not Store(tmp_path / "ws").list_runs()
 
 
+@pytest.mark.slow
+def test_quiet_hides_the_libraries_notices_too(openai_server, contracts, tmp_path, pyodide_cache):
+    """Issue 28: with -q, DSPy's "RLM reached max iterations" still came through. The model here never
+    submits: after its one REPL round DSPy extracts an answer, and says so, unless the run is quiet."""
+    openai_server.set_default(chat_reply(reasoning="Look.", code="print(len(documents))", answer="Nobody.",
+                                         sources=["none"]))
+    said = {}
+    for quiet in (False, True):
+        result = rlmpipe("ask", contracts, "Who may terminate?", "--max-iters", "1", "--lm", "openai/test-model",
+                         "--api-base", openai_server.base_url, "--workspace", tmp_path / f"ws-{quiet}",
+                         *(["-q"] if quiet else []), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("Nobody."), result.stdout
+        said[quiet] = result.stderr
+    assert "RLM reached max iterations" in said[False], "the notice is there to hide"
+    assert "RLM reached max iterations" not in said[True] and "WARNING" not in said[True], said[True]
+
+
 # --- nothing to read: an error before the run, not an empty success --------------------------------------------
 @pytest.mark.parametrize("command", ["contracts", "summarize", "ask", "chunk"])
 def test_a_folder_with_nothing_to_read_is_an_error_not_an_empty_success(openai_server, tmp_path, command):

@@ -359,12 +359,33 @@ def session(flags: RunFlags):
     display = attach_progress(events, quiet=flags.quiet)
     current = {}
     try:
-        with interrupt_handling(lambda: current.get("run")), display, \
+        with interrupt_handling(lambda: current.get("run")), display, _libraries_quiet(flags.quiet), \
                 _observability(events, flags.otel, flags.otlp_endpoint, flags.metrics_port):
             yield events, lambda run: current.update(run=run)
     except (FatalLMError, LocalModelMissing, ValueError, WorkspaceBusy, WorkspaceTooNew, ConfigurationChanged,
             LookupError, SetupError) as exc:
         fail(str(exc))
+
+
+#: the loggers of the libraries a run uses, whose notices --quiet hides (their errors still show)
+LIBRARY_LOGGERS = ("dspy", "LiteLLM", "litellm", "httpx")
+
+
+@contextlib.contextmanager
+def _libraries_quiet(quiet: bool):
+    """--quiet: no warnings of the libraries either (DSPy's "RLM reached max iterations", ...); what
+    rlmpipe has to say (notes, errors) goes to stderr as always."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS] if quiet else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
