@@ -215,3 +215,22 @@ def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
         assert target.read_text() == "the quick writer"
     assert target.read_text() == "the slow writer"  # it replaced the target when it ended
     assert list(tmp_path.glob("*.tmp")) == []
+
+
+# -- item 14: clauses.csv says what contracts.jsonl says ---------------------------------------------------------
+def test_clauses_csv_has_the_score_and_says_present_as_the_json_does(tmp_path):
+    import csv
+
+    out = tmp_path / "out"
+    result = _analyze_offline(tmp_path, out)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((out / "clauses.csv").open(encoding="utf-8", newline="")))
+    records = {r["path"]: r for r in read_jsonl(out / "contracts.jsonl")}
+    assert len(rows) == 41 * len(records)
+    for row in rows:
+        record = records[row["path"]]
+        category = next(c for c in record["categories"] if c["category"] == row["category"])
+        assert row["present"] == json.dumps(category["present"])  # true / false, as in the JSON
+        scores = [c["score"] for c in record["clauses"] if c["category"] == row["category"]]
+        assert row["score"] == (str(max(scores)) if scores else "")
+    assert any(row["score"] for row in rows)
