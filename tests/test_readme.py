@@ -26,6 +26,17 @@ def test_ci_runs_the_readme_test_command():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_the_troubleshooting_points_at_passages_that_are_there():
+    """Issue 28: the troubleshooting sent Ray users to a "Scale-out on Ray" passage that was not there."""
+    readme = (ROOT / "README.md").read_text()
+    references = re.findall(r'see "([^"]+)"', readme)
+    assert references
+    for name in references:
+        assert f"## {name}\n" in readme or f"**{name}**" in readme, f"no section or term {name!r}"
+    ray = readme.split("## Scale-out on Ray\n", 1)[1].split("\n## ", 1)[0]
+    assert "loopback-only network namespace" in ray and "unshare -n" in ray
+
+
 def _python_blocks(section: str) -> list[str]:
     readme = (ROOT / "README.md").read_text()
     part = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
