@@ -234,3 +234,32 @@ def test_clauses_csv_has_the_score_and_says_present_as_the_json_does(tmp_path):
         scores = [c["score"] for c in record["clauses"] if c["category"] == row["category"]]
         assert row["score"] == (str(max(scores)) if scores else "")
     assert any(row["score"] for row in rows)
+
+
+# -- item 10: --out names the run ---------------------------------------------------------------------------------
+def test_another_out_folder_is_another_run_that_repeats_no_call_and_resume_writes_where_each_run_said(
+        openai_server, tmp_path):
+    openai_server.set_default(extraction_reply)
+    env = clean_env(tmp_path)
+
+    def analyze(out: str):
+        return rlmpipe("contracts", "analyze", CONTRACTS, "--lm", "openai/test-model", "--api-base",
+                       openai_server.base_url, "--out", out, "--quiet", cwd=tmp_path, env=env)
+
+    first = analyze("A")
+    assert first.returncode == 0, first.stderr
+    calls = len(openai_server.chat_calls)
+    second = analyze("B")
+    assert second.returncode == 0, second.stderr
+    assert len(openai_server.chat_calls) == calls, "the second run reused every finished step"
+    with Store(tmp_path / ".rlmpipe") as store:
+        runs = {Path(r["config"]["command"]["outputs"]["out"]).name: r["run_id"] for r in store.list_runs()}
+    assert set(runs) == {"A", "B"} and runs["A"] != runs["B"], "two runs, one per output folder"
+    assert f"run {runs['A']} of this command writes elsewhere: this is run {runs['B']}" in second.stderr
+
+    for folder in ("A", "B"):
+        shutil.rmtree(tmp_path / folder)
+    resumed = rlmpipe("resume", runs["A"], "--quiet", cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "A" / "contracts.jsonl").is_file() and not (tmp_path / "B").exists()
+    assert len(openai_server.chat_calls) == calls
