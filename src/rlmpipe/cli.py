@@ -26,6 +26,7 @@ from rlmpipe.offline import configure_offline_defaults
 
 configure_offline_defaults()  # the command owns its process: litellm and tiktoken use their bundled files
 
+
 class _PlainHelp:
     """--help shows what a flag takes as a word (N, USD, PATH, fixed|structure) and nothing for a
     switch: typer >= 0.2x would show Python types (<int>, <bool>, <list[Path]>). Every option here
