@@ -161,7 +161,7 @@ class SessionInputs:
             self.documents.add(("", event["path"]))
 
     def unread(self) -> list[str]:
-        """The input files this session did not reach (only a stopped run leaves any)."""
+        """The input files this session did not reach (only a run that stopped or failed leaves any)."""
         from rlmpipe.ingest import expand_paths
 
         reached = {path for _, path in self.documents}
@@ -348,8 +348,8 @@ class SetupError(RuntimeError):
 def _check_sandbox(sandbox: dict) -> None:
     """``ask`` runs the model's code in the Deno sandbox: a sandbox that cannot start would fail
     the run at its first step, so it is checked before (and Pyodide fetched now if it must be)."""
-    from rlmpipe.sandbox import PyodideNotCachedError, deno_available, ensure_pyodide
     from rlmpipe.lm.errors import one_line
+    from rlmpipe.sandbox import PyodideNotCachedError, deno_available, ensure_pyodide
 
     if not deno_available():
         raise SetupError("rlmpipe ask runs the model's code in a Deno sandbox, and no working Deno was found: "

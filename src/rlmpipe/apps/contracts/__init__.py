@@ -35,7 +35,7 @@ def unfinished(store: Store, summary: RunSummary, inputs=None) -> list[dict]:
         if row["status"] in ("failed", "partial", "stopped"):
             rows.append({"path": row["path"], "status": row["status"],
                          "error": row["error"] or why.get(row["status"], row["status"])})
-    if inputs is not None and summary.status == "stopped":
+    if inputs is not None and summary.status != "done":  # stopped, or failed (which stops it too)
         rows += [{"path": path, "status": "stopped", "error": f"not analysed: {stopped} before it was read; "
                   "resume it to finish"} for path in inputs.unread()]
     return rows
