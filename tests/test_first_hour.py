@@ -91,6 +91,60 @@ def test_what_would_make_every_call_fail_stops_the_run_before_it_starts(contract
     assert not (tmp_path / ".rlmpipe" / "runs.sqlite").exists() or not Store(tmp_path / ".rlmpipe").list_runs()
 
 
+def test_ask_without_deno_says_what_to_install_before_the_run_starts(openai_server, contracts, tmp_path):
+    """Issue 28: without Deno, `ask` started, failed its step with "DenoNotFoundError ... (check the model
+    name (--lm))" and exited 2 with nothing saying to install the rlm extra."""
+    result = rlmpipe("ask", contracts, "Who may terminate?", "--lm", "openai/test-model", "--api-base",
+                     openai_server.base_url, "--workspace", tmp_path / "ws", cwd=tmp_path,
+                     env={"RLMPIPE_DENO": str(tmp_path / "no-deno-here")})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: rlmpipe ask runs the model's code in a Deno sandbox, and no working Deno was found: "
+        "pip install 'rlmpipe[rlm]' (or put deno on PATH, or set RLMPIPE_DENO)"]
+    assert openai_server.chat_calls == [], "no call was made"
+    assert not (tmp_path / "ws" / "runs.sqlite").exists() or not Store(tmp_path / "ws").list_runs()
+
+
+@pytest.mark.slow
+def test_quiet_hides_the_libraries_notices_too(openai_server, contracts, tmp_path, pyodide_cache):
+    """Issue 28: with -q, DSPy's "RLM reached max iterations" still came through. The model here never
+    submits: after its one REPL round DSPy extracts an answer, and says so, unless the run is quiet."""
+    openai_server.set_default(chat_reply(reasoning="Look.", code="print(len(documents))", answer="Nobody.",
+                                         sources=["none"]))
+    said = {}
+    for quiet in (False, True):
+        result = rlmpipe("ask", contracts, "Who may terminate?", "--max-iters", "1", "--lm", "openai/test-model",
+                         "--api-base", openai_server.base_url, "--workspace", tmp_path / f"ws-{quiet}",
+                         *(["-q"] if quiet else []), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("Nobody."), result.stdout
+        said[quiet] = result.stderr
+    assert "RLM reached max iterations" in said[False], "the notice is there to hide"
+    assert "RLM reached max iterations" not in said[True] and "WARNING" not in said[True], said[True]
+
+
+# --- nothing to read: an error before the run, not an empty success --------------------------------------------
+@pytest.mark.parametrize("command", ["contracts", "summarize", "ask", "chunk"])
+def test_a_folder_with_nothing_to_read_is_an_error_not_an_empty_success(openai_server, tmp_path, command):
+    empty, other = tmp_path / "empty", tmp_path / "scans"
+    empty.mkdir()
+    other.mkdir()
+    (other / "old.doc").write_bytes(b"\xd0\xcf\x11\xe0")
+    model = ["--lm", "openai/test-model", "--api-base", openai_server.base_url, "--workspace", tmp_path / "ws"]
+    arguments = {"contracts": ["contracts", "analyze", "{folder}", "--out", tmp_path / "out", "--workspace",
+                               tmp_path / "ws"],
+                 "summarize": ["summarize", "{folder}", *model], "ask": ["ask", "{folder}", "Who pays?", *model],
+                 "chunk": ["chunk", "{folder}"]}[command]
+    for folder, detail in ((empty, ""), (other, f"; {other}: skipped 1 file(s) of unsupported types (.doc x1)")):
+        result = rlmpipe(*[str(folder) if a == "{folder}" else a for a in arguments], cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"error: no documents to read in {folder} (rlmpipe reads .docx, .htm, "
+                                              f".html, .markdown, .md, .pdf, .text, .txt files){detail}"]
+        assert result.stdout == ""
+    assert not (tmp_path / "out").exists() and openai_server.chat_calls == []
+    assert not (tmp_path / "ws" / "runs.sqlite").exists() or not Store(tmp_path / "ws").list_runs()
+
+
 # --- documents that fail: one line each, in every command -----------------------------------------------------
 def test_a_missing_file_and_a_misnamed_one_get_their_line(openai_server, contracts, tmp_path):
     openai_server.set_default(extraction_reply)

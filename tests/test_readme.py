@@ -26,6 +26,17 @@ def test_ci_runs_the_readme_test_command():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_the_troubleshooting_points_at_passages_that_are_there():
+    """Issue 28: the troubleshooting sent Ray users to a "Scale-out on Ray" passage that was not there."""
+    readme = (ROOT / "README.md").read_text()
+    references = re.findall(r'see "([^"]+)"', readme)
+    assert references
+    for name in references:
+        assert f"## {name}\n" in readme or f"**{name}**" in readme, f"no section or term {name!r}"
+    ray = readme.split("## Scale-out on Ray\n", 1)[1].split("\n## ", 1)[0]
+    assert "loopback-only network namespace" in ray and "unshare -n" in ray
+
+
 def _python_blocks(section: str) -> list[str]:
     readme = (ROOT / "README.md").read_text()
     part = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
@@ -45,3 +56,5 @@ def test_the_readme_python_api_examples_run(index, openai_server, tmp_path):
     assert result.returncode == 0, f"README example {index + 1} failed:\n{code}\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), "it printed what the README says it prints"
     assert openai_server.chat_calls, "it went through the model"
+    warnings = [line for line in result.stderr.splitlines() if "warn" in line.lower()]
+    assert warnings == [], "the README's examples print no warning (DSPy's, Python's, rlmpipe's)"

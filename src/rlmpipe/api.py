@@ -128,12 +128,15 @@ def _paths(inputs) -> list[str]:
     return [str(Path(p)) for p in inputs]
 
 
-def _result(summary, store, outputs=None, command="run", settings=None) -> RunResult:
-    """The engine's summary and the store's documents, as the API's result."""
+def _result(summary, store, outputs=None, command="run", inputs: "SessionInputs | None" = None,
+            settings: dict | None = None) -> RunResult:
+    """The engine's summary and the store's documents (those of this session's inputs), as the API's result."""
     results = {(item["doc_id"], item["path"]): item for item in summary.results}
     usage = store.usage_by_document(summary.run_id)
     documents = []
     for row in store.documents(summary.run_id):
+        if inputs is not None and (row["doc_id"], row["path"]) not in inputs.documents:
+            continue  # a document of an earlier session that is no longer an input (edited, deleted)
         item = results.get((row["doc_id"], row["path"]))
         documents.append(DocumentResult(path=row["path"], doc_id=row["doc_id"], status=row["status"],
                                         error=row["error"], result=item["result"] if item else row["result"],
@@ -143,24 +146,59 @@ def _result(summary, store, outputs=None, command="run", settings=None) -> RunRe
                      store.workspace, summary.final, outputs or {}, command, settings or {})
 
 
+class SessionInputs:
+    """What this session's inputs were, told by the run's events: the documents it queued (and the
+    files that failed before they had an id), and the inputs it never reached (the run stopped
+    first). Outputs are rebuilt from these on every session, so a document edited or deleted since
+    an earlier session of the run does not haunt them."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = paths
+        self.documents: set[tuple[str, str]] = set()  # (doc_id, path); doc_id "" for a file that never opened
+
+    def __call__(self, event) -> None:
+        if event["type"] == "document_queued":
+            self.documents.add((event["doc_id"], event["path"]))
+        elif event["type"] == "document_failed" and not event.get("doc_id"):
+            self.documents.add(("", event["path"]))
+
+    def unread(self) -> list[str]:
+        """The input files this session did not reach (only a run that stopped or failed leaves any)."""
+        from rlmpipe.ingest import expand_paths
+
+        reached = {path for _, path in self.documents}
+        return [str(path) for path in expand_paths(self.paths) if isinstance(path, Path) and str(path) not in reached]
+
+
 def _execute(pipeline, paths, model: _Model, options, *, command: dict, events=None, on_start=None,
              finish: Callable | None = None) -> RunResult:
-    """One run of ``pipeline``; ``command`` (how to make it again) is kept with the run for resume."""
+    """One run of ``pipeline``; ``command`` (how to make it again) is kept with the run for resume.
+    ``finish(summary, store, inputs)`` writes the outputs (``inputs``: the :class:`SessionInputs`)."""
+    from rlmpipe.ingest import check_inputs
     from rlmpipe.lm.errors import FatalLMError
+    from rlmpipe.runtime.events import EventBus
     from rlmpipe.runtime.runner import execute
     from rlmpipe.runtime.store import Store
 
+    check_inputs(paths)  # an empty folder is a mistake to say before the run, not a run of nothing
     if model.is_none and not getattr(pipeline, "works_without_lm", False):
         raise FatalLMError(f"{command['name']} needs a language model (got 'none')",
                            "give one with --lm (e.g. --lm openai/gpt-4o-mini), RLMPIPE_LM or rlmpipe.toml; "
                            "'local' is the embedded model", kind="not_configured")
     options.adapter = options.adapter if options.adapter is not None else model.adapter
     run_config = {"command": {**command, "paths": [str(Path(p).resolve()) for p in paths], "model": model.record}}
-    with Store(options.workspace) as store:
-        summary = execute(pipeline, paths, model.lm, options=options, store=store, events=events,
-                          run_config=run_config, on_start=on_start)
-        outputs = finish(summary, store) if finish is not None else None
-        return _result(summary, store, outputs=outputs, command=command["name"], settings=command.get("settings"))
+    events = events if events is not None else EventBus()
+    inputs = SessionInputs(paths)
+    stop_listening = events.subscribe(inputs)
+    try:
+        with Store(options.workspace) as store:
+            summary = execute(pipeline, paths, model.lm, options=options, store=store, events=events,
+                              run_config=run_config, on_start=on_start)
+            outputs = finish(summary, store, inputs) if finish is not None else None
+            return _result(summary, store, outputs=outputs, command=command["name"], inputs=inputs,
+                           settings=command.get("settings"))
+    finally:
+        stop_listening()
 
 
 # --- the front door --------------------------------------------------------------------------------
@@ -225,7 +263,7 @@ def summarize(inputs, *, pattern: str = "map-reduce", strategy: str = "structure
 
 
 def _write_summaries(out):
-    def finish(summary, store):
+    def finish(summary, store, inputs):
         if not out:
             return None
         import json
@@ -267,16 +305,17 @@ def analyze_contracts(inputs, out: str | os.PathLike = "contracts-out", *, lm: s
         raise ValueError("read='all' (--read all) needs a language model: give one with --lm")
     mode = "finder" if model.is_none else READS[read]
     default = contracts.DEFAULT_CHUNKING
-    chunking = ChunkingConfig(strategy="structure", chunk_tokens=chunk_tokens or default.chunk_tokens,
+    chunking = ChunkingConfig(strategy="structure",  # (None: the default; 0 is refused, as -5 is)
+                              chunk_tokens=default.chunk_tokens if chunk_tokens is None else chunk_tokens,
                               overlap=default.overlap if overlap is None else overlap)
     pipeline = ContractsPipeline(
         chunking, mode=mode,
-        finder_model=finder_model, recall=recall or contracts.DEFAULT_RECALL,
+        finder_model=finder_model, recall=contracts.DEFAULT_RECALL if recall is None else recall,
         context_chars=contracts.DEFAULT_CONTEXT_CHARS if context_chars is None else context_chars,
-        batch_tokens=batch_tokens or contracts.DEFAULT_BATCH_TOKENS)
+        batch_tokens=contracts.DEFAULT_BATCH_TOKENS if batch_tokens is None else batch_tokens)
     out = Path(out)
     return _builtin("contracts", pipeline, inputs, model=model, outputs={"out": str(out.resolve())}, events=events,
-                    on_start=on_start, finish=lambda summary, store: write_results(summary, store, out),
+                    on_start=on_start, finish=lambda summary, store, inputs: write_results(summary, store, out, inputs),
                     **run_options)
 
 
@@ -307,10 +346,32 @@ _NOT_RECORDED = ("max_run_tokens", "max_cost", "max_seconds", "prices", "workspa
                  "resume_run_id")
 
 
+class SetupError(RuntimeError):
+    """Something a command needs is not installed or cannot start; the message says what to do."""
+
+
+def _check_sandbox(sandbox: dict) -> None:
+    """``ask`` runs the model's code in the Deno sandbox: a sandbox that cannot start would fail
+    the run at its first step, so it is checked before (and Pyodide fetched now if it must be)."""
+    from rlmpipe.lm.errors import one_line
+    from rlmpipe.sandbox import PyodideNotCachedError, deno_available, ensure_pyodide
+
+    if not deno_available():
+        raise SetupError("rlmpipe ask runs the model's code in a Deno sandbox, and no working Deno was found: "
+                         "pip install 'rlmpipe[rlm]' (or put deno on PATH, or set RLMPIPE_DENO)")
+    try:
+        ensure_pyodide(sandbox.get("deno_dir"))
+    except PyodideNotCachedError as exc:
+        raise SetupError(f"rlmpipe ask's sandbox needs Pyodide, fetched once from the npm registry: "
+                         f"{one_line(exc, 300)}") from None
+
+
 def _builtin(name, pipeline, inputs, *, model: _Model, outputs, events, on_start, finish, **run_options) -> RunResult:
     unknown = set(run_options) - set(_RUN_OPTION_NAMES)
     if unknown:
         raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if name == "ask":
+        _check_sandbox(pipeline.sandbox)
     options = _options(**run_options)
     recorded = {key: value for key, value in run_options.items() if key not in _NOT_RECORDED}
     command = {"name": name, "settings": pipeline.settings(), "outputs": outputs, "options": recorded}
@@ -327,6 +388,8 @@ def resume(run_id: str, *, workspace: str | os.PathLike | None = None, max_run_t
     ``force_resume``)."""
     from rlmpipe.runtime.store import Store
 
+    if not run_id:
+        raise LookupError("give a run id, or its first characters (rlmpipe runs list shows them)")
     with Store(workspace) as store:
         matches = store.find_runs(run_id)
         if not matches:
@@ -360,8 +423,8 @@ def _rebuild(command: dict, **run_options) -> RunResult:
         from rlmpipe.apps.contracts import ContractsPipeline as Pipeline
         from rlmpipe.apps.contracts import write_results
 
-        def finish(summary, store):
-            return write_results(summary, store, Path(outputs["out"]))
+        def finish(summary, store, inputs):
+            return write_results(summary, store, Path(outputs["out"]), inputs)
     else:
         from rlmpipe.apps.ask import AskPipeline as Pipeline
 

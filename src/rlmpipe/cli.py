@@ -13,18 +13,54 @@ import contextlib
 import functools
 import inspect
 import json
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import List, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from rlmpipe.offline import configure_offline_defaults
 
 configure_offline_defaults()  # the command owns its process: litellm and tiktoken use their bundled files
 
-app = typer.Typer(
+
+class _PlainHelp:
+    """--help shows what a flag takes as a word (N, USD, PATH, fixed|structure) and nothing for a
+    switch: typer >= 0.2x would show Python types (<int>, <bool>, <list[Path]>). Every option here
+    has its metavar; this blanks the switches' (typer's own --help included) and the arguments' type."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+            elif param.param_type_name == "argument" and hasattr(param, "display_type_rich"):
+                param.display_type_rich = lambda ctx: None  # the name column already says PATH
+        return params
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class _Typer(typer.Typer):
+    """A Typer whose groups and commands show plain help (:class:`_PlainHelp`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args, **kwargs):
+        return super().command(*args, cls=kwargs.pop("cls", _Command), **kwargs)
+
+
+app = _Typer(
     name="rlmpipe",
     help="Run language-model programs over documents larger than a context window, reliably.",
     no_args_is_help=True,
@@ -62,24 +98,74 @@ def deprecated(old: str, new: str) -> None:
     typer.echo(printable(f"note: {old} is deprecated and will go away: use {new}"), err=True)
 
 
+# --- numbers: every numeric flag has a range, checked before anything runs ------------------------------
+#: the bounds that several flags share (inclusive)
+MAX_CHUNK_TOKENS = 1_000_000  # no model reads more at once (the largest context windows are 1-2 M tokens)
+MAX_TOKENS = 10**15  # token budgets and rates: beyond any real run, and far from int64
+MAX_CONTEXT_CHARS = 2_000  # = rlmpipe.apps.contracts.pipeline.MAX_CONTEXT_CHARS (a test checks): why, there
+
+
+def _number(value) -> str:
+    """1,000,000 / 10^15 / 0.1 / 65535: as a person writes the number."""
+    if isinstance(value, int) and value >= 10**9 and str(value).rstrip("0") == "1":
+        return f"10^{len(str(value)) - 1}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 100_000 else str(value)
+    return f"{value:g}"
+
+
+def _range(low, high, low_open: bool = False) -> str:
+    if high is None:
+        return f"{'more than' if low_open else 'at least'} {_number(low)}"
+    return f"more than {_number(low)}, at most {_number(high)}" if low_open else f"{_number(low)} to {_number(high)}"
+
+
+def in_range(flag: str, low, high=None, *, low_open: bool = False):
+    """A typer callback refusing a value of ``flag`` outside ``[low, high]`` (``(low, high]`` with
+    ``low_open``; nan and infinities too) with one line and exit code 2."""
+
+    def check(value):
+        if value is None:
+            return value
+        if not math.isfinite(value) or value < low or (low_open and value == low) or \
+                (high is not None and value > high):
+            fail(f"{flag} {_number(value)}: must be {_range(low, high, low_open)}")
+        return value
+
+    check.bounds = (low, high, low_open)
+    return check
+
+
+def number(default, flag: str, help: str, low, high=None, *, low_open: bool = False, metavar: str = "N",
+           default_text: str | None = None, **options):
+    """A numeric option whose help states its range (and ``default_text``, the default the library
+    applies when the flag is not given) and whose value is checked against it."""
+    told = _range(low, high, low_open) + (f"; default {default_text}" if default_text else "")
+    return typer.Option(default, flag, help=f"{help.rstrip('.')} ({told}).", metavar=metavar,
+                        callback=in_range(flag, low, high, low_open=low_open), **options)
+
+
 # --- chunk ---------------------------------------------------------------------------------------------
 @app.command()
 def chunk(
-    paths: List[Path] = typer.Argument(..., help="Files or folders (.txt .md .html .pdf .docx)."),
-    strategy: str = typer.Option("structure", help="fixed | structure"),
-    chunk_tokens: int = typer.Option(512, "--chunk-tokens", help="The most tokens a chunk may have."),
-    overlap: int = typer.Option(0, help="Tokens shared by consecutive chunks."),
+    paths: List[Path] = typer.Argument(..., metavar="PATH", help="Files or folders (.txt .md .html .pdf .docx)."),
+    strategy: str = typer.Option("structure", metavar="fixed|structure", help="How chunks are cut: fixed token "
+                                 "windows, or along headings, clauses, paragraphs and sentences."),
+    chunk_tokens: int = number(512, "--chunk-tokens", "The most tokens a chunk may have.", 8, MAX_CHUNK_TOKENS),
+    overlap: int = number(0, "--overlap", "Tokens shared by consecutive chunks (fewer than --chunk-tokens).", 0,
+                          MAX_CHUNK_TOKENS),
     tokenizer: str = typer.Option(
-        "cl100k_base", help="cl100k_base, o200k_base, an OpenAI model name, 'local' or gguf:PATH."
+        "cl100k_base", metavar="NAME", help="cl100k_base, o200k_base, an OpenAI model name, 'local' or gguf:PATH."
     ),
-    out: Optional[Path] = typer.Option(None, help="Write JSON Lines here instead of stdout."),
+    out: Optional[Path] = typer.Option(None, metavar="FILE", help="Write JSON Lines here instead of stdout."),
     stats: bool = typer.Option(False, "--stats", help="Print only counts and the token distribution (no chunks)."),
-    old_max_tokens: Optional[int] = typer.Option(None, "--max-tokens", hidden=True),
+    old_max_tokens: Optional[int] = typer.Option(None, "--max-tokens", hidden=True,
+                                                 callback=in_range("--max-tokens", 8, MAX_CHUNK_TOKENS)),
 ) -> None:
     """Cut documents into token-exact chunks, as JSON Lines (one chunk per line)."""
     from rlmpipe.chunking import Chunk, ChunkingConfig, chunk_paths, get_tokenizer
     from rlmpipe.chunking.stats import ChunkStats
-    from rlmpipe.ingest import Document, DocumentError
+    from rlmpipe.ingest import Document, DocumentError, check_inputs
 
     if old_max_tokens is not None:
         deprecated("--max-tokens", "--chunk-tokens")
@@ -87,6 +173,7 @@ def chunk(
     try:
         config = ChunkingConfig(strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap, tokenizer=tokenizer)
         get_tokenizer(config.tokenizer)
+        check_inputs(paths)
     except ValueError as exc:
         fail(str(exc))
     totals = ChunkStats()
@@ -163,51 +250,53 @@ def _parse_price(text: str) -> tuple[float, float]:
 
 #: (name, type, typer.Option) of every shared flag, in the order --help lists them
 RUN_FLAGS = [
-    ("lm", Optional[str], typer.Option(None, "--lm", help=LM_HELP, rich_help_panel="Model")),
-    ("api_base", Optional[str], typer.Option(None, "--api-base", help="URL of an OpenAI-compatible server.",
-                                             rich_help_panel="Model")),
-    ("model_path", Optional[str], typer.Option(None, "--model-path", help="A GGUF file for the local model.",
-                                               rich_help_panel="Model")),
-    ("max_output_tokens", Optional[int], typer.Option(None, "--max-output-tokens",
-                                                      help="The most tokens one answer may have.",
-                                                      rich_help_panel="Model")),
-    ("concurrency", int, typer.Option(8, "--concurrency", help="LM calls at once.", rich_help_panel="Limits")),
-    ("max_run_tokens", Optional[int], typer.Option(None, "--max-run-tokens", help="Token budget for the whole run "
-                                                   "(a cap: a call starts only if it fits).", rich_help_panel="Limits")),
-    ("max_cost", Optional[float], typer.Option(None, "--max-cost", help="USD budget for the whole run (a cap).",
-                                               rich_help_panel="Limits")),
-    ("max_time", Optional[float], typer.Option(None, "--max-time", help="Seconds this session may run.",
-                                               rich_help_panel="Limits")),
-    ("price", Optional[str], typer.Option(None, "--price", help="USD per million INPUT,OUTPUT tokens, for a model "
-                                          "litellm has no price for (needed by --max-cost).", rich_help_panel="Limits")),
-    ("rpm", Optional[int], typer.Option(None, "--rpm", help="Requests per minute the provider allows.",
-                                        rich_help_panel="Limits")),
-    ("tpm", Optional[int], typer.Option(None, "--tpm", help="Tokens per minute the provider allows.",
-                                        rich_help_panel="Limits")),
-    ("workspace", Optional[Path], typer.Option(None, "--workspace", help="Where runs live (default: the nearest "
-                                               ".rlmpipe folder here or above, else ./.rlmpipe).",
+    ("lm", Optional[str], typer.Option(None, "--lm", metavar="MODEL", help=LM_HELP, rich_help_panel="Model")),
+    ("api_base", Optional[str], typer.Option(None, "--api-base", metavar="URL", help="URL of an OpenAI-compatible "
+                                             "server.", rich_help_panel="Model")),
+    ("model_path", Optional[str], typer.Option(None, "--model-path", metavar="FILE", help="A GGUF file for the "
+                                               "local model.", rich_help_panel="Model")),
+    ("max_output_tokens", Optional[int], number(None, "--max-output-tokens", "The most tokens one answer may have.",
+                                                1, MAX_CHUNK_TOKENS, rich_help_panel="Model")),
+    ("concurrency", int, number(8, "--concurrency", "LM calls at once.", 1, 1024, rich_help_panel="Limits")),
+    ("max_run_tokens", Optional[int], number(None, "--max-run-tokens", "Token budget for the whole run, a cap: a "
+                                             "call starts only if it fits", 1, MAX_TOKENS,
+                                             rich_help_panel="Limits")),
+    ("max_cost", Optional[float], number(None, "--max-cost", "USD budget for the whole run, a cap", 0, 1_000_000,
+                                         low_open=True, metavar="USD", rich_help_panel="Limits")),
+    ("max_time", Optional[float], number(None, "--max-time", "Seconds this session may run.", 0, 30 * 86400,
+                                         low_open=True, metavar="S", rich_help_panel="Limits")),
+    ("price", Optional[str], typer.Option(None, "--price", metavar="IN,OUT", help="USD per million input and "
+                                          "output tokens, for a model litellm has no price for (needed by "
+                                          "--max-cost).", rich_help_panel="Limits")),
+    ("rpm", Optional[int], number(None, "--rpm", "Requests per minute the provider allows.", 1, 10**9,
+                                  rich_help_panel="Limits")),
+    ("tpm", Optional[int], number(None, "--tpm", "Tokens per minute the provider allows.", 1, MAX_TOKENS,
+                                  rich_help_panel="Limits")),
+    ("workspace", Optional[Path], typer.Option(None, "--workspace", metavar="DIR", help="Where runs live (default: "
+                                               "the nearest .rlmpipe folder here or above, else ./.rlmpipe).",
                                                rich_help_panel="Runs")),
     ("force_resume", bool, typer.Option(False, "--force-resume", help="Reuse the finished steps of an earlier run "
                                         "over these inputs even though its configuration changed.",
                                         rich_help_panel="Runs")),
     ("fresh", bool, typer.Option(False, "--fresh", help="Ignore earlier runs and compute everything again.",
                                  rich_help_panel="Runs")),
-    ("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress display (errors are still printed).",
-                                 rich_help_panel="Runs")),
-    ("executor", str, typer.Option("threads", "--executor", help="threads | ray", rich_help_panel="Runs")),
-    ("ray_address", Optional[str], typer.Option(None, "--ray-address", help="A Ray cluster to run on (default: "
-                                                "start a local one).", rich_help_panel="Runs")),
-    ("otel", Optional[str], typer.Option(None, "--otel", help="Export OpenTelemetry traces (run > document > step > "
-                                         "LM call): console (stderr) or otlp (OTLP/HTTP; the OTEL_EXPORTER_OTLP_* "
-                                         "variables are honoured). Needs the 'otel' extra.",
+    ("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress display, no notices of the libraries "
+                                 "(errors are still printed).", rich_help_panel="Runs")),
+    ("executor", str, typer.Option("threads", "--executor", metavar="threads|ray", help="Where steps run: this "
+                                   "process's threads, or a Ray cluster.", rich_help_panel="Runs")),
+    ("ray_address", Optional[str], typer.Option(None, "--ray-address", metavar="ADDRESS", help="A Ray cluster to "
+                                                "run on (default: start a local one).", rich_help_panel="Runs")),
+    ("otel", Optional[str], typer.Option(None, "--otel", metavar="console|otlp", help="Export OpenTelemetry traces "
+                                         "(run > document > step > LM call): console (stderr) or otlp (OTLP/HTTP; "
+                                         "the OTEL_EXPORTER_OTLP_* variables are honoured). Needs the 'otel' extra.",
                                          rich_help_panel="Observability")),
-    ("otlp_endpoint", Optional[str], typer.Option(None, "--otlp-endpoint", help="OTLP/HTTP endpoint, e.g. "
-                                                  "http://localhost:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT).",
+    ("otlp_endpoint", Optional[str], typer.Option(None, "--otlp-endpoint", metavar="URL", help="OTLP/HTTP endpoint, "
+                                                  "e.g. http://localhost:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT).",
                                                   rich_help_panel="Observability")),
-    ("metrics_port", Optional[int], typer.Option(None, "--metrics-port", help="Serve Prometheus metrics at "
-                                                 "http://127.0.0.1:PORT/metrics while the run goes (0: any free port, "
-                                                 "printed on stderr). Needs the 'metrics' extra.",
-                                                 rich_help_panel="Observability")),
+    ("metrics_port", Optional[int], number(None, "--metrics-port", "Serve Prometheus metrics at "
+                                           "http://127.0.0.1:PORT/metrics while the run goes, from the 'metrics' "
+                                           "extra; 0: any free port, printed on stderr", 0, 65535,
+                                           metavar="PORT", rich_help_panel="Observability")),
 ]
 #: old flag -> (new flag, the RunFlags field it sets)
 ALIASES = {"--max-tokens": ("--max-run-tokens", "max_run_tokens")}
@@ -225,8 +314,10 @@ def run_command(function=None, *, only: tuple[str, ...] | None = None):
     own = [p for p in inspect.signature(function).parameters.values() if p.name != "flags"]
     shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
               for name, annotation, option in RUN_FLAGS if name in taken]
+    checks = {name: option.callback for name, _, option in RUN_FLAGS}
     hidden = [inspect.Parameter(f"alias_{field}", inspect.Parameter.KEYWORD_ONLY,
-                                default=typer.Option(None, old, hidden=True), annotation=Optional[int])
+                                default=typer.Option(None, old, hidden=True, callback=_renamed(checks[field], old)),
+                                annotation=Optional[int])
               for old, (_, field) in aliases.items()]
 
     @functools.wraps(function)
@@ -244,11 +335,18 @@ def run_command(function=None, *, only: tuple[str, ...] | None = None):
     return command
 
 
+def _renamed(check, flag: str):
+    """The range check of a flag, for its old name (the error names the flag as it was typed)."""
+    low, high, low_open = check.bounds
+    return in_range(flag, low, high, low_open=low_open)
+
+
 @contextlib.contextmanager
 def session(flags: RunFlags):
     """Events with the live display, observability and Ctrl-C handling around one run; yields
     ``(events, on_start)`` for the library call. Errors that stop a run before it starts become
     one line on stderr and exit code 2."""
+    from rlmpipe.api import SetupError
     from rlmpipe.lm.errors import FatalLMError
     from rlmpipe.lm.local import LocalModelMissing
     from rlmpipe.monitor.progress import attach_progress
@@ -262,12 +360,33 @@ def session(flags: RunFlags):
     display = attach_progress(events, quiet=flags.quiet)
     current = {}
     try:
-        with interrupt_handling(lambda: current.get("run")), display, \
+        with interrupt_handling(lambda: current.get("run")), display, _libraries_quiet(flags.quiet), \
                 _observability(events, flags.otel, flags.otlp_endpoint, flags.metrics_port):
             yield events, lambda run: current.update(run=run)
     except (FatalLMError, LocalModelMissing, ValueError, WorkspaceBusy, WorkspaceTooNew, ConfigurationChanged,
-            LookupError) as exc:
+            LookupError, SetupError) as exc:
         fail(str(exc))
+
+
+#: the loggers of the libraries a run uses, whose notices --quiet hides (their errors still show)
+LIBRARY_LOGGERS = ("dspy", "LiteLLM", "litellm", "httpx")
+
+
+@contextlib.contextmanager
+def _libraries_quiet(quiet: bool):
+    """--quiet: no warnings of the libraries either (DSPy's "RLM reached max iterations", ...); what
+    rlmpipe has to say (notes, errors) goes to stderr as always."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS] if quiet else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -322,15 +441,18 @@ def finish(result) -> None:
 @app.command()
 @run_command
 def summarize(
-    paths: List[Path] = typer.Argument(..., help="Files or folders."),
-    pattern: str = typer.Option("map-reduce", "--pattern", help="map-reduce (chunks in parallel, then merged) | "
-                                "window (chunks in order, each with the summary so far)."),
-    chunk_tokens: int = typer.Option(1024, "--chunk-tokens", help="Tokens per chunk."),
-    overlap: int = typer.Option(0, "--overlap", help="Tokens shared by consecutive chunks."),
-    strategy: str = typer.Option("structure", help="fixed | structure"),
-    window_tokens: int = typer.Option(1024, "--window-tokens", help="window: the most tokens of running summary "
-                                      "carried to the next chunk."),
-    out: Optional[Path] = typer.Option(None, help="Write one JSON line per document here (else stdout)."),
+    paths: List[Path] = typer.Argument(..., metavar="PATH", help="Files or folders."),
+    pattern: str = typer.Option("map-reduce", "--pattern", metavar="map-reduce|window", help="map-reduce (chunks in "
+                                "parallel, then merged) or window (chunks in order, each with the summary so far)."),
+    chunk_tokens: int = number(1024, "--chunk-tokens", "Tokens per chunk.", 8, MAX_CHUNK_TOKENS),
+    overlap: int = number(0, "--overlap", "Tokens shared by consecutive chunks (fewer than --chunk-tokens).", 0,
+                          MAX_CHUNK_TOKENS),
+    strategy: str = typer.Option("structure", metavar="fixed|structure", help="How chunks are cut: fixed token "
+                                 "windows, or along headings, clauses, paragraphs and sentences."),
+    window_tokens: int = number(1024, "--window-tokens", "window: the most tokens of running summary carried to the "
+                                "next chunk.", 1, MAX_CHUNK_TOKENS),
+    out: Optional[Path] = typer.Option(None, metavar="FILE", help="Write one JSON line per document here (else "
+                                       "stdout)."),
     *, flags: RunFlags,
 ) -> None:
     """Summarize documents of any size: map over chunks then merge as a tree, or a sliding window."""
@@ -360,12 +482,14 @@ def _print_result(result, quiet: bool) -> None:
 @run_command
 def ask(
     args: List[str] = typer.Argument(..., metavar="PATH... QUESTION", help="Files or folders, then the question."),
-    max_depth: int = typer.Option(2, "--max-depth", help="Deepest recursion level of sub-model calls."),
-    max_iters: int = typer.Option(12, "--max-iters", help="REPL rounds of the top-level model."),
-    max_llm_calls: int = typer.Option(40, "--max-llm-calls", min=1, help="Sub-model calls one RLM may make "
-                                      "(dspy.RLM's max_llm_calls; --max-sub-calls caps all of them together)."),
-    max_sub_calls: Optional[int] = typer.Option(None, "--max-sub-calls", help="Sub-model calls, all depths together."),
-    timeout: float = typer.Option(120.0, "--exec-timeout", help="Seconds one code execution may take."),
+    max_depth: int = number(2, "--max-depth", "Deepest recursion level of sub-model calls (0: none).", 0, 10),
+    max_iters: int = number(12, "--max-iters", "REPL rounds of the top-level model.", 1, 1000),
+    max_llm_calls: int = number(40, "--max-llm-calls", "Sub-model calls one RLM may make (dspy.RLM's "
+                                "max_llm_calls; --max-sub-calls caps all of them together).", 1, 1_000_000),
+    max_sub_calls: Optional[int] = number(None, "--max-sub-calls", "Sub-model calls, all depths together.", 0,
+                                          1_000_000),
+    timeout: float = number(120.0, "--exec-timeout", "Seconds one code execution may take.", 0, 86400,
+                            low_open=True, metavar="S"),
     each: bool = typer.Option(False, "--each", help="One recursion per document (in parallel), one JSON line "
                               "each: path, status, answer, sources; else one over all documents together."),
     *, flags: RunFlags,
@@ -429,27 +553,34 @@ def _print_answers(result) -> None:
         typer.echo(json.dumps(line, ensure_ascii=False))
 
 
-contracts_app = typer.Typer(help="The contract corpus analyzer.", no_args_is_help=True)
+contracts_app = _Typer(help="The contract corpus analyzer.", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")
 
 
 @contracts_app.command("analyze")
 @run_command
 def contracts_analyze(
-    paths: List[Path] = typer.Argument(..., help="Contracts, or folders of them (.txt .md .pdf .docx .html)."),
-    out: Path = typer.Option(Path("contracts-out"), help="Folder for contracts.jsonl, clauses.csv, report.html."),
-    read: str = typer.Option("candidates", "--read", help="What the LM reads: candidates (the passages the clause "
-                             "finder flags, with their context) or all (every chunk; costs several times more)."),
-    recall: Optional[str] = typer.Option(None, "--recall", help="How many of the clauses the finder must pass to "
-                                         "the LM: recall0.85 .. recall0.99 (default recall0.95)."),
-    context_chars: Optional[int] = typer.Option(None, "--context-chars", help="Characters of context the LM sees "
-                                                "on each side of a flagged passage."),
-    finder_model: Optional[Path] = typer.Option(None, "--finder-model", help="A clause finder trained with "
-                                                "'rlmpipe contracts train-finder' (default: the shipped one)."),
-    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Tokens per chunk (--read all; "
-                                               "default 4096)."),
-    overlap: Optional[int] = typer.Option(None, "--overlap", help="Tokens shared by consecutive chunks (--read all; "
-                                          "default 0)."),
+    paths: List[Path] = typer.Argument(..., metavar="PATH", help="Contracts, or folders of them (.txt .md .pdf "
+                                       ".docx .html)."),
+    out: Path = typer.Option(Path("contracts-out"), metavar="DIR", help="Folder for contracts.jsonl, clauses.csv, "
+                             "report.html."),
+    read: str = typer.Option("candidates", "--read", metavar="candidates|all", help="What the LM reads: candidates "
+                             "(the passages the clause finder flags, with their context) or all (every chunk; costs "
+                             "several times more). Without a model the finder works alone."),
+    recall: Optional[str] = typer.Option(None, "--recall", metavar="LEVEL",
+                                         help="--read candidates: how many of the clauses the finder must pass to "
+                                         "the LM: recall0.85, recall0.90, recall0.93, recall0.95, recall0.97 or "
+                                         "recall0.99, or 0.85 .. 0.99 for short (default recall0.95)."),
+    context_chars: Optional[int] = number(None, "--context-chars", "--read candidates: characters of context the LM "
+                                          "sees on each side of a flagged passage", 0, MAX_CONTEXT_CHARS,
+                                          default_text="150"),
+    finder_model: Optional[Path] = typer.Option(None, "--finder-model", metavar="FILE", help="A clause finder "
+                                                "trained with 'rlmpipe contracts train-finder' (default: the shipped "
+                                                "one)."),
+    chunk_tokens: Optional[int] = number(None, "--chunk-tokens", "--read all: tokens per chunk", 8, MAX_CHUNK_TOKENS,
+                                         default_text="4096"),
+    overlap: Optional[int] = number(None, "--overlap", "--read all: tokens shared by consecutive chunks", 0,
+                                    MAX_CHUNK_TOKENS, default_text="0"),
     old_resume: bool = typer.Option(False, "--resume", hidden=True),
     *, flags: RunFlags,
 ) -> None:
@@ -473,11 +604,12 @@ def contracts_analyze(
 
 @contracts_app.command("train-finder")
 def contracts_train_finder(
-    data_dir: Path = typer.Argument(..., help="A CUAD folder: contracts/*.txt, annotations.jsonl, "
-                                    "contract_labels.jsonl."),
-    out: Path = typer.Option(..., "--out", help="The model file to write (.npz)."),
-    folds: int = typer.Option(5, "--folds", help="Cross-validation folds (by contract) for the thresholds."),
-    card: Optional[Path] = typer.Option(None, "--card", help="Also write the model card (a README.md) here."),
+    data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="A CUAD folder: contracts/*.txt, "
+                                    "annotations.jsonl, contract_labels.jsonl."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="The model file to write (.npz)."),
+    folds: int = number(5, "--folds", "Cross-validation folds (by contract) for the thresholds.", 2, 20),
+    card: Optional[Path] = typer.Option(None, "--card", metavar="FILE", help="Also write the model card (a README.md) "
+                                        "here."),
 ) -> None:
     """Train the clause finder on expert-annotated contracts (deterministic: same data, same bytes).
 
@@ -503,10 +635,14 @@ def contracts_train_finder(
 
 
 # --- resume ---------------------------------------------------------------------------------------------------
+RUN_ID = typer.Argument(..., metavar="RUN_ID", help="A run's id, or its first characters (rlmpipe runs list shows "
+                        "them).")
+
+
 @app.command()
 @run_command(only=("max_run_tokens", "max_cost", "max_time", "workspace", "force_resume", "quiet", "otel",
                    "otlp_endpoint", "metrics_port"))
-def resume(run_id: str, *, flags: RunFlags) -> None:
+def resume(run_id: str = RUN_ID, *, flags: RunFlags) -> None:
     """Continue a stopped or failed run where it stopped (finished steps are not run again)."""
     from rlmpipe import api
 
@@ -519,10 +655,10 @@ def resume(run_id: str, *, flags: RunFlags) -> None:
 
 
 # --- runs: what happened, live or afterwards -------------------------------------------------------
-runs_app = typer.Typer(help="Inspect runs: list, show, watch, report.", no_args_is_help=True)
+runs_app = _Typer(help="Inspect runs: list, show, watch, report.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
-WORKSPACE_OPTION = typer.Option(None, "--workspace", help="Where runs live (default: the nearest .rlmpipe folder "
-                                "here or above).")
+WORKSPACE_OPTION = typer.Option(None, "--workspace", metavar="DIR", help="Where runs live (default: the nearest "
+                                ".rlmpipe folder here or above).")
 
 
 def _store(folder: Path):
@@ -537,6 +673,8 @@ def _store(folder: Path):
 def _open_run(workspace: Optional[Path], run_id: str):
     from rlmpipe.runtime.store import find_workspace
 
+    if not run_id:
+        fail("give a run id, or its first characters (rlmpipe runs list shows them)")
     folder = find_workspace(workspace)
     if not (folder / "runs.sqlite").exists():
         fail(f"no runs in {folder}: runs live in the nearest .rlmpipe folder here or above "
@@ -565,7 +703,7 @@ def runs_list(workspace: Optional[Path] = WORKSPACE_OPTION) -> None:
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
+def runs_show(run_id: str = RUN_ID, workspace: Optional[Path] = WORKSPACE_OPTION,
               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Totals and tables by step, by document and by recursion depth; failures with their reasons."""
     from rlmpipe.monitor.metrics import run_tables
@@ -581,8 +719,9 @@ def runs_show(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
 
 
 @runs_app.command("watch")
-def runs_watch(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
-               interval: float = typer.Option(1.0, help="Seconds between refreshes.")) -> None:
+def runs_watch(run_id: str = RUN_ID, workspace: Optional[Path] = WORKSPACE_OPTION,
+               interval: float = number(1.0, "--interval", "Seconds between refreshes.", 0.1, 3600,
+                                        metavar="S")) -> None:
     """Follow a run started elsewhere (from its event log) until it ends."""
     from rlmpipe.monitor.watch import watch_run
 
@@ -592,8 +731,9 @@ def runs_watch(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
 
 
 @runs_app.command("report")
-def runs_report(run_id: str, workspace: Optional[Path] = WORKSPACE_OPTION,
-                out: Optional[Path] = typer.Option(None, help="HTML file to write (default: in the run's folder).")) -> None:
+def runs_report(run_id: str = RUN_ID, workspace: Optional[Path] = WORKSPACE_OPTION,
+                out: Optional[Path] = typer.Option(None, metavar="FILE", help="HTML file to write (default: in "
+                                                   "the run's folder).")) -> None:
     """Write one self-contained HTML report of a run (opens offline)."""
     from rlmpipe.monitor.report import write_report
 

@@ -63,7 +63,7 @@ def test_corpus_analysis_with_a_bad_file_verified_evidence_outputs_and_resume(op
     rows = list(csv.DictReader((out / "clauses.csv").open(encoding="utf-8")))
     assert len(rows) == 3 * 41 and {row["category"] for row in rows} == set(NAMES)
     law = next(r for r in rows if r["path"].endswith("ip_agreement_msci.txt") and r["category"] == "Governing Law")
-    assert law["present"] == "yes" and "governed by" in law["quotes"] and "-" in law["offsets"]
+    assert law["present"] == "true" and "governed by" in law["quotes"] and "-" in law["offsets"]
     schema = json.loads((out / "contracts.schema.json").read_text())
     assert "risk_score" in schema["properties"]
 

@@ -179,6 +179,72 @@ def test_a_huge_styles_part_streams(tmp_path):
     assert result["peak"] - result["before"] < 150, result  # the old reader parsed it whole: GBs
 
 
+def test_one_style_with_a_million_children_under_the_ratio_limit_is_refused_in_bounded_memory(tmp_path):
+    """Issue 28: a styles.xml of one <w:style> with many children, packed under the ratio limit (so the
+    zip-bomb check passes), was read whole: 2.7 MB took 3.73 GB. Every part is bounded by what it
+    holds too: the style is refused once it holds more than Word ever writes in one."""
+    code = """
+        import random, zipfile
+        from pathlib import Path
+        from rlmpipe.ingest import open_document, DocumentError
+        folder = Path(sys.argv[1])
+        W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+        rnd = random.Random(0)
+        children = ''.join(f'<w:rFonts w:ascii="{rnd.getrandbits(32):08x}"/>' for _ in range(1_000_000))
+        styles = f'<w:styles xmlns:w="{W}"><w:style w:styleId="s"><w:name w:val="heading 1"/>{children}</w:style></w:styles>'
+        body = f'<w:document xmlns:w="{W}"><w:body><w:p><w:r><w:t>Hi.</w:t></w:r></w:p></w:body></w:document>'
+        path = folder / "one-style.docx"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("word/document.xml", body); archive.writestr("word/styles.xml", styles)
+        info = zipfile.ZipFile(path).getinfo("word/styles.xml")
+        ratio = info.file_size / info.compress_size
+        del styles, children
+        import gc; gc.collect()
+        before = peak_mb()
+        try:
+            text, error = open_document(path).text(), None
+        except DocumentError as e:
+            text, error = None, str(e)
+        print(json.dumps({"ratio": ratio, "text": text, "error": error, "peak": peak_mb(), "before": before}))
+    """
+    result = child(code, str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout)
+    assert outcome["ratio"] < 100, "under the zip-bomb ratio: only the element bound can catch it"
+    assert outcome["error"] is not None and "word/styles.xml" in outcome["error"], outcome
+    assert "<w:style> holding more than 10,000 elements" in outcome["error"] and "refused" in outcome["error"]
+    assert outcome["peak"] - outcome["before"] < 100, outcome
+
+
+def _docx_text(path: Path, **limits) -> str:
+    from rlmpipe.ingest import ReadLimits
+
+    return open_document(path, ReadLimits(**limits)).text()
+
+
+def test_a_part_nested_too_deep_or_with_too_many_elements_is_refused(tmp_path):
+    deep = (f'<w:document xmlns:w="{W}"><w:body>' + "<w:sdt><w:sdtContent>" * 5_000
+            + "<w:p><w:r><w:t>Deep.</w:t></w:r></w:p>" + "</w:sdtContent></w:sdt>" * 5_000
+            + "</w:body></w:document>").encode()
+    path = write_raw_docx(tmp_path / "deep.docx", deep)
+    with pytest.raises(CorruptDocument, match=r"word/document.xml has XML nested more than 256 levels deep"):
+        open_document(path).text()
+    many = write_raw_docx(tmp_path / "many.docx", paragraphs=[f"Paragraph {i}." for i in range(500)])
+    assert _docx_text(many, max_xml_elements=2_100).count("Paragraph") == 500  # 4 elements a paragraph, +3
+    with pytest.raises(CorruptDocument, match=r"word/document.xml has more than 1,000 XML elements"):
+        _docx_text(many, max_xml_elements=1_000)
+    properties = (f'<w:document xmlns:w="{W}"><w:body><w:p><w:pPr>' + "<w:tab/>" * 20_000
+                  + "</w:pPr><w:r><w:t>Tabs.</w:t></w:r></w:p></w:body></w:document>").encode()
+    with pytest.raises(CorruptDocument, match=r"a <w:pPr> holding more than 10,000 elements"):
+        open_document(write_raw_docx(tmp_path / "tabs.docx", properties)).text()
+    headings = (f'<w:styles xmlns:w="{W}">' + "".join(
+        f'<w:style w:styleId="h{i}"><w:name w:val="heading 1"/></w:style>' for i in range(200)) + "</w:styles>")
+    styled = write_raw_docx(tmp_path / "headings.docx", styles=headings.encode())
+    assert _docx_text(styled, max_xml_kept=300) == "Hello.\n\n"
+    with pytest.raises(CorruptDocument, match=r"word/styles.xml has more than 100 heading styles"):
+        _docx_text(styled, max_xml_kept=100)
+
+
 # --- files that are not files ------------------------------------------------------------------------
 def test_a_fifo_in_a_folder_gets_one_line_and_does_not_hang(tmp_path):
     os.mkfifo(tmp_path / "pipe.txt")

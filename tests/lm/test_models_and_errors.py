@@ -82,3 +82,41 @@ def test_output_that_never_parses_is_reaskable(openai_server):
     with dspy.context(lm=lm), pytest.raises(Exception) as caught:
         dspy.Predict("q -> answer")(q="?")
     assert classify(caught.value).kind == "reask"
+
+
+class DenoNotFoundError(RuntimeError):
+    """Named like an unknown model's error to a guess by name; it is about something else entirely."""
+
+
+class ConnectionQualityReport(Exception):
+    """A name with 'Connection' in it that is no connection error."""
+
+
+def test_errors_are_classified_by_type_and_status_never_by_name():
+    """Issue 28: any exception whose class name held "NotFound" was an unknown model ("check the model
+    name (--lm)"), and it stopped the run; the sandbox's DenoNotFoundError was told so."""
+    import httpx
+    import litellm
+    import openai
+
+    assert (classify(DenoNotFoundError("Deno executable not found")).type, classify(
+        DenoNotFoundError("x")).stops_run) == ("unexpected", False)
+    assert classify(ConnectionQualityReport("fine")).type == "unexpected"
+    request = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    missing = litellm.NotFoundError("no such model", model="m", llm_provider="openai")
+    assert (classify(missing).type, classify(missing).stops_run) == ("unknown_model", True)
+    assert classify(openai.APITimeoutError(request=request)).type == "timeout"
+    assert classify(openai.APIConnectionError(request=request)).type == "connection"
+    assert classify(httpx.ConnectError("refused")).type == "connection"
+    assert classify(ConnectionRefusedError(111, "Connection refused")).kind == "retryable"
+    assert classify(TimeoutError("slow")).type == "timeout"
+    window = litellm.ContextWindowExceededError("too long", model="m", llm_provider="openai")
+    assert classify(window).type == "context_window"
+
+
+def test_a_context_window_error_names_the_flag_that_makes_chunks_smaller():
+    """Issue 28: the advice said --max-tokens, on run commands the old name of the token budget."""
+    from dspy.utils import exceptions as dx
+
+    info = classify(dx.ContextWindowExceededError(model="openai/test-model"))
+    assert info.type == "context_window" and "--chunk-tokens" in info.hint and "--max-tokens" not in info.hint

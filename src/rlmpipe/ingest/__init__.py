@@ -35,7 +35,7 @@ __all__ = [
     "Block", "Document", "ReadLimits", "DocumentError", "UnreadablePath", "UnsupportedFormat",
     "EmptyDocument", "BinaryDocument", "InvalidEncoding", "LineTooLong", "EncryptedDocument",
     "CorruptDocument", "NoExtractableText", "FORMATS", "Notice", "SkippedFiles", "open_document", "expand_paths",
-    "open_documents", "format_note", "printable",
+    "open_documents", "format_note", "printable", "NoDocuments", "check_inputs",
 ]
 
 
@@ -211,3 +211,23 @@ def open_documents(
         if note:
             yield Notice(note)
         yield document
+
+
+class NoDocuments(ValueError):
+    """The inputs hold no file to read: an empty folder, or one of files of other types."""
+
+
+def check_inputs(paths: Iterable[str | os.PathLike]) -> None:
+    """Raise :class:`NoDocuments` when ``paths`` hold no file to read (a file that cannot be read is
+    not this: it gets its own error when it is opened). Stops at the first file found."""
+    paths = list(paths)
+    skipped: list[str] = []
+    for item in expand_paths(paths):
+        if isinstance(item, SkippedFiles):
+            skipped.append(str(item))
+            continue
+        return
+    named = ", ".join(printable(str(path)) for path in paths) or "no path given"
+    kinds = ", ".join(sorted(set(FORMATS)))
+    raise NoDocuments(f"no documents to read in {named} (rlmpipe reads {kinds} files)"
+                      + (f"; {'; '.join(skipped)}" if skipped else ""))

@@ -51,6 +51,13 @@ class ReadLimits:
     # packed size, is a zip bomb (Word's own XML packs 5-20x; a 41 KB bomb unpacked to 3 M tokens).
     max_unpacked_bytes: int = 512 << 20
     max_unpack_ratio: float = 100.0
+    # Every XML part of a container is bounded by what it holds as well as by its bytes: a part
+    # under the ratio limit can still be built to hurt (one style with millions of children packed
+    # at 91x took 3.7 GB). Word writes parts far inside these: a 1,000-page document.xml has about
+    # 2 M elements, nesting stays under 100 levels, a style or a paragraph's properties under 100.
+    max_xml_elements: int = 20_000_000  # elements in one part
+    max_xml_depth: int = 256  # levels of nesting
+    max_xml_kept: int = 10_000  # elements inside one element that is read whole (a style, a w:pPr)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Written over ``zipfile`` + ``ElementTree.iterparse`` rather than python-docx bec
 builds the whole document tree in memory; this streams every XML part element by element, keeps
 the tree empty behind it, and emits a long paragraph in bounded blocks while it is still being
 read. A .docx is a zip: every part read is checked against the unpacked-size and ratio limits of
-:class:`~rlmpipe.ingest.document.ReadLimits` first, so a zip bomb is refused before it unpacks.
+:class:`~rlmpipe.ingest.document.ReadLimits` first, so a zip bomb is refused before it unpacks,
+and while it is parsed against the element-count and depth limits, so a part built to hurt
+within the ratio is refused before it fills memory.
 """
 
 from __future__ import annotations
@@ -60,14 +62,31 @@ def _check_part(path: Path, info: zipfile.ZipInfo, limits: ReadLimits) -> None:
                                     f"(limit {limits.max_unpack_ratio:g}x): refused as a zip bomb")
 
 
-def _pruned_iterparse(stream, keep: frozenset[str]) -> Iterator[tuple[str, ElementTree.Element, ElementTree.Element | None]]:
+def _pruned_iterparse(stream, keep: frozenset[str], part: str, path: Path,
+                      limits: ReadLimits) -> Iterator[tuple[str, ElementTree.Element, ElementTree.Element | None]]:
     """``("start" | "end", element, parent)``; after its end an element is removed from its parent,
     so the tree in memory is only the path from the root to the current element. Elements tagged
-    ``keep`` (small ones that are read whole, like ``w:pPr``) keep their children until they end."""
+    ``keep`` (small ones that are read whole, like ``w:pPr``) keep their children until they end.
+
+    Bounded whatever the part holds (:class:`ReadLimits`): its elements, its depth (the path kept)
+    and the elements inside a kept one (a ``w:style`` with millions of children, under the ratio
+    limit, held them all) are counted as they arrive, and a part past a bound is refused."""
     stack: list[ElementTree.Element] = []
     kept = 0  # how many `keep` elements are open
+    inside_kept = 0  # elements inside the outermost open `keep` element
+    elements = 0
     for event, element in ElementTree.iterparse(stream, events=("start", "end")):
         if event == "start":
+            elements += 1
+            if elements > limits.max_xml_elements:
+                raise _hostile(path, part, f"more than {limits.max_xml_elements:,} XML elements")
+            if len(stack) >= limits.max_xml_depth:
+                raise _hostile(path, part, f"XML nested more than {limits.max_xml_depth} levels deep")
+            if kept:
+                inside_kept += 1
+                if inside_kept > limits.max_xml_kept:
+                    name = next(e for e in stack if e.tag in keep).tag.replace(W, "w:")
+                    raise _hostile(path, part, f"a <{name}> holding more than {limits.max_xml_kept:,} elements")
             parent = stack[-1] if stack else None
             stack.append(element)
             kept += element.tag in keep
@@ -78,6 +97,7 @@ def _pruned_iterparse(stream, keep: frozenset[str]) -> Iterator[tuple[str, Eleme
         yield event, element, parent
         if element.tag in keep:
             kept -= 1
+            inside_kept = inside_kept if kept else 0
         elif kept:
             continue  # inside a kept element: it is read whole at its end
         element.clear()
@@ -85,13 +105,17 @@ def _pruned_iterparse(stream, keep: frozenset[str]) -> Iterator[tuple[str, Eleme
             parent.remove(element)
 
 
-def _heading_styles(archive: zipfile.ZipFile) -> dict[str, int]:
+def _hostile(path: Path, part: str, what: str) -> CorruptDocument:
+    return CorruptDocument(path, f"{part} has {what} (far more than Word writes): refused as a hostile file")
+
+
+def _heading_styles(archive: zipfile.ZipFile, path: Path, limits: ReadLimits) -> dict[str, int]:
     """styleId -> heading level, from styles.xml (names like 'heading 2', or an outline level)."""
     levels: dict[str, int] = {}
     if STYLES_PART not in archive.namelist():
         return levels
     with archive.open(STYLES_PART) as stream:
-        for event, element, _parent in _pruned_iterparse(stream, frozenset({f"{W}style"})):
+        for event, element, _parent in _pruned_iterparse(stream, frozenset({f"{W}style"}), STYLES_PART, path, limits):
             if event != "end" or element.tag != f"{W}style":
                 continue
             style_id = element.get(f"{W}styleId")
@@ -104,6 +128,8 @@ def _heading_styles(archive: zipfile.ZipFile) -> dict[str, int]:
                 levels[style_id] = 1
             elif level := _outline_level(element.find(f"{W}pPr/{W}outlineLvl")):
                 levels[style_id] = level
+            if len(levels) > limits.max_xml_kept:  # the one thing kept from the part: bounded too
+                raise _hostile(path, STYLES_PART, f"more than {limits.max_xml_kept:,} heading styles")
     return levels
 
 
@@ -161,7 +187,7 @@ def read_docx(document: Document) -> Iterator[Block]:
     limit = document.limits.max_block_chars
     with open_docx(document.path, document.limits) as archive:
         try:
-            styles = _heading_styles(archive)
+            styles = _heading_styles(archive, document.path, document.limits)
             with archive.open(DOCUMENT_PART) as stream:
                 open_paragraphs: list[_Paragraph] = []  # a text box's paragraphs nest inside a paragraph
 
@@ -176,7 +202,8 @@ def read_docx(document: Document) -> Iterator[Block]:
                                     kind="heading" if level else "text")
                     offset += len(text)
 
-                for event, element, parent in _pruned_iterparse(stream, frozenset({f"{W}pPr"})):
+                for event, element, parent in _pruned_iterparse(stream, frozenset({f"{W}pPr"}), DOCUMENT_PART,
+                                                                 document.path, document.limits):
                     tag = element.tag
                     if event == "start":
                         if tag == f"{W}p":

@@ -9,11 +9,13 @@
   says what to do.
 
 DSPy (>= 3.4) raises its own typed ``LMError`` s with ``status`` and ``retry_after``; litellm and
-the OpenAI SDK raise theirs with ``status_code`` and a response carrying headers. Both are read.
+the OpenAI SDK raise theirs with ``status_code`` and a response carrying headers. Both are read,
+by type and status; an error is never classified by its class's name.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -101,6 +103,23 @@ def retry_after_seconds(error: BaseException) -> float | None:
     return seconds if seconds is not None and seconds >= 0 else None
 
 
+#: what to do about a prompt larger than the model's context window
+CONTEXT_HINT = ("the prompt is larger than the model's context window: use smaller chunks (--chunk-tokens) or a "
+                "model with a larger context window")
+
+
+def _loaded(*names: tuple[str, str]) -> tuple[type, ...]:
+    """The exception types ``(module, class)`` of the client libraries that are loaded (nothing is
+    imported for this: an error of a library that was never imported cannot be raised)."""
+    found = []
+    for module_name, class_name in names:
+        module = sys.modules.get(module_name)
+        kind = getattr(module, class_name, None) if module is not None else None
+        if isinstance(kind, type) and issubclass(kind, BaseException):
+            found.append(kind)
+    return tuple(found)
+
+
 def classify(error: BaseException) -> Classified:
     from dspy.utils import exceptions as dx
 
@@ -113,8 +132,7 @@ def classify(error: BaseException) -> Classified:
     if isinstance(error, dx.AdapterParseError):
         return Classified("reask", "parse")
     fatal_types = [
-        (dx.ContextWindowExceededError, "context_window",
-         "the prompt is larger than the model's context window: use smaller chunks (--max-tokens)"),
+        (dx.ContextWindowExceededError, "context_window", CONTEXT_HINT),
         (dx.LMAuthError, "auth", "check the API key for this provider"),
         (dx.LMBillingError, "billing", "the provider account has no credit"),
         (dx.LMNotConfiguredError, "not_configured", "set the provider's API key variable"),
@@ -138,22 +156,24 @@ def classify(error: BaseException) -> Classified:
     if isinstance(error, dx.LMProviderError) and (status is None or status < 400 or status >= 500):
         # the provider answered, but not with a usable response (e.g. a body that is not JSON)
         return Classified("retryable", "malformed_response", status, after)
-    # litellm / openai SDK / plain Python errors, by class name and status
-    name = type(error).__name__
-    if status == 429 or "RateLimit" in name:
+    # Other LMs' errors (an LM of your own, litellm or the OpenAI SDK called directly): by the HTTP
+    # status they carry, else by type; never by the class's name (a DenoNotFoundError is no unknown model)
+    if isinstance(error, _loaded(("litellm", "ContextWindowExceededError"))):
+        return Classified("fatal", "context_window", status, hint=CONTEXT_HINT)
+    if status == 429:
         return Classified("retryable", "rate_limit", status, after)
-    if "Timeout" in name or isinstance(error, TimeoutError):
+    if isinstance(error, (TimeoutError, *_loaded(("openai", "APITimeoutError"), ("httpx", "TimeoutException")))):
         return Classified("retryable", "timeout", status, after)
-    if status in RETRYABLE_STATUS or "InternalServer" in name or "ServiceUnavailable" in name:
+    if status in RETRYABLE_STATUS:
         return Classified("retryable", "server", status, after)
-    if "Connection" in name or isinstance(error, ConnectionError):
+    if isinstance(error, (ConnectionError, *_loaded(("openai", "APIConnectionError"), ("httpx", "NetworkError")))):
         return Classified("retryable", "connection", status, after)
-    if status in (401, 403) or "Authentication" in name or "PermissionDenied" in name:
+    if status in (401, 403):
         return Classified("fatal", "auth", status, hint="check the API key for this provider")
-    if status == 404 or "NotFound" in name:
+    if status == 404:
         return Classified("fatal", "unknown_model", status, hint="check the model name (--lm)")
     if status is not None and 400 <= status < 500:
         return Classified("fatal", "bad_request", status, hint="the provider rejected the request")
     if isinstance(error, (ValueError, KeyError, TypeError)) and "parse" in str(error).lower():
         return Classified("reask", "parse")
-    return Classified("fatal", "unexpected", status, hint=f"{name}")
+    return Classified("fatal", "unexpected", status, hint=type(error).__name__)

@@ -37,6 +37,13 @@ CONTEXT_NAMES = ("context", "running_context", "previous_context", "context_so_f
 CARRY_NAMES = ("new_context", "next_context", "updated_context", "context", "running_context", "summary")
 
 
+def _forward(module):
+    """``module.forward``, bound, without reading the attribute from the instance: DSPy warns
+    ("Calling module.forward(...) on ChainOfThought directly is discouraged") whenever it is read so."""
+    function = getattr(type(module), "forward", None)
+    return function.__get__(module, type(module)) if function is not None else None
+
+
 def _signature(module):
     """The signature a module answers: its own (a predictor), or that of its only predictor when
     its forward just passes keyword arguments on (``ChainOfThought`` and the like)."""
@@ -44,7 +51,7 @@ def _signature(module):
     if signature is not None and hasattr(signature, "input_fields"):
         return signature
     try:
-        parameters = list(inspect.signature(module.forward).parameters.values())
+        parameters = list(inspect.signature(_forward(module)).parameters.values())
     except (TypeError, ValueError):
         parameters = []
     if all(p.kind == p.VAR_KEYWORD for p in parameters) and hasattr(module, "named_predictors"):
@@ -61,7 +68,7 @@ def input_fields(module) -> list[str]:
     if signature is not None:
         return list(signature.input_fields)
     try:
-        parameters = inspect.signature(module.forward).parameters.values()
+        parameters = inspect.signature(_forward(module)).parameters.values()
     except (TypeError, ValueError):
         return []
     return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

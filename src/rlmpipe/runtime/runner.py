@@ -356,9 +356,12 @@ class ConfigurationChanged(RuntimeError):
     """Resuming a run whose configuration changed, without ``force_resume``: the message says what changed."""
 
 
-def plan_run(store: Store, pipeline: Pipeline, paths: list, lm, options: RunOptions) -> RunPlan:
+def plan_run(store: Store, pipeline: Pipeline, paths: list, lm, options: RunOptions,
+             outputs: dict | None = None) -> RunPlan:
     """The run's id, fingerprint and notes: the same command and configuration always name the
-    same run; a changed configuration never reuses stale results unless told to (and says so)."""
+    same run; a changed configuration never reuses stale results unless told to (and says so).
+    ``outputs`` (where the command writes, e.g. ``--out``) name the run too, not its steps: the same
+    command writing elsewhere is a run of its own that reuses every finished step."""
     parts, described = fingerprint_parts(pipeline, lm, options.adapter)
     fingerprint = digest(parts)
     part_digests = {key: digest(value) for key, value in parts.items()}
@@ -366,7 +369,8 @@ def plan_run(store: Store, pipeline: Pipeline, paths: list, lm, options: RunOpti
     notes: list[str] = []
     if options.fresh:
         fingerprint = digest([fingerprint, time.time_ns()])
-    run_id = digest([pipeline.name, inputs, fingerprint], 12)
+    written = {key: value for key, value in (outputs or {}).items() if value}
+    run_id = digest([pipeline.name, inputs, fingerprint, *([written] if written else [])], 12)
 
     def change_since(earlier: dict) -> FingerprintChange:
         return FingerprintChange(earlier["config"].get("fingerprint_parts") or {}, part_digests,
@@ -401,6 +405,10 @@ def plan_run(store: Store, pipeline: Pipeline, paths: list, lm, options: RunOpti
     # a run of the same pipeline over the same inputs with another configuration?
     for earlier in store.list_runs(limit=200):
         if earlier["pipeline"] == pipeline.name and earlier["config"].get("inputs") == inputs:
+            if earlier["fingerprint"] == fingerprint:  # the same configuration, written elsewhere
+                notes.append(f"run {earlier['run_id']} of this command writes elsewhere: this is run {run_id} "
+                             "(the finished steps of the same configuration are reused)")
+                break
             if options.force_resume:
                 return earlier_plan(earlier, "continuing")
             notes.append(f"configuration changed since run {earlier['run_id']} ({change_since(earlier)}): "
@@ -439,8 +447,10 @@ def execute(pipeline: Pipeline, paths: list, lm, *, options: RunOptions | None =
     pricing = Pricing(options.prices)
     check_prices(options, inner_lm.model, pricing)
     try:
-        plan = plan_run(store, pipeline, paths, inner_lm, options)  # reads only: the lock is taken next
-        command = (run_config or {}).get("command", {}).get("name") or pipeline.name
+        command_record = (run_config or {}).get("command", {})
+        plan = plan_run(store, pipeline, paths, inner_lm, options,  # reads only: the lock is taken next
+                        outputs=command_record.get("outputs"))
+        command = command_record.get("name") or pipeline.name
         with store.run_lock({"run_id": plan.run_id, "command": f"rlmpipe {command}" if command != "run" else
                              f"rlmpipe.run({pipeline.name})"}):
             return _execute_locked(pipeline, paths, inner_lm, options, store, recorder, events, run_config,

@@ -190,7 +190,13 @@ class Store:
         return _run_dict(rows[0]) if rows else None
 
     def find_runs(self, prefix: str) -> list[dict]:
-        rows = self._query("SELECT * FROM runs WHERE run_id LIKE ? ORDER BY created DESC", (prefix + "%",))
+        """The runs whose id starts with ``prefix`` (none for an empty one: it names no run); ``%`` and
+        ``_`` in it are characters, not LIKE's wildcards."""
+        if not prefix:
+            return []
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._query("SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' ORDER BY created DESC",
+                           (escaped + "%",))
         return [_run_dict(row) for row in rows]
 
     def list_runs(self, limit: int = 50) -> list[dict]:

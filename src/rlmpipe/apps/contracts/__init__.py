@@ -14,19 +14,28 @@ from rlmpipe.runtime.store import Store
 __all__ = ["ContractsPipeline", "DEFAULT_CHUNKING", "write_results"]
 
 
-def write_results(summary: RunSummary, store: Store, out: Path) -> dict[str, Path]:
-    """The run's outputs in ``out``: every record of a contract analysed (partial ones included) and
-    every input left unfinished, whatever the run's status."""
+def write_results(summary: RunSummary, store: Store, out: Path, inputs=None) -> dict[str, Path]:
+    """The run's outputs in ``out``, rebuilt for this session's inputs (``inputs``, an
+    :class:`rlmpipe.api.SessionInputs`; None: every document the run ever had): every record of a
+    contract analysed (partial ones included) and every input left unfinished, whatever the run's status."""
     records = [item["result"] for item in summary.results]
-    return write_outputs(records, unfinished(store, summary), Path(out), run=store.get_run(summary.run_id))
+    return write_outputs(records, unfinished(store, summary, inputs), Path(out), run=store.get_run(summary.run_id))
 
 
-def unfinished(store: Store, summary: RunSummary) -> list[dict]:
-    """Every input of the run that is not fully analysed, and why (for failed.jsonl and the report)."""
-    why = {"stopped": f"not analysed: the run stopped ({summary.reason}); resume it to finish"}
+def unfinished(store: Store, summary: RunSummary, inputs=None) -> list[dict]:
+    """Every input of this session that is not fully analysed, and why (for failed.jsonl and the
+    report): failed, partial, stopped, or never reached because the run stopped first. A document
+    of an earlier session that is no longer an input (edited, deleted) is not listed."""
+    stopped = f"the run stopped ({summary.reason})" if summary.reason else "the run stopped"
+    why = {"stopped": f"not analysed: {stopped}; resume it to finish"}
     rows = []
     for row in store.documents(summary.run_id):
+        if inputs is not None and (row["doc_id"], row["path"]) not in inputs.documents:
+            continue
         if row["status"] in ("failed", "partial", "stopped"):
             rows.append({"path": row["path"], "status": row["status"],
                          "error": row["error"] or why.get(row["status"], row["status"])})
+    if inputs is not None and summary.status != "done":  # stopped, or failed (which stops it too)
+        rows += [{"path": path, "status": "stopped", "error": f"not analysed: {stopped} before it was read; "
+                  "resume it to finish"} for path in inputs.unread()]
     return rows

@@ -33,15 +33,17 @@ def write_outputs(records: list[dict], failures: list[dict], out: Path, *, run: 
     write_text_atomic(paths["schema"], json.dumps(ContractRecord.model_json_schema(), indent=2) + "\n")
     with open_atomic(paths["clauses"], newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "doc_id", "category", "present", "clauses", "quotes", "offsets"])
+        writer.writerow(["path", "doc_id", "category", "present", "score", "clauses", "quotes", "offsets"])
         for record in records:
             by_category: dict[str, list[dict]] = {}
             for clause in record["clauses"]:
-                by_category.setdefault(clause["category"], []).append(clause["evidence"])
+                by_category.setdefault(clause["category"], []).append(clause)
             for name in NAMES:
-                found = by_category.get(name, [])
-                writer.writerow([
-                    record["path"], record["doc_id"], name, "yes" if found else "no", len(found),
+                found = [clause["evidence"] for clause in by_category.get(name, [])]
+                scores = [clause["score"] for clause in by_category.get(name, []) if clause.get("score") is not None]
+                writer.writerow([  # present as the JSON says it; score: the category's best finder score
+                    record["path"], record["doc_id"], name, "true" if found else "false",
+                    max(scores) if scores else "", len(found),
                     " | ".join(" ".join(e["quote"].split()) for e in found),
                     ";".join(f"{e['char_start']}-{e['char_end']}" for e in found),
                 ])

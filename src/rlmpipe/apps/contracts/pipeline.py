@@ -10,7 +10,8 @@
 - ``full``: structure-aware chunks of the whole contract, one extraction call per chunk.
 
 Every LM call is a checkpointed step, so a corpus run resumes where it stopped; a call that fails
-is listed in the record (``failed_chunks``) rather than failing the whole contract.
+(a chunk's, a batch's or the summary's) is listed in the record (``failed_chunks``; ``"summary"``
+for the summary's) and makes the contract *partial* rather than failing it whole.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ DEFAULT_CHUNKING = ChunkingConfig(strategy="structure", chunk_tokens=4096, overl
 DEFAULT_RECALL = "recall0.95"
 DEFAULT_CONTEXT_CHARS = 150
 DEFAULT_BATCH_TOKENS = 8000
+#: the most context a flagged passage gets on each side: a candidate of the longest passage
+#: (passages.MAX_CHARS) with this much on both sides still fits the cascade's window limit
+#: (cascade.MAX_WINDOW_CHARS); 13x the default, whose double kept no more clauses. More only makes
+#: the calls larger: 1,000,000 read a 25 MB contract in 654 calls and 7.1 M prompt tokens (24x).
+MAX_CONTEXT_CHARS = 2000
 #: the finder alone keeps each category's best passages only (Parties clears its threshold often)
 FINDINGS_PER_CATEGORY = 3
 MAX_FINDING_LINES = 60
@@ -63,18 +69,24 @@ class ContractsPipeline:
                  batch_tokens: int = DEFAULT_BATCH_TOKENS):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r} (choose from: {', '.join(MODES)})")
-        if context_chars < 0 or batch_tokens < 1:
-            raise ValueError("context_chars must be >= 0 and batch_tokens >= 1")
+        if not 0 <= context_chars <= MAX_CONTEXT_CHARS:
+            raise ValueError(f"context_chars must be from 0 to {MAX_CONTEXT_CHARS} (got {context_chars})")
+        if batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be at least 1 (got {batch_tokens})")
         self.mode = mode
         self.chunking = chunking or DEFAULT_CHUNKING
         self.extractor = extractor or Extractor()
         self.finder_model = str(Path(finder_model).resolve()) if finder_model else None
-        self.recall = recall
+        self.recall = recall_level(recall)
         self.context_chars = context_chars
         self.batch_tokens = batch_tokens
         self._finder = None
         if mode != "full":
             self.finder()  # a missing or bad model file is an error before the run, not per document
+        else:  # the full read uses no finder, but a level it would refuse is refused in every mode
+            from rlmpipe.apps.contracts.finder import RECALL_LEVELS
+
+            _check_recall(self.recall, [f"recall{level:.2f}" for level in RECALL_LEVELS])
 
     @property
     def works_without_lm(self) -> bool:
@@ -90,9 +102,7 @@ class ContractsPipeline:
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                 raise ValueError(f"clause finder model {self.finder_model or 'shipped with rlmpipe'}: cannot load it "
                                  f"({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})") from None
-            if self.mode == "cascade" and self.recall not in finder.recall_levels():
-                raise ValueError(f"unknown recall level {self.recall!r} (choose from: "
-                                 f"{', '.join(finder.recall_levels())})")
+            _check_recall(self.recall, finder.recall_levels())
             self._finder = finder
         return self._finder
 
@@ -193,10 +203,10 @@ class ContractsPipeline:
             raise RuntimeError(f"the LM's review failed on all {calls_made} batches of excerpts (last: {last_error})")
         clauses, risks, obligations = merge_findings(verified, texts.text)
         title = _title(clauses, head.text, document)
-        summary = self._summary(run, document, title, clauses, risks, obligations)
-        record = _record(document, title, calls_made, clauses, risks, obligations, summary, verified.stats, failed,
-                         mode="cascade")
-        return _partial_if_failed(record, failed, calls_made, last_error, "batches of excerpts")
+        summary, summary_failed = self._summary(run, document, title, clauses, risks, obligations)
+        record = _record(document, title, calls_made, clauses, risks, obligations, summary, verified.stats,
+                         failed + ["summary"] * bool(summary_failed), mode="cascade")
+        return _partial_if_failed(record, failed, calls_made, last_error, "batches of excerpts", summary_failed)
 
     # -- full: the LM reads every chunk --------------------------------------------------------
     def _full_read(self, run, document: Document) -> dict:
@@ -217,20 +227,39 @@ class ContractsPipeline:
         text = document.text()
         clauses, risks, obligations = merge_findings(verified, lambda start, end: text[start:end])
         title = _title(clauses, text[:HEAD_CHARS], document)
-        summary = self._summary(run, document, title, clauses, risks, obligations)
-        record = _record(document, title, chunks, clauses, risks, obligations, summary, verified.stats, failed,
-                         mode="full")
-        return _partial_if_failed(record, failed, chunks, last_error, "chunks")
+        summary, summary_failed = self._summary(run, document, title, clauses, risks, obligations)
+        record = _record(document, title, chunks, clauses, risks, obligations, summary, verified.stats,
+                         failed + ["summary"] * bool(summary_failed), mode="full")
+        return _partial_if_failed(record, failed, chunks, last_error, "chunks", summary_failed)
 
-    def _summary(self, run, document, title, clauses, risks, obligations) -> str:
+    def _summary(self, run, document, title, clauses, risks, obligations) -> tuple[str, str]:
+        """The summary, and why its call failed ("" if it did not): a contract without its summary is
+        partial, like one with a failed chunk (a resume makes the call again)."""
         if not (clauses or risks or obligations):  # a summary of nothing could only be invented
-            return NOTHING_TO_SUMMARIZE
+            return NOTHING_TO_SUMMARIZE, ""
         findings = _findings_text(clauses, risks, obligations)
         try:
             return run.step("summary", lambda: self.extractor.summary(title, findings),
-                            doc_id=document.doc_id, inputs=[digest(findings)])["summary"]
+                            doc_id=document.doc_id, inputs=[digest(findings)])["summary"], ""
         except StepFailed as failure:
-            return f"(no summary: {failure.cause})"
+            return f"(no summary: {failure.cause})", clip(str(failure.cause), 160)
+
+
+def recall_level(value: str) -> str:
+    """A recall level as the finder names it: "0.9", "recall0.9" and "recall0.90" are "recall0.90"
+    (anything else is returned as it is, to be refused with the levels there are)."""
+    text = str(value).strip()
+    try:
+        level = float(text.removeprefix("recall"))
+    except ValueError:
+        return text
+    name = f"recall{level:.2f}"
+    return name if float(name.removeprefix("recall")) == level else text
+
+
+def _check_recall(level: str, levels: list[str]) -> None:
+    if level not in levels:
+        raise ValueError(f"unknown recall level {level!r} (--recall; choose from: {', '.join(levels)})")
 
 
 def verify_reviewed(result: dict, group: list, verified: Verified) -> None:
@@ -291,10 +320,14 @@ def _record(document, title, calls, clauses, risks, obligations, summary, stats,
         status="partial" if failed else "complete", mode=mode, needs_lm=list(needs_lm))
 
 
-def _partial_if_failed(record: ContractRecord, failed: list, calls: int, last_error: str, what: str):
-    if failed:
-        return Partial(record.model_dump(), f"the LM failed on {len(failed)} of {calls} {what} "
-                                            f"(last: {last_error}): findings there are missing")
+def _partial_if_failed(record: ContractRecord, failed: list, calls: int, last_error: str, what: str,
+                       summary_failed: str = ""):
+    problems = [f"the LM failed on {len(failed)} of {calls} {what} (last: {last_error}): findings there are "
+                "missing"] if failed else []
+    if summary_failed:
+        problems.append(f"the summary call failed ({summary_failed}): the summary is missing")
+    if problems:
+        return Partial(record.model_dump(), "; ".join(problems))
     return record.model_dump()
 
 
