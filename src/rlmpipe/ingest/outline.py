@@ -8,8 +8,8 @@ and sentences begin, so the rules look at that and at the line before:
 * a **heading**: "ARTICLE IV", "Section 5", "EXHIBIT A", a Markdown "#";
 * a **title**: a short line in capitals ("GOVERNING LAW") after a blank line or a sentence end;
 * a **section** "12." and a **clause** "12.3", at a line start or after a sentence end ("... as
-  follows: 1. Services. The Company ..."), followed by a capital: "30 days" and "2.5 million" are
-  not sections;
+  follows: 1. Services. The Company ..."), followed by a capital or alone on its line: "30 days"
+  and "2.5 million" are not sections;
 * a **subclause** "(a)", "(iv)", "a)", "A." at a line start.
 
 A line start counts only after a line that ends a unit (blank, or ending in ``.:;!?``, or a
@@ -40,8 +40,8 @@ _LINE_START = re.compile(
     r"\n[ \t]*+(?:"
     r"(?P<markdown>#{1,6}[ \t])"
     rf"|(?P<heading>(?:{_KEYWORDS})[ \t]++(?:\d{{1,3}}(?:\.\d{{1,3}})*+|[IVXLC]{{1,7}}|[A-Z])\b)"
-    r"|(?P<clause>\d{1,3}(?:\.\d{1,3})++\.?(?=[ \t]++[^a-z\s]))"
-    r"|(?P<section>\d{1,3}(?:\.(?=[ \t]++[^a-z\s])|(?=[ \t]++[A-Z(\"'\u201c])))"
+    r"|(?P<clause>\d{1,3}(?:\.\d{1,3})++\.?(?=[ \t]++[^a-z\s]|[ \t]*+\r?$))"
+    r"|(?P<section>\d{1,3}(?:\.(?=[ \t]++[^a-z\s]|[ \t]*+\r?$)|(?=[ \t]++[A-Z(\"'\u201c])))"
     r"|(?P<subclause>(?:\([a-zA-Z]{1,2}\)|\([ivxlcIVXLC]{1,6}\)|[a-z]\)|[A-Z]\.)(?=[ \t]))"
     r"|(?P<title>(?=[^a-z\n]{0,97}[A-Z]{3})[^a-z\n]{3,100}$)"
     r")",
