@@ -216,8 +216,9 @@ def _mode_note(records: list[dict]) -> str:
     """How the findings were made, when a language model did not read everything."""
     modes = {r.get("mode", "full") for r in records}
     finder = ('<p class="note" role="note" id="mode-finder">Found by the trained clause finder alone, '
-              "without a language model: each clause is a passage of the contract whose finder score "
-              "(0-1) cleared its category's threshold. Risks and obligations need a language model: run "
+              "without a language model: each clause is the sentences (or words) of the contract that make "
+              "it, inside a passage whose finder score (0-1) cleared its category's threshold (highlighted "
+              "pale around it). Risks and obligations need a language model: run "
               "again with <code>--lm MODEL</code> to have one confirm these clauses and add them.</p>")
     cascade = ('<p class="note" role="note" id="mode-cascade">The clause finder chose the passages; the '
                "language model read only those (with their context), confirmed each clause it lists "
