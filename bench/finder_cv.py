@@ -68,7 +68,6 @@ VARIANTS: dict[str, tuple[str, dict, str]] = {
                    "whole passages", TODAY, "paragraphs"),
     "structure": ("passages that follow the structure (sections, headings, items); findings narrowed to "
                   "their sentences", {}, "package"),
-    "C4": ("structure, C=4 (more regularization)", {"C": 4.0}, "package"),
     "C64": ("structure, C=64", {"C": 64.0}, "package"),
     "context": ("structure + the neighbouring passages' words (0.5 x previous + next)", {"context": True},
                 "package"),
