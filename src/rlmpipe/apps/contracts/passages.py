@@ -14,7 +14,8 @@ Cuts depend only on the text (and the readers' heading blocks), never on where b
 end: each is decided once ``LOOKAHEAD`` characters after it are known, so any blocking of the same
 text gives the same passages, and memory stays bounded by one block plus ``max_chars`` and the
 look-ahead, whatever the document's size. Each passage knows the headings it sits under
-(``heading``: its article, section and clause titles), a cue the finder scores too.
+(``heading``: its article, section and clause titles; scoring them did not help the finder in
+cross-validation, bench/RESULTS.md "finder", so the shipped model reads only the passage).
 """
 
 from __future__ import annotations
