@@ -78,14 +78,18 @@ def norm(text: str) -> str:
 
 
 def reached(annotation: dict, clauses: list[dict]) -> bool:
+    """Whether an output clause of the annotation's category holds it: its evidence, or (for the
+    clause finder's findings, narrowed to their sentences) the passage the clause was found in."""
     for clause in clauses:
         if clause["category"] != annotation["category"]:
             continue
-        evidence = clause["evidence"]
-        if evidence["char_start"] <= annotation["start"] and annotation["end"] <= evidence["char_end"]:
-            return True
-        if annotation.get("n_occurrences", 1) > 1 and norm(annotation["text"]) in norm(evidence["quote"]):
-            return True
+        for evidence in (clause["evidence"], clause.get("passage")):
+            if evidence is None:
+                continue
+            if evidence["char_start"] <= annotation["start"] and annotation["end"] <= evidence["char_end"]:
+                return True
+            if annotation.get("n_occurrences", 1) > 1 and norm(annotation["text"]) in norm(evidence["quote"]):
+                return True
     return False
 
 

@@ -610,21 +610,29 @@ def contracts_train_finder(
     folds: int = number(5, "--folds", "Cross-validation folds (by contract) for the thresholds.", 2, 20),
     card: Optional[Path] = typer.Option(None, "--card", metavar="FILE", help="Also write the model card (a README.md) "
                                         "here."),
+    leave_out: List[Path] = typer.Option([], "--leave-out", metavar="FILE", help="Contract files to leave out "
+                                         "of training (those whose text is one of DATA_DIR's contracts; the model "
+                                         "card names them)."),
 ) -> None:
     """Train the clause finder on expert-annotated contracts (deterministic: same data, same bytes).
 
     Needs scikit-learn (pip install 'rlmpipe[train]'); the model it writes needs only numpy. Use it
     with: rlmpipe contracts analyze DIR --finder-model FILE"""
     try:
-        from rlmpipe.apps.contracts import finder_train
         import sklearn  # noqa: F401
+
+        from rlmpipe.apps.contracts.training import train as finder_train
     except ImportError:
         fail("train-finder needs scikit-learn: pip install 'rlmpipe[train]'")
     for name in ("contracts", "annotations.jsonl", "contract_labels.jsonl"):
         if not (data_dir / name).exists():
             fail(f"{data_dir}: no {name} (a CUAD folder has contracts/, annotations.jsonl, contract_labels.jsonl)")
     try:
-        info = finder_train.train(data_dir, out, folds=folds, log=lambda message: typer.echo(message, err=True))
+        from rlmpipe.apps.contracts.training.data import matching_contracts
+
+        exclude = matching_contracts(data_dir, leave_out)
+        info = finder_train.train(data_dir, out, folds=folds, exclude=exclude,
+                                  log=lambda message: typer.echo(message, err=True))
     except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
         fail(f"{data_dir}: {exc}")
     if card is not None:

@@ -73,7 +73,7 @@ def test_corpus_analysis_with_a_bad_file_verified_evidence_outputs_and_resume(op
     pages = list((out / "contracts").glob("*.html"))
     assert len(pages) == 3
     page = next(p for p in pages if "msci" in p.name).read_text()
-    assert '<mark class="clause"' in page and 'href="#clause-0"' in page and 'id="clause-0"' in page
+    assert '<mark class="clause start"' in page and 'href="#clause-0"' in page and 'id="clause-0"' in page
 
     calls = len(openai_server.chat_calls)
     again = analyze(openai_server, folder, tmp_path)

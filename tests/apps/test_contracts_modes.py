@@ -74,13 +74,16 @@ def test_no_model_configured_means_the_finder_alone(offline):
             assert text[evidence["char_start"]:evidence["char_end"]] == evidence["quote"]
             assert clause["category"] in NAMES
             assert 0 <= clause["score"] <= 1 and clause["confirmed"] is None
+            passage = clause["passage"]  # the clause is narrowed inside the passage it was found in
+            assert text[passage["char_start"]:passage["char_end"]] == passage["quote"]
+            assert passage["char_start"] <= evidence["char_start"] < evidence["char_end"] <= passage["char_end"]
         assert record["risk_score"] == sum(item["points"] for item in record["risk_breakdown"])
-        # the summary is the contract's own words: every quoted snippet is in the text
+        # the summary is the contract's own words: every quoted snippet is a narrowed clause of it
         assert record["summary"].endswith(NOTE)
-        normalized = " ".join(text.split())
+        quotes = [" ".join(c["evidence"]["quote"].split()) for c in record["clauses"]]
         for snippet in record["summary"].split("\u201c")[1:]:
             words = snippet.split("\u201d")[0].removesuffix(" ...")
-            assert words in normalized, words
+            assert any(quote.startswith(words) for quote in quotes), words
     with Store(tmp_path / ".rlmpipe") as store:
         run = store.list_runs()[0]
         assert run["model"] == "none"

@@ -122,3 +122,61 @@ def test_contracts_without_a_verified_finding_are_flagged(outputs):
     assert 'class="warning"' not in contract_page(found[0], text="text")
     assert "1 of 2 contract(s) have no verified finding" in corpus_page([empty, found[0]], [], None)
     assert 'class="warning"' not in corpus_page(found, [], None)
+
+
+HIGHLIGHTS = """<script>
+window.addEventListener('load', function () {
+  var marks = Array.from(document.querySelectorAll('pre.contract mark'));
+  var result = marks.map(function (m) {
+    var style = getComputedStyle(m);
+    return {kind: m.className, title: m.title, text: m.textContent, border: parseFloat(style.borderLeftWidth),
+            margin: parseFloat(style.marginLeft), background: style.backgroundColor};
+  });
+  var quotes = Array.from(document.querySelectorAll('ul.findings .quote')).map(function (q) { return q.textContent; });
+  document.body.setAttribute('data-result', JSON.stringify({marks: result, quotes: quotes}));
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def finder_outputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finder-analysis")
+    result = analyze_contracts([ROOT / "examples" / "contracts"], folder / "out", lm="none",
+                               workspace=folder / "ws")
+    assert result.status == "done"
+    return folder / "out"
+
+
+@needs_chromium
+def test_finder_findings_are_highlighted_narrowed_named_on_hover_and_kept_apart(finder_outputs, tmp_path):
+    """--lm none: each clause is its narrowed span, highlighted strongly, its passage lightly; hovering
+    a highlight names its category (not an anchor id); each highlight starts with a rule of its own,
+    so adjacent ones stay apart; the clause list shows the whole narrowed span."""
+    records = {Path(r["path"]).name: r for r in map(json.loads, (finder_outputs / "contracts.jsonl").read_text()
+                                                    .splitlines())}
+    from rlmpipe.apps.contracts.report import slug
+
+    record = records["services_agreement_scoutcam.txt"]
+    page = finder_outputs / "contracts" / f"{slug(record['path'], record['doc_id'])}.html"
+    probe = browser.probe_page(page, window_size=(1280, 1400))
+    assert not probe.problems and probe.resources == [], probe.problems
+    copy = tmp_path / "page.html"
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", HIGHLIGHTS + "</body>"), encoding="utf-8")
+    result = browser.run_chromium(copy.as_uri(), "--dump-dom", window_size=(1280, 1400))
+    data = json.loads(__import__("html").unescape(re.search(r'data-result="([^"]*)"', result.stdout).group(1)))
+    marks = data["marks"]
+    categories = {c["category"] for c in record["clauses"]}
+    clause_marks = [m for m in marks if m["kind"].split()[0] == "clause"]
+    passage_marks = [m for m in marks if m["kind"].split()[0] == "passage"]
+    assert clause_marks and passage_marks
+    for mark in marks:
+        assert not re.search(r"\b(clause|passage)-\d+\b", mark["title"]), mark["title"]
+        names = {name.removesuffix(" (its passage)") for name in mark["title"].split("; ")}
+        assert names <= categories, names
+    starts = [m for m in marks if "start" in m["kind"].split()]
+    assert len(starts) >= len(record["clauses"]) and all(m["border"] >= 2 and m["margin"] >= 2 for m in starts)
+    assert {m["background"] for m in clause_marks}.isdisjoint({m["background"] for m in passage_marks})
+    law = next(c for c in record["clauses"] if c["category"] == "Governing Law")
+    assert law["evidence"]["quote"] in data["quotes"]  # whole, not clipped
+    assert law["passage"] is not None and law["evidence"]["quote"] in law["passage"]["quote"]
+    assert len(law["evidence"]["quote"]) < len(law["passage"]["quote"])

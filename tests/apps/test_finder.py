@@ -1,4 +1,4 @@
-"""The trained clause finder: offsets, determinism, streaming, the shipped model file."""
+"""The trained clause finder: offsets, narrowing, determinism, streaming, the shipped model file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 
 from rlmpipe.apps.contracts.categories import NAMES
 from rlmpipe.apps.contracts.finder import MODEL_PATH, RECALL_LEVELS, ClauseFinder, Features
-from rlmpipe.apps.contracts.passages import passages
 from rlmpipe.ingest import Block, open_document
 from tests.support.cuad import cuad_dir
 
@@ -35,34 +34,6 @@ def blocks_of(text: str, sizes=(65536,), seed: int = 0):
         n = rng.choice(sizes)
         yield Block(text[at : at + n], at)
         at += n
-
-
-# -- passages -----------------------------------------------------------------------------------
-
-
-SAMPLE = ("TITLE\n\n1. Term.  This Agreement starts today.\r\n\r\n   \n2. Law. " + "word " * 900
-          + "end.\n\n\n" + "x" * 5000 + "\n \n(a) last")
-
-
-@pytest.mark.parametrize("max_chars", [2000, 300, 40])
-def test_passages_are_the_documents_text_whatever_the_blocks(max_chars):
-    whole = list(passages([Block(SAMPLE, 0)], max_chars=max_chars))
-    for sizes in [(1,), (1, 2, 3, 5, 8), (97, 1000), (65536,)]:
-        assert list(passages(blocks_of(SAMPLE, sizes), max_chars=max_chars)) == whole
-    for p in whole:
-        assert SAMPLE[p.char_start : p.char_end] == p.text
-        assert p.text == p.text.strip() and 0 < len(p.text) <= max_chars
-    assert [p.char_start for p in whole] == sorted(p.char_start for p in whole)
-    # nothing but whitespace is left out
-    covered = set()
-    for p in whole:
-        covered.update(range(p.char_start, p.char_end))
-    assert all(SAMPLE[i].isspace() for i in range(len(SAMPLE)) if i not in covered)
-
-
-def test_passages_are_paragraphs():
-    found = [p.text for p in passages([Block("A b.\n\nC d.\nE f.\n  \n\nG", 0)])]
-    assert found == ["A b.", "C d.\nE f.", "G"]
 
 
 def test_features_match_scikit_learn():
@@ -91,6 +62,19 @@ def test_model_file_is_plain_arrays_not_a_pickle():
     assert (MODEL_PATH.parent / "README.md").is_file()
 
 
+def test_the_shipped_model_was_trained_without_the_readme_examples_and_its_card_says_so():
+    from rlmpipe.apps.contracts.training.data import matching_contracts
+
+    finder = ClauseFinder.load()
+    left_out = finder.info["data"]["left_out"]
+    assert sorted(left_out) == sorted(p.name for p in EXAMPLES)
+    if CUAD is not None:
+        assert matching_contracts(CUAD, EXAMPLES) == left_out
+    card = (MODEL_PATH.parent / "README.md").read_text(encoding="utf-8")
+    for name, contract_id in left_out.items():
+        assert f"`{name}` ({contract_id})" in card
+
+
 def test_shipped_model_loads_and_finds_offline(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network disabled in this test")
@@ -111,8 +95,16 @@ def test_shipped_model_loads_and_finds_offline(monkeypatch):
         assert findings, f"nothing found in {path.name}"
         for finding in findings:
             assert finding.category in NAMES
-            assert text[finding.char_start : finding.char_end] == finding.passage
+            assert_narrowed(finding, text)
             assert 0.0 <= finding.score <= 1.0
+
+
+def assert_narrowed(finding, text: str) -> None:
+    """A finding is the contract's text at its offsets, inside its passage (also the contract's text)."""
+    passage = finding.passage
+    assert text[finding.char_start : finding.char_end] == finding.text and finding.text.strip() == finding.text
+    assert text[passage.char_start : passage.char_end] == passage.text
+    assert passage.char_start <= finding.char_start < finding.char_end <= passage.char_end
 
 
 def test_thresholds(finder):
@@ -141,7 +133,7 @@ def test_cascade_thresholds_select_on_the_best_score_and_ask_generously(finder):
 
 
 def test_selection_threshold_keeps_the_share_of_pieces_whose_every_passage_clears_it():
-    from rlmpipe.apps.contracts.finder_train import selection_threshold
+    from rlmpipe.apps.contracts.training.thresholds import selection_threshold
 
     class Contract:  # (the fields selection_threshold reads)
         def __init__(self, annotations):
@@ -158,7 +150,7 @@ def test_selection_threshold_keeps_the_share_of_pieces_whose_every_passage_clear
 
 
 def test_passage_threshold_is_the_best_passage_level_f1_cut():
-    from rlmpipe.apps.contracts.finder_train import passage_thresholds
+    from rlmpipe.apps.contracts.training.thresholds import passage_thresholds
 
     class Contract:  # (the field passage_thresholds reads)
         def __init__(self, labels):
@@ -176,10 +168,8 @@ def test_passage_threshold_is_the_best_passage_level_f1_cut():
 
 
 def _with_thresholds(finder: ClauseFinder, f1: np.ndarray, passage: float) -> ClauseFinder:
-    weights = {name: w for name, w in (("self", finder.w_self), ("context", finder.w_context),
-                                      ("position", finder.w_position)) if w is not None}
-    return ClauseFinder(finder.features, weights, finder.intercept,
-                        {"f1": f1, "passage": np.full(len(NAMES), passage)}, finder.info)
+    arrays = {**finder.arrays, "threshold_f1": f1, "threshold_passage": np.full(len(NAMES), passage)}
+    return ClauseFinder(finder.info, arrays, vocabulary=finder.features.vocabulary)
 
 
 def test_further_findings_of_a_category_must_clear_the_passage_threshold(finder):
@@ -207,6 +197,21 @@ def test_further_findings_of_a_category_must_clear_the_passage_threshold(finder)
     assert len(scores(strict)) == 3  # without per_category: every passage above f1, as before
 
 
+def test_a_finding_is_narrowed_to_the_sentences_that_make_it(finder):
+    """The Scoutcam example's governing law is the sentence that says so, inside its section's
+    passage, not the section (nor, as before, a 941-character passage that starts at section 11)."""
+    path = next(p for p in EXAMPLES if "scoutcam" in p.name)
+    text = path.read_text(encoding="utf-8")
+    law = [f for f in finder.find(open_document(path).blocks(), per_category=3) if f.category == "Governing Law"]
+    assert law
+    best = max(law, key=lambda f: f.score)
+    assert_narrowed(best, text)
+    assert best.passage.text.startswith("13. Governing Law")
+    assert "State of New York" in best.text and len(best.text) < len(best.passage.text)
+    whole = finder.find(open_document(path).blocks(), per_category=3, narrow=False)
+    assert all((f.char_start, f.char_end) == (f.passage.char_start, f.passage.char_end) for f in whole)
+
+
 @needs_cuad
 def test_findings_are_verbatim_on_cuad_contracts(finder):
     for name in ("cuad_000.txt", "cuad_100.txt", "cuad_314.txt"):  # cuad_314 is one long line
@@ -221,7 +226,7 @@ def test_findings_are_verbatim_on_cuad_contracts(finder):
         findings = finder.find(open_document(path).blocks(), thresholds="recall0.90")
         assert {f.category for f in findings} <= set(NAMES)
         for f in findings:
-            assert text[f.char_start : f.char_end] == f.passage
+            assert_narrowed(f, text)
 
 
 def test_scores_do_not_depend_on_blocking(finder):
@@ -285,18 +290,26 @@ def test_memory_is_flat_in_document_size(finder):
 
 
 @needs_cuad
-def test_training_is_deterministic(tmp_path):
+def test_training_is_deterministic_and_its_card_names_what_was_left_out(tmp_path):
     pytest.importorskip("sklearn")
-    from rlmpipe.apps.contracts.finder_train import train
+    from rlmpipe.apps.contracts.training.train import model_card, train
 
-    ids = sorted(p.stem for p in (CUAD / "contracts").glob("*.txt"))[:6]
+    ids = sorted(p.stem for p in (CUAD / "contracts").glob("*.txt"))[:7]
+    left_out = {"example.txt": ids[0]}
     first = tmp_path / "a" / "model.npz"
     second = tmp_path / "b" / "model.npz"
-    info = train(CUAD, first, contract_ids=ids, folds=3)
-    train(CUAD, second, contract_ids=ids, folds=3)
+    info = train(CUAD, first, ids=ids, exclude=left_out, folds=3)
+    train(CUAD, second, ids=ids, exclude=left_out, folds=3)
     assert first.read_bytes() == second.read_bytes()
     assert info["data"]["contracts"] == 6 and len(info["data"]["sha256"]) == 64
+    assert info["data"]["left_out"] == left_out and info["data"]["first"] == ids[1]
+    card = model_card(info, first.name)
+    assert f"`example.txt` ({ids[0]})" in card and "--leave-out example.txt" in card
+    assert set(info["cv"]["findings"]) >= {"right", "close", "reached"}
     model = ClauseFinder.load(first)
     assert model.categories == NAMES
-    text = (CUAD / "contracts" / f"{ids[0]}.txt").read_text(encoding="utf-8")
-    assert any(f.category == "Document Name" for f in model.find([Block(text, 0)], thresholds="recall0.99"))
+    text = (CUAD / "contracts" / f"{ids[1]}.txt").read_text(encoding="utf-8")
+    found = model.find([Block(text, 0)], thresholds="recall0.99")
+    assert any(f.category == "Document Name" for f in found)
+    for finding in found:
+        assert_narrowed(finding, text)

@@ -21,6 +21,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rlmpipe.ingest.outline import CLAUSE as CLAUSE_MARK
+from rlmpipe.ingest.outline import HEADING as HEADING_MARK
+from rlmpipe.ingest.outline import SECTION as SECTION_MARK
+from rlmpipe.ingest.outline import SUBCLAUSE as SUBCLAUSE_MARK
+from rlmpipe.ingest.outline import TITLE as TITLE_MARK
+from rlmpipe.ingest.outline import marks
+
 if TYPE_CHECKING:  # tokenizers.py splits long texts with line_start below
     from rlmpipe.chunking.tokenizers import Tokenizer
 
@@ -39,22 +46,11 @@ _SPACE_TABLE[[9, 10, 11, 12, 13, 32, 0x85, 0xA0]] = True
 # tests/chunking/test_adversarial.py checks the work per MB on shapes that broke earlier versions.
 _INDENTED_LINE = re.compile(r"\n[ \t]++(?=\S)")
 _PARAGRAPH_START = re.compile(r"\n[ \t\f\v\r]*+\n(?=[ \t]*+\S)")
-# What a line starts with, strongest first. One pattern led by a literal "\n" (which the regex
-# engine scans for quickly) rather than one pass per kind: this runs over every line of a corpus.
-# A title is at most 100 characters, so its three capitals are looked for in those only.
-_LINE_START = re.compile(
-    r"\n[ \t]*+(?:"
-    r"(?P<heading>#{1,6}[ \t]|(?:ARTICLE|Article|SECTION|Section|PART|Part|EXHIBIT|Exhibit|SCHEDULE|"
-    r"Schedule|ANNEX|Annex|APPENDIX|Appendix|ADDENDUM|Addendum)[ \t]+[0-9IVXLCA-Z])"
-    r"|(?P<section>\d{1,3}\.?[ \t]++(?=\S))"
-    r"|(?P<clause>\d{1,3}(?:\.\d{1,3})++\.?[ \t])"
-    r"|(?P<subclause>(?:\([a-zA-Z]{1,2}\)|\([ivxlcIVXLC]{1,6}\)|[a-z]\)|[A-Z]\.)[ \t])"
-    r"|(?P<title>(?=[^a-z\n]{0,97}[A-Z]{3})[^a-z\n]{3,100}$)"
-    r")",
-    re.MULTILINE,
-)
-_LINE_LEVELS = {"heading": HEADING, "title": HEADING, "section": SECTION, "clause": CLAUSE,
-                "subclause": SUBCLAUSE}
+# What the outline's marks are worth as cut points (rlmpipe.ingest.outline: the one place for them).
+_MARK_LEVELS = {HEADING_MARK: HEADING, TITLE_MARK: HEADING, SECTION_MARK: SECTION, CLAUSE_MARK: CLAUSE,
+                SUBCLAUSE_MARK: SUBCLAUSE}
+#: a line break after one of these ends a line of its own; after anything else it is a wrapped line
+_LINE_ENDERS = np.array([ord(c) for c in ".!?;:)\"'\u201d\u2019"], dtype=np.uint32)
 
 
 @dataclass(slots=True)
@@ -177,7 +173,11 @@ def _grade(text: str, points: np.ndarray, chars: np.ndarray, strength: np.ndarra
     k = np.arange(1, 1 + inner.size)
     before = points[inner - 1]
     line = before == 10
-    strength[k[line]] = LINE
+    # a line break ends a line of its own after a sentence or list punctuation; after a word it is a
+    # wrapped line (PDF text, hard-wrapped .txt): no stronger than the space it stands for
+    ender = points[np.maximum(inner - 2, 0)]
+    ender = np.where(ender == 13, points[np.maximum(inner - 3, 0)], ender)
+    strength[k[line & np.isin(ender, _LINE_ENDERS)]] = LINE
     word = ~line
     sentence_end = np.isin(before, (46, 33, 63))  # . ! ?
     closing = np.isin(before, (41, 34, 39, 0x201D, 0x2019))  # ) " ' closing quotes
@@ -197,8 +197,13 @@ def _grade(text: str, points: np.ndarray, chars: np.ndarray, strength: np.ndarra
 
     mark([m.end() for m in _PARAGRAPH_START.finditer(text)], PARAGRAPH)
     by_level: dict[int, list[int]] = {}
-    for match in _LINE_START.finditer(text):
-        by_level.setdefault(_LINE_LEVELS[match.lastgroup], []).append(match.start() + 1)
+    for found in marks(text):
+        at = found.offset
+        if found.inline:
+            at -= text[at - 1] == " "  # the cut is before the space, which starts the label's token
+        else:
+            at = text.rfind("\n", 0, at) + 1  # the line start, before any indentation
+        by_level.setdefault(_MARK_LEVELS[found.kind], []).append(at)
     for level, positions in by_level.items():
         mark(positions, level)
     if headings is not None:

@@ -1,34 +1,19 @@
 """Markdown: the file's own characters (like plain text), with headings giving each block its path."""
 
+
 from __future__ import annotations
 
 import re
 from typing import Iterator
 
 from rlmpipe.ingest.document import Block, Document, decoded_windows
+from rlmpipe.ingest.outline import HeadingPath
 from rlmpipe.ingest.text import paragraphs
 
 ATX_HEADING = re.compile(r" {0,3}(#{1,6})[ \t]+")  # the title is the rest, closing #s stripped (no regex:
 # a lazy title before a trailing [ \t#]* run retried that run at every character: quadratic on long lines)
 SETEXT_UNDERLINE = re.compile(r" {0,3}(=+|-+)[ \t]*\r?\n?$")
 FENCE = re.compile(r" {0,3}(```|~~~)")
-
-
-class HeadingPath:
-    """The stack of open headings; a heading of level n closes every heading of level >= n."""
-
-    def __init__(self) -> None:
-        self._stack: list[tuple[int, str]] = []
-
-    def enter(self, level: int, title: str) -> tuple[str, ...]:
-        while self._stack and self._stack[-1][0] >= level:
-            self._stack.pop()
-        self._stack.append((level, " ".join(title.split())))
-        return self.path
-
-    @property
-    def path(self) -> tuple[str, ...]:
-        return tuple(title for _, title in self._stack)
 
 
 def read_markdown(document: Document) -> Iterator[Block]:

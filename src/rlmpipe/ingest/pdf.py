@@ -1,4 +1,5 @@
-"""PDF through pypdf, one page at a time: each page's text, then a blank line; blocks know their page.
+"""PDF through pypdf, one page at a time: each page's text, then a blank line; blocks know their page
+and the headings they are under (:mod:`rlmpipe.ingest.outline`).
 
 pypdf reads pages lazily from the open file, so only the page being extracted is in memory.
 """
@@ -11,6 +12,7 @@ from typing import Iterator
 
 from rlmpipe.ingest.document import Block, Document
 from rlmpipe.ingest.errors import CorruptDocument, EncryptedDocument, NoExtractableText
+from rlmpipe.ingest.outline import Headings
 from rlmpipe.ingest.text import paragraphs
 
 logging.getLogger("pypdf").setLevel(logging.ERROR)  # pypdf warns on every small defect
@@ -44,6 +46,7 @@ def open_pdf(path: Path):
 
 def read_pdf(document: Document) -> Iterator[Block]:
     reader = open_pdf(document.path)
+    headings = Headings()  # the path carries over from page to page
     offset = 0
     found_text = False
     for number, page in enumerate(reader.pages, start=1):
@@ -57,8 +60,9 @@ def read_pdf(document: Document) -> Iterator[Block]:
         if text.strip():
             found_text = True
         text = text.rstrip() + "\n\n" if text.strip() else "\n"
-        for start, part in paragraphs(iter([text]), document.limits.max_block_chars):
-            yield Block(part, offset + start, page=number)
+        for start, paragraph in paragraphs(iter([text]), document.limits.max_block_chars):
+            for inner, part, path in headings.split(paragraph):
+                yield Block(part, offset + start + inner, page=number, heading_path=path)
         offset += len(text)
     if not found_text:
         raise NoExtractableText(

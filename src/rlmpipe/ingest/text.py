@@ -1,4 +1,5 @@
-"""Plain text: the file's own characters, split into paragraph blocks as it streams by."""
+"""Plain text: the file's own characters, split into blocks as it streams by; each block knows the
+headings it is under (articles, titles, numbered sections: :mod:`rlmpipe.ingest.outline`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 from typing import Iterator
 
 from rlmpipe.ingest.document import Block, Document, decoded_windows
+from rlmpipe.ingest.outline import Headings
 
 # One or more blank lines end a paragraph; the separator stays with the paragraph before it.
 PARAGRAPH_BREAK = re.compile(r"\r?\n(?:[ \t\f\v]*\r?\n)+")
@@ -80,6 +82,10 @@ def runs(windows: Iterator[str], max_block_chars: int) -> Iterator[tuple[int, st
 
 
 def read_text(document: Document) -> Iterator[Block]:
+    """The file's text in runs, each split where a heading or numbered section starts, so every block
+    carries its heading path (:class:`~rlmpipe.ingest.outline.Headings`)."""
     windows = decoded_windows(document.path, document.limits, document.encoding)
+    headings = Headings()
     for start, text in runs(windows, document.limits.max_block_chars):
-        yield Block(text=text, char_start=start)
+        for offset, part, path in headings.split(text):
+            yield Block(text=part, char_start=start + offset, heading_path=path)

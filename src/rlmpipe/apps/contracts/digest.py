@@ -1,8 +1,9 @@
 """A contract's summary made only of its own words, for an analysis without a language model.
 
 What the clause finder found, in a fixed order: the document's name, the parties, the dates, the
-governing law, the term and its renewal, then which notable clauses are present. Every part is a
-verbatim snippet of a found passage (clipped, marked with "..."), so nothing is invented.
+governing law, the term and its renewal, then which notable clauses are present. Every part quotes
+a finding as the finder narrowed it (the sentences, or the date, that make the clause; clipped with
+"..." past ``SNIPPET_CHARS``), so nothing is invented.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ PARTS = (
     ("Renewal Term", "Renewal"),
     ("Notice Period To Terminate Renewal", "Notice to end a renewal"),
 )
-SNIPPET_CHARS = 220
+SNIPPET_CHARS = 300
 NOTE = "(Composed from the contract's own words by the clause finder; no language model was used.)"
 
 
@@ -35,8 +36,10 @@ def compose_summary(title: str, clauses: list[Clause]) -> str:
         clause = best.get(category)
         if clause is None or clause.evidence.char_start in shown:  # one passage may hold several details
             continue
-        shown.add(clause.evidence.char_start)
-        lines.append(f"{label}: \u201c{_snippet(clause.evidence.quote)}\u201d")
+        same = [c for c in clauses if c.category == category and c.passage is not None and clause.passage is not None
+                and c.passage.char_start == clause.passage.char_start] or [clause]  # each party of the passage
+        shown.update(c.evidence.char_start for c in same)
+        lines.append(f"{label}: " + ", ".join(f"\u201c{_snippet(c.evidence.quote)}\u201d" for c in same))
     notable = [name for name in CLAUSES if name in best]
     if notable:
         lines.append("Clauses found: " + ", ".join(notable) + ".")

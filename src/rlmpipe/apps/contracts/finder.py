@@ -1,85 +1,93 @@
 """The clause finder: a linear model trained on CUAD that scores every passage of a contract for the
-41 CUAD categories in milliseconds, with no language model.
+41 CUAD categories in milliseconds, with no language model, and narrows each finding to its clause.
 
 Why: the embedded LM cannot find clauses at all, and a hosted one costs money per token. The finder
 answers "which categories does this contract contain, and where" on its own, and its
 recall-oriented thresholds pick the few passages worth sending to a real LM.
 
-A passage's features are word uni- and bigram TF-IDF (``Features``; words may be cut to their first
-characters, a crude stemmer), optionally the same for its two neighbours and its position in the
-document (both tried by cross-validation; see bench/RESULTS.md for what the shipped model uses).
-Scores are logistic: ``sigmoid(x @ W + b)`` per category. Inference needs only numpy; the model
-file is plain arrays (``np.load`` with ``allow_pickle=False``), never a pickle, so loading it cannot run code.
+A passage (:mod:`.passages`: a section, paragraph or lettered item) is scored from its words: uni-
+and bigram TF-IDF (``Features``; words cut to their first characters, a crude stemmer) and, when
+the model has them, its neighbours' (bench/RESULTS.md "finder" says what the shipped model uses).
+Scores are logistic: ``sigmoid(x @ W + b)`` per category. A finding is then narrowed to the
+sentences of its passage that make the clause (:mod:`.narrow`), scored by the same kind of model.
+Inference needs only numpy; the model file is plain arrays, read as untrusted input
+(:mod:`.model_file`), never a pickle.
 """
 
 from __future__ import annotations
 
 import heapq
-import io
 import json
-import math
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from rlmpipe.apps.contracts import model_file
 from rlmpipe.apps.contracts.categories import NAMES
+from rlmpipe.apps.contracts.model_file import ArraySpec, ModelFileError, check_range, text_array
+from rlmpipe.apps.contracts.narrow import cut_to_words, grow, spans
 from rlmpipe.apps.contracts.passages import MAX_CHARS, Passage, passages
 
-__all__ = ["ClauseFinder", "Features", "Finding", "Passage", "MODEL_PATH", "RECALL_LEVELS"]
+__all__ = ["ClauseFinder", "Features", "Finding", "Passage", "MODEL_PATH", "RECALL_LEVELS", "ModelFileError"]
 
-FORMAT = "rlmpipe-clause-finder/1"
+FORMAT = "rlmpipe-clause-finder/2"
 MODEL_PATH = Path(__file__).resolve().parent / "finder_model" / "clause_finder.npz"
 #: Passage-recall levels with a stored threshold each (``thresholds("recall0.95")``).
 RECALL_LEVELS = (0.85, 0.90, 0.93, 0.95, 0.97, 0.99)
 #: Passages scored together: enough to amortize numpy's per-call cost, small enough to stay lazy.
 BATCH = 64
+#: Bounds on the model's configuration (a model file is untrusted input: an n-gram range of a
+#: million would take minutes a passage).
+CONFIG_RANGES = {"max_chars": (50, 100_000, int), "ngram_max": (1, 3, int), "truncate": (0, 64, int),
+                 "sublinear": (0, 1, bool), "context_scale": (0.0, 100.0, float)}
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
+_K = len(NAMES)
+_WEIGHTS = ("float16", "float32")
+#: what each array of a model file must be (its dimensions: "terms" is the vocabulary's size)
+SPECS = {
+    "info": ArraySpec(("u1",), ("info_bytes",)),
+    "vocabulary": ArraySpec(("u1",), ("vocabulary_bytes",)),
+    "idf": ArraySpec(("f4",), ("terms",)),
+    "w_text": ArraySpec(("f2", "f4"), ("terms", _K)),
+    "intercept": ArraySpec(("f4",), (_K,)),
+    "w_context": ArraySpec(("f2", "f4"), ("terms", _K), required=False),
+    "w_sentence": ArraySpec(("f2", "f4"), ("terms", _K), required=False),
+    "sentence_intercept": ArraySpec(("f4",), (_K,), required=False),
+    "narrow_margin": ArraySpec(("f4",), (_K,), required=False),
+    "narrow_words": ArraySpec(("u1",), (_K,), required=False),
+    **{f"threshold_{kind}": ArraySpec(("f8",), (_K,), required=kind == "f1")
+       for kind in ("f1", "passage", *(f"{p}{level:.2f}" for p in ("recall", "select") for level in RECALL_LEVELS))},
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """A passage whose score for ``category`` clears the threshold; ``passage`` is the contract's own
-    text at ``[char_start, char_end)``."""
+    """A clause the finder found: ``text`` is the contract's own text at ``[char_start, char_end)``,
+    the sentences that make it, inside ``passage`` (its section or paragraph, kept as context)."""
 
     category: str
     char_start: int
     char_end: int
-    passage: str
+    text: str
     score: float
+    passage: Passage
 
 
-def terms(text: str, ngram_max: int = 2, truncate: int = 0, lead: int = 0) -> list[str]:
-    """Lower-cased word n-grams (1..ngram_max) of ``text``, words as scikit-learn tokenizes them.
-
+def terms(text: str, ngram_max: int = 2, truncate: int = 0) -> list[str]:
+    """Lower-cased word n-grams (1..ngram_max) of ``text``, words as scikit-learn tokenizes them;
     ``truncate`` > 0 keeps only each word's first characters (a crude stemmer: disparage,
-    disparages and disparaging become one term). ``lead`` > 0 adds the first words again, marked
-    (``^word``): a clause's own title ("10.3 Non-Disparagement.") is a strong cue.
-    """
+    disparages and disparaging become one term)."""
     words = _TOKEN.findall(text.lower())
     if truncate:
         words = [w[:truncate] for w in words]
     out = list(words)
     for n in range(2, ngram_max + 1):
         out += [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if lead:
-        out += ["^" + w for w in words[:lead]]
     return out
-
-
-def position_bucket(index: int) -> int:
-    """Which position feature a passage's ordinal (0-based) in its document sets: one each for the
-    first eight passages, then log2 buckets (8-15, 16-31, ..., 512-1023), then one for the rest."""
-    if index < 8:
-        return index
-    return min(15, 5 + int(math.log2(index)))
-
-
-N_POSITIONS = 16
 
 
 class Features:
@@ -91,14 +99,13 @@ class Features:
     """
 
     def __init__(self, vocabulary: list[str], idf: np.ndarray, *, ngram_max: int = 2, sublinear: bool = True,
-                 truncate: int = 0, lead: int = 0):
+                 truncate: int = 0):
         self.vocabulary = vocabulary
         self.index = {term: i for i, term in enumerate(vocabulary)}
         self.idf = np.asarray(idf, dtype=np.float64)
         self.ngram_max = ngram_max
         self.sublinear = sublinear
         self.truncate = truncate
-        self.lead = lead
 
     def __len__(self) -> int:
         return len(self.vocabulary)
@@ -106,7 +113,7 @@ class Features:
     @classmethod
     def fit(cls, documents: Iterable[Iterable[str]], *, min_df: int = 2, min_documents: int = 1,
             max_features: int | None = None, ngram_max: int = 2, sublinear: bool = True,
-            truncate: int = 0, lead: int = 0) -> "Features":
+            truncate: int = 0) -> "Features":
         """Fit on ``documents``, each the passage texts of one contract. Vocabulary: terms in at
         least ``min_df`` passages and ``min_documents`` contracts (a term of one contract's
         boilerplate says nothing about others), the ``max_features`` most frequent (ties by term,
@@ -118,7 +125,7 @@ class Features:
             seen: set[str] = set()
             for text in texts:
                 n += 1
-                found = set(terms(text, ngram_max, truncate, lead))
+                found = set(terms(text, ngram_max, truncate))
                 seen |= found
                 for term in found:
                     df[term] = df.get(term, 0) + 1
@@ -131,7 +138,7 @@ class Features:
         vocabulary = sorted(term for _, term in kept)
         counts = np.array([df[term] for term in vocabulary], dtype=np.float64)
         idf = np.log((1 + n) / (1 + counts)) + 1
-        return cls(vocabulary, idf, ngram_max=ngram_max, sublinear=sublinear, truncate=truncate, lead=lead)
+        return cls(vocabulary, idf, ngram_max=ngram_max, sublinear=sublinear, truncate=truncate)
 
     def rows(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """CSR arrays (indptr, indices, values) of the texts' l2-normalized TF-IDF rows, column
@@ -140,7 +147,7 @@ class Features:
         ids: list[int] = []
         lengths = np.zeros(len(texts), dtype=np.int64)
         for row, text in enumerate(texts):
-            found = [i for i in map(get, terms(text, self.ngram_max, self.truncate, self.lead)) if i is not None]
+            found = [i for i in map(get, terms(text, self.ngram_max, self.truncate)) if i is not None]
             ids += found
             lengths[row] = len(found)
         width = len(self.vocabulary)
@@ -172,24 +179,35 @@ def _project(indptr: np.ndarray, indices: np.ndarray, values: np.ndarray, weight
 
 
 class ClauseFinder:
-    """Scores passages for the CUAD categories; see the module docstring for what it is.
+    """Scores passages for the CUAD categories and narrows findings; see the module docstring.
 
-    ``info`` says how it was made: training command, data sha256, CUAD attribution, CV metrics,
-    versions. ``categories`` is exactly :data:`rlmpipe.apps.contracts.categories.NAMES`.
+    Made from its ``info`` (how it was made: configuration, training command, data sha256, CUAD
+    attribution, CV metrics, the contracts left out, versions) and its ``arrays`` (as the model file
+    stores them: ``SPECS``). ``categories`` is exactly :data:`rlmpipe.apps.contracts.categories.NAMES`.
     """
 
-    def __init__(self, features: Features, weights: dict[str, np.ndarray], intercept: np.ndarray,
-                 thresholds: dict[str, np.ndarray], info: dict):
-        self.features = features
-        # float32, as the file stores them: cross-validation scores exactly what ships
-        self.w_self = np.asarray(weights["self"], dtype=np.float32)
-        self.w_context = _float32(weights.get("context"))  # None: no neighbour features
-        self.w_position = _float32(weights.get("position"))
-        self.intercept = np.asarray(intercept, dtype=np.float64)
-        self._thresholds = {kind: np.asarray(value, dtype=np.float64) for kind, value in thresholds.items()}
+    def __init__(self, info: dict, arrays: dict[str, np.ndarray], *, vocabulary: list[str] | None = None):
         self.info = info
+        self.arrays = arrays
+        config = info["config"]
+        if vocabulary is None:
+            vocabulary = arrays["vocabulary"].tobytes().decode("utf-8").split("\n") if len(arrays["vocabulary"]) else []
+        self.features = Features(vocabulary, arrays["idf"], ngram_max=config["ngram_max"],
+                                 sublinear=config["sublinear"], truncate=config.get("truncate", 0))
+        # float32, whatever the file stores: cross-validation scores exactly what ships
+        self.w_text = arrays["w_text"].astype(np.float32)
+        self.w_context = _float32(arrays.get("w_context"))
+        self.context_scale = float(config.get("context_scale", 1.0))
+        self.w_sentence = _float32(arrays.get("w_sentence"))
+        self.intercept = arrays["intercept"].astype(np.float64)
+        self.sentence_intercept = arrays["sentence_intercept"].astype(np.float64) \
+            if "sentence_intercept" in arrays else self.intercept
+        self.margin = arrays["narrow_margin"].astype(np.float64) if "narrow_margin" in arrays else np.zeros(_K)
+        self.words = arrays["narrow_words"].astype(bool) if "narrow_words" in arrays else np.zeros(_K, dtype=bool)
+        self._thresholds = {key[len("threshold_"):]: value.astype(np.float64)
+                            for key, value in arrays.items() if key.startswith("threshold_")}
         self.categories: tuple[str, ...] = tuple(info["categories"])
-        self.max_chars = int(info["config"].get("max_chars", MAX_CHARS))
+        self.max_chars = int(config.get("max_chars", MAX_CHARS))
         if self.categories != NAMES:
             raise ValueError("the model's categories are not rlmpipe's 41 CUAD categories (in order)")
 
@@ -197,40 +215,55 @@ class ClauseFinder:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "ClauseFinder":
-        """The model in ``path``, or the one shipped in the package when None."""
+        """The model in ``path``, or the one shipped in the package when None. The file is checked
+        as untrusted input (:mod:`.model_file`) before it is used: any problem is a
+        :class:`ModelFileError` naming the file."""
         path = Path(path) if path is not None else MODEL_PATH
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-        info = json.loads(arrays.pop("info").tobytes().decode("utf-8"))
+        found: dict = {}
+
+        def dimensions(first: dict[str, np.ndarray]) -> dict[str, int]:
+            found["info"] = cls._check_info(path, model_file.decode_json(path, first["info"]))
+            found["vocabulary"] = model_file.decode_terms(path, first["vocabulary"])
+            return {"terms": len(found["vocabulary"])}
+
+        arrays = model_file.read_arrays(path, SPECS, {"info": model_file.MAX_INFO_BYTES,
+                                                      "vocabulary": model_file.MAX_VOCABULARY_BYTES}, dimensions)
+        info, vocabulary = found["info"], found["vocabulary"]
+        if np.any(arrays["idf"] <= 0):
+            raise ModelFileError(f"{path}: idf holds values <= 0")
+        for key, value in arrays.items():
+            if key.startswith("threshold_") and not np.all((value >= model_file.THRESHOLD_RANGE[0])
+                                                          & (value <= model_file.THRESHOLD_RANGE[1])):
+                raise ModelFileError(f"{path}: {key} holds values outside [0, 1]")
+        if "narrow_margin" in arrays and np.any(arrays["narrow_margin"] < 0):
+            raise ModelFileError(f"{path}: narrow_margin holds negative values")
+        if "w_context" in arrays and "context_scale" not in info["config"]:
+            raise ModelFileError(f"{path}: w_context without config context_scale")
+        return cls(info, arrays, vocabulary=vocabulary)
+
+    @staticmethod
+    def _check_info(path: Path, info: dict) -> dict:
+        """The model's info, refused unless it is this format, these categories and a configuration
+        within ``CONFIG_RANGES``."""
         if info.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a clause finder model ({info.get('format')!r})")
-        vocabulary = arrays.pop("vocabulary").tobytes().decode("utf-8").split("\n")
-        config = info["config"]
-        features = Features(vocabulary, arrays.pop("idf"), ngram_max=config["ngram_max"],
-                            sublinear=config["sublinear"], truncate=config.get("truncate", 0),
-                            lead=config.get("lead", 0))
-        weights = {name: arrays.pop(f"w_{name}") for name in ("self", "context", "position") if f"w_{name}" in arrays}
-        intercept = arrays.pop("intercept")
-        thresholds = {key[len("threshold_"):]: value for key, value in arrays.items() if key.startswith("threshold_")}
-        return cls(features, weights, intercept, thresholds, info)
+            raise ModelFileError(f"{path}: not a clause finder model of format {FORMAT} "
+                                 f"({str(info.get('format'))[:40]!r})")
+        if info.get("categories") != list(NAMES):
+            raise ModelFileError(f"{path}: its categories are not rlmpipe's 41 CUAD categories (in order)")
+        config = info.get("config")
+        if not isinstance(config, dict):
+            raise ModelFileError(f"{path}: info has no config")
+        for name, (low, high, kind) in CONFIG_RANGES.items():
+            if name in config or name in ("ngram_max", "sublinear"):
+                check_range(path, name, config.get(name), low, high, kind)
+        return info
 
     def save(self, path: str | Path) -> Path:
-        """Write the model as an ``.npz`` that is the same bytes for the same model (fixed zip
-        timestamps and order; ``np.savez`` stamps the current time)."""
-        arrays: dict[str, np.ndarray] = {
-            "info": np.frombuffer(json.dumps(self.info, sort_keys=True, indent=1).encode("utf-8"), dtype=np.uint8),
-            "vocabulary": np.frombuffer("\n".join(self.features.vocabulary).encode("utf-8"), dtype=np.uint8),
-            "idf": self.features.idf.astype(np.float32),
-            "intercept": self.intercept.astype(np.float32),
-            "w_self": self.w_self,
-        }
-        if self.w_context is not None:
-            arrays["w_context"] = self.w_context
-        if self.w_position is not None:
-            arrays["w_position"] = self.w_position
-        for kind, value in sorted(self._thresholds.items()):
-            arrays[f"threshold_{kind}"] = value.astype(np.float64)
-        return write_npz(path, arrays)
+        """Write the model: the same bytes for the same model (:func:`model_file.write_model`)."""
+        arrays = {"info": text_array(json.dumps(self.info, sort_keys=True, indent=1)),
+                  **{key: value for key, value in self.arrays.items() if key != "info"}}
+        ordered = {key: arrays[key] for key in SPECS if key in arrays}
+        return model_file.write_model(path, ordered)
 
     # -- scoring -----------------------------------------------------------------------------------
 
@@ -240,7 +273,6 @@ class ClauseFinder:
         holding at most ``BATCH`` passages plus one."""
         carry: tuple[Passage, np.ndarray, np.ndarray] | None = None  # (passage, own logits, its context term)
         prev_context: np.ndarray | None = None  # the context term of the passage before ``carry``
-        index = 0
         batch: list[Passage] = []
         stream = passages(blocks, max_chars=self.max_chars)
         while True:
@@ -251,8 +283,7 @@ class ClauseFinder:
                     break
             if not batch:
                 break
-            own, context = self._logits(batch, index)
-            index += len(batch)
+            own, context = self._logits(batch)
             items = ([carry] if carry is not None else []) + [(p, own[i], context[i]) for i, p in enumerate(batch)]
             for item, following in zip(items, items[1:]):
                 logits = item[1] + following[2] + (prev_context if prev_context is not None else 0.0)
@@ -263,24 +294,41 @@ class ClauseFinder:
             logits = carry[1] + (prev_context if prev_context is not None else 0.0)
             yield carry[0], _sigmoid(logits)
 
-    def _logits(self, batch: list[Passage], first_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each passage's own logits (its words, position and the intercept) and what it adds to
-        each neighbour's logits."""
+    def _logits(self, batch: list[Passage]) -> tuple[np.ndarray, np.ndarray]:
+        """Each passage's own logits (its words and the intercept) and what it adds to each
+        neighbour's logits."""
         rows = self.features.rows([p.text for p in batch])
-        own = _project(*rows, self.w_self) + self.intercept
-        if self.w_position is not None:
-            buckets = [position_bucket(first_index + i) for i in range(len(batch))]
-            own += self.w_position[buckets].astype(np.float64)
+        own = _project(*rows, self.w_text) + self.intercept
         if self.w_context is not None:
-            context = _project(*rows, self.w_context)
+            context = _project(*rows, self.w_context) * self.context_scale
         else:
             context = np.zeros_like(own)
         return own, context
 
+    def sentence_logits(self, texts: list[str], k: int) -> np.ndarray:
+        """Each text's logit for category index ``k`` by the sentence scorer (the dedicated sentence
+        weights when the model has them, else the passage weights)."""
+        weights = self.w_sentence if self.w_sentence is not None else self.w_text
+        intercept = self.sentence_intercept if self.w_sentence is not None else self.intercept
+        return _project(*self.features.rows(texts), weights[:, k : k + 1])[:, 0] + intercept[k]
+
+    def narrow(self, passage: Passage, k: int) -> list[tuple[int, int]]:
+        """The document offsets of the clause of category index ``k`` in ``passage``: its best
+        sentences (:func:`narrow.grow` with the category's margin), then, for a category cut to
+        words, those words when the sentences have them (a date, the document's name; for Parties
+        each party's name, one span each)."""
+        found = spans(passage.text)
+        logits = self.sentence_logits([passage.text[s:e] for s, e in found], k)
+        first, last = grow(logits, self.margin[k])
+        start, end = found[first][0], found[last][1]
+        cut = cut_to_words(self.categories[k], passage.text, start, end) if self.words[k] else [(start, end)]
+        return [(passage.char_start + s, passage.char_start + e) for s, e in cut]
+
     def thresholds(self, kind: str = "f1") -> np.ndarray:
         """Per-category decision thresholds: ``"f1"`` (chosen by cross-validation for contract-level
-        F1) or ``"recall0.90"`` / ``"recall0.95"`` / ``"recall0.97"`` / ``"recall0.99"`` (the
-        lowest score that kept that share of annotated passages in cross-validation)."""
+        F1), ``"passage"`` (what a category's further findings must clear) or ``"recall0.90"``
+        ... ``"recall0.99"`` (the cheapest thresholds that kept that share of annotated passages in
+        cross-validation)."""
         if kind not in self._thresholds:
             raise KeyError(f"no {kind!r} thresholds; have {sorted(self._thresholds)}")
         return self._thresholds[kind].copy()
@@ -302,40 +350,45 @@ class ClauseFinder:
         return sorted(kind for kind in self._thresholds if kind.startswith("recall"))
 
     def find(self, blocks: Iterable, thresholds: np.ndarray | str | None = None, *,
-             per_category: int | None = None) -> list[Finding]:
+             per_category: int | None = None, narrow: bool = True) -> list[Finding]:
         """Findings for every passage and category whose score is at or above the category's
-        threshold (default: the F1 thresholds), in document order. ``per_category``: keep only that
-        many of each category's best-scoring findings (categories found in nearly every contract,
-        such as Parties, have low thresholds that many passages clear); then every one after a
-        category's best must also clear the model's ``passage`` threshold (the best passage says
-        the category is present; the others must each be likely right on their own)."""
+        threshold (default: the F1 thresholds), in document order, each narrowed to its clause
+        (``narrow=False``: the whole passage). ``per_category``: keep only that many of each
+        category's best-scoring findings (categories found in nearly every contract, such as
+        Parties, have low thresholds that many passages clear); then every one after a category's
+        best must also clear the model's ``passage`` threshold (the best passage says the category
+        is present; the others must each be likely right on their own)."""
         if thresholds is None or isinstance(thresholds, str):
             thresholds = self.thresholds(thresholds or "f1")
         thresholds = np.asarray(thresholds, dtype=np.float64)
         if thresholds.shape != (len(self.categories),):
             raise ValueError(f"need one threshold per category ({len(self.categories)})")
-        found: list[Finding] = []
-        kept: list[list] = [[] for _ in self.categories]  # per category, a min-heap of (score, -order, finding)
+        found: list[tuple[int, Passage, float]] = []
+        kept: list[list] = [[] for _ in self.categories]  # per category, a min-heap of (score, -order, passage)
         order = 0
         for passage, scores in self.score(blocks):
             for k in np.flatnonzero(scores >= thresholds):
-                finding = Finding(self.categories[k], passage.char_start, passage.char_end, passage.text,
-                                  float(scores[k]))
+                item = (float(scores[k]), -order, passage)
                 order += 1
                 if per_category is None:
-                    found.append(finding)
+                    found.append((k, passage, item[0]))
                 elif len(kept[k]) < per_category:
-                    heapq.heappush(kept[k], (finding.score, -order, finding))
-                elif (finding.score, -order) > kept[k][0][:2]:  # equal scores: the earlier passage stays
-                    heapq.heapreplace(kept[k], (finding.score, -order, finding))
-        if per_category is None:
-            return found
-        others = self._thresholds.get("passage")
-        ranked = []
-        for k, heap in enumerate(kept):
-            best_first = sorted(heap, reverse=True)
-            ranked += best_first[:1] + [item for item in best_first[1:] if others is None or item[0] >= others[k]]
-        return [item[2] for item in sorted(ranked, key=lambda item: -item[1])]
+                    heapq.heappush(kept[k], item)
+                elif item[:2] > kept[k][0][:2]:  # equal scores: the earlier passage stays
+                    heapq.heapreplace(kept[k], item)
+        if per_category is not None:
+            others = self._thresholds.get("passage")
+            for k, heap in enumerate(kept):
+                best_first = sorted(heap, reverse=True)
+                found += [(k, p, s) for s, _, p in best_first[:1]]
+                found += [(k, p, s) for s, _, p in best_first[1:] if others is None or s >= others[k]]
+        findings = []
+        for k, passage, score in found:
+            for start, end in self.narrow(passage, k) if narrow else [(passage.char_start, passage.char_end)]:
+                text = passage.text[start - passage.char_start:end - passage.char_start]
+                findings.append(Finding(self.categories[k], start, end, text, score, passage))
+        findings.sort(key=lambda f: (f.passage.char_start, f.char_start, NAMES.index(f.category)))
+        return findings
 
 
 def _float32(array):
@@ -344,23 +397,3 @@ def _float32(array):
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # = 1 / (1 + exp(-x)), without overflow warnings
-
-
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    """An ``.npz`` (zip of ``.npy``) whose bytes depend only on the arrays: fixed timestamps, the
-    given order, deflate at a fixed level. ``np.load(path, allow_pickle=False)`` reads it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        for name, array in arrays.items():
-            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            entry.compress_type = zipfile.ZIP_DEFLATED
-            entry.external_attr = 0o644 << 16
-            data = io.BytesIO()
-            np.lib.format.write_array(data, np.ascontiguousarray(array), allow_pickle=False)
-            archive.writestr(entry, data.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(buffer.getvalue())
-    temp.replace(path)
-    return path

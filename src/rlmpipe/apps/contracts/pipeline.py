@@ -1,7 +1,8 @@
 """The contract analyzer as a pipeline of the run engine, in three modes.
 
 - ``finder`` (no LM): the trained clause finder scores every passage; the passages that clear a
-  category's F1 threshold are its clauses (the contract's own words, verified by construction); the
+  category's F1 threshold hold its clauses, each narrowed to the sentences that make it (the
+  contract's own words, verified by construction, with the passage kept as context); the
   rubric scores the risk; the summary is composed from found passages (:mod:`.digest`). Risks and
   obligations need an LM and are left empty, saying so.
 - ``cascade`` (the default with an LM): the finder chooses what the LM reads (:mod:`.cascade`):
@@ -95,10 +96,12 @@ class ContractsPipeline:
     def finder(self):
         """The clause finder (loaded once; the shipped model unless ``finder_model``)."""
         if self._finder is None:
-            from rlmpipe.apps.contracts.finder import ClauseFinder
+            from rlmpipe.apps.contracts.finder import ClauseFinder, ModelFileError
 
             try:
                 finder = ClauseFinder.load(self.finder_model)
+            except ModelFileError as exc:  # the file is checked as untrusted input; the message names it
+                raise ValueError(f"clause finder model {exc}") from None
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                 raise ValueError(f"clause finder model {self.finder_model or 'shipped with rlmpipe'}: cannot load it "
                                  f"({exc.strerror if isinstance(exc, OSError) and exc.strerror else exc})") from None
@@ -153,7 +156,9 @@ class ContractsPipeline:
         head = _Head()
         findings = self.finder_for(document).find(head.tee(document.blocks()), per_category=FINDINGS_PER_CATEGORY)
         clauses = [Clause(category=f.category, score=round(f.score, 4), confirmed=None,
-                          evidence=Evidence(quote=f.passage, char_start=f.char_start, char_end=f.char_end))
+                          evidence=Evidence(quote=f.text, char_start=f.char_start, char_end=f.char_end),
+                          passage=Evidence(quote=f.passage.text, char_start=f.passage.char_start,
+                                           char_end=f.passage.char_end))
                    for f in findings]
         clauses.sort(key=lambda c: (c.evidence.char_start, NAMES.index(c.category)))
         title = _title(clauses, head.text, document)

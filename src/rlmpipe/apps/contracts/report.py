@@ -13,7 +13,6 @@ from collections import Counter
 from pathlib import Path
 
 from rlmpipe.apps.contracts.categories import NAMES
-from rlmpipe.apps.contracts.evidence import clip
 from rlmpipe.atomic import write_text_atomic
 from rlmpipe.monitor.html import (Column, asset, card, esc, figure, filter_controls, page, svg_line,
                                   svg_plot, svg_rect, svg_text, table)
@@ -118,45 +117,61 @@ def _contract_cell(row: dict) -> str:
             f'{_partial_pill(record)}<div class="muted">{esc(Path(record["path"]).name)}</div>')
 
 
-def _highlighted(text: str, spans: list[tuple[int, int, str, str]]) -> str:
-    """The text with every span wrapped in <mark> (overlaps split into segments), each span's
-    start carrying its anchor id."""
-    points = sorted({0, len(text), *[s for s, _, _, _ in spans], *[t for _, t, _, _ in spans]})
-    starts: dict[int, list[str]] = {}
-    for start, _, anchor, _ in spans:
-        starts.setdefault(start, []).append(anchor)
+#: which highlight colours a stretch of text covered by several: findings over their passages
+_PRIORITY = {"clause": 0, "risk": 1, "obligation": 2, "passage": 3}
+
+
+def _highlighted(text: str, spans: list[tuple[int, int, str, str, str]]) -> str:
+    """The text with every span ``(start, end, anchor, kind, label)`` wrapped in <mark> (overlaps
+    split into segments). A segment is coloured by its most specific span (a clause over the
+    passage it was narrowed from) and names every span over it on hover (its category, or what
+    the risk or obligation is); a span's first segment carries its anchor and a left rule, so
+    adjacent highlights stay apart."""
+    points = sorted({0, len(text), *[s for s, *_ in spans], *[t for _, t, *_ in spans]})
+    starts: dict[int, list[tuple[str, str]]] = {}
+    for start, _, anchor, kind, _ in spans:
+        starts.setdefault(start, []).append((anchor, kind))
     parts = []
     for left, right in zip(points, points[1:]):  # between consecutive span boundaries
-        covering = [(anchor, kind) for s, t, anchor, kind in spans if s <= left and right <= t]
-        anchors = "".join(f'<a id="{a}"></a>' for a in starts.get(left, []))
+        covering = sorted((_PRIORITY.get(kind, 9), label, kind) for s, t, _, kind, label in spans
+                          if s <= left and right <= t)
+        opening = starts.get(left, [])
+        anchors = "".join(f'<a id="{esc(anchor)}"></a>' for anchor, kind in opening if kind != "passage")
         segment = esc(text[left:right])
-        if covering:  # the first span's kind colours it; the title names every span over it
-            segment = (f'<mark class="{covering[0][1]}" title="{esc(", ".join(a for a, _ in covering))}">'
-                       f"{segment}</mark>")
+        if covering:
+            kind = covering[0][2]
+            labels = list(dict.fromkeys(label for _, label, _ in covering))
+            edge = " start" if any(k == kind for _, k in opening) else ""
+            segment = f'<mark class="{kind}{edge}" title="{esc("; ".join(labels))}">{segment}</mark>'
         parts.append(anchors + segment)
     return "".join(parts)
 
 
 def contract_page(record: dict, text: str | None) -> str:
-    """A contract's page: its findings, each linked to its quote, highlighted in the contract's text."""
-    spans: list[tuple[int, int, str, str]] = []
+    """A contract's page: its findings, each linked to its quote, highlighted in the contract's text
+    (a clause the finder narrowed from a passage: the clause strongly, its passage lightly)."""
+    spans: list[tuple[int, int, str, str, str]] = []
 
-    def link(kind: str, index: int, evidence: dict) -> str:
-        """The link to a finding's quote, whose span is kept to be highlighted in the text."""
+    def link(kind: str, index: int, evidence: dict, label: str, passage: dict | None = None) -> str:
+        """The link to a finding's quote, whose span (and passage) is kept to be highlighted."""
         anchor, start, end = f"{kind}-{index}", evidence["char_start"], evidence["char_end"]
-        spans.append((start, end, anchor, kind))
+        spans.append((start, end, anchor, kind, label))
+        if passage:
+            spans.append((passage["char_start"], passage["char_end"], f"passage-{index}", "passage",
+                          f"{label} (its passage)"))
         return f'<a href="#{anchor}">[{start}-{end}]</a>'
 
     clauses = "".join(f'<li><b>{esc(clause["category"])}</b> {_clause_pills(clause)}'
-                      f'{link("clause", index, clause["evidence"])} '
-                      f'<span class="quote">{esc(clip(clause["evidence"]["quote"], 300))}</span></li>'
+                      f'{link("clause", index, clause["evidence"], clause["category"], clause.get("passage"))} '
+                      f'<span class="quote">{esc(clause["evidence"]["quote"])}</span></li>'
                       for index, clause in enumerate(record["clauses"]))
     risks = "".join(f'<li><span class="pill {risk["severity"]}">{risk["severity"]}</span> '
-                    f'<b>{esc(risk["what"])}</b> — {esc(risk["why"])} {link("risk", index, risk["evidence"])}'
+                    f'<b>{esc(risk["what"])}</b> — {esc(risk["why"])} '
+                    f'{link("risk", index, risk["evidence"], "risk: " + risk["what"])}'
                     "</li>" for index, risk in enumerate(record["risks"]))
     obligations = "".join(f'<li><b>{esc(item["party"])}</b>: {esc(item["action"])}'
                           + (f" ({esc(item['due'])})" if item["due"] else "")
-                          + f' {link("obligation", index, item["evidence"])}</li>'
+                          + f' {link("obligation", index, item["evidence"], "obligation of " + item["party"])}</li>'
                           for index, item in enumerate(record["obligations"]))
     present = [c for c in record["categories"] if c["present"]]
     absent = [c["category"] for c in record["categories"] if not c["present"]]
@@ -179,7 +194,8 @@ def contract_page(record: dict, text: str | None) -> str:
         f'<h2>CUAD categories present</h2>{categories}'
         + (f'<p class="muted">Extraction failed on {len(record["failed_chunks"])} chunk(s); their findings '
            'are missing.</p>' if record.get("failed_chunks") else "")
-        + "<h2>Contract text</h2><p class=\"muted\">Highlighted: clauses (yellow), risks (red), obligations (blue).</p>"
+        + "<h2>Contract text</h2><p class=\"muted\">Highlighted: clauses (yellow; the passage the finder found "
+          "each in, pale), risks (red), obligations (blue). Hover a highlight to see what it is.</p>"
         + (f'<pre class="contract">{_highlighted(text, spans)}</pre>' if text is not None
            else "<p>(the contract file is no longer readable here)</p>")
     )
@@ -200,8 +216,9 @@ def _mode_note(records: list[dict]) -> str:
     """How the findings were made, when a language model did not read everything."""
     modes = {r.get("mode", "full") for r in records}
     finder = ('<p class="note" role="note" id="mode-finder">Found by the trained clause finder alone, '
-              "without a language model: each clause is a passage of the contract whose finder score "
-              "(0-1) cleared its category's threshold. Risks and obligations need a language model: run "
+              "without a language model: each clause is the sentences (or words) of the contract that make "
+              "it, inside a passage whose finder score (0-1) cleared its category's threshold (highlighted "
+              "pale around it). Risks and obligations need a language model: run "
               "again with <code>--lm MODEL</code> to have one confirm these clauses and add them.</p>")
     cascade = ('<p class="note" role="note" id="mode-cascade">The clause finder chose the passages; the '
                "language model read only those (with their context), confirmed each clause it lists "

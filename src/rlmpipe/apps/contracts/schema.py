@@ -58,8 +58,11 @@ class Evidence(BaseModel):
 
 class Clause(BaseModel):
     category: str
-    evidence: Evidence
+    evidence: Evidence = Field(description="the clause: the sentences (or words) that make it")
     score: float | None = Field(None, description="the clause finder's score for this passage and category (0-1)")
+    passage: Evidence | None = Field(
+        None, description="the clause finder's passage (section or paragraph) the clause was narrowed from, as "
+                          "context; null when a language model quoted the clause")
     confirmed: bool | None = Field(
         None, description="true: a language model found or confirmed it; null: found by the clause finder alone")
 
